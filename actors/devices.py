@@ -1,0 +1,208 @@
+"""The device types, each defined once: its topics, how a reading is validated into a row,
+its table, and how stored rows become reply records. A fourth type is one more definition
+in DEVICE_TYPES (and a model in models.py)."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+
+import orjson
+from peewee import Model
+
+from actors.models import FingerprintLog, PowerStatusLog, TemperatureLog
+
+MAX_TEXT = 128  # device_id and user_id
+
+
+class InvalidMessage(ValueError):
+    """A payload that cannot be accepted; str() is the specific reason."""
+
+
+def parse_object(payload: bytes) -> dict:
+    try:
+        value = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidMessage(f"not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise InvalidMessage(f"expected a JSON object, got {_json_kind(value)}")
+    return value
+
+
+def text_field(obj: dict, name: str) -> str:
+    value = _required(obj, name)
+    if not isinstance(value, str):
+        raise InvalidMessage(f"field {name!r} must be a string, got {_json_kind(value)}")
+    if not value.strip():
+        raise InvalidMessage(f"field {name!r} must not be empty")
+    if len(value) > MAX_TEXT:
+        raise InvalidMessage(f"field {name!r} is longer than {MAX_TEXT} characters")
+    if any(ord(c) < 32 for c in value):
+        raise InvalidMessage(f"field {name!r} contains control characters")
+    return value
+
+
+def number_field(obj: dict, name: str, low: float | None = None, high: float | None = None) -> float:
+    value = _required(obj, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidMessage(f"field {name!r} must be a number, got {_json_kind(value)}")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise InvalidMessage(f"field {name!r} is out of range: {value!r}")
+    if (low is not None and number < low) or (high is not None and number > high):
+        raise InvalidMessage(f"field {name!r} must be between {low:g} and {high:g}, got {value!r}")
+    return number
+
+
+def choice_field(obj: dict, name: str, choices: tuple[str, ...]) -> str:
+    value = _required(obj, name)
+    if value not in choices:
+        raise InvalidMessage(f"field {name!r} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def timestamp_field(obj: dict) -> tuple[str, str]:
+    """An ISO 8601 date-time, in canonical form (`T` separator, offset as +HH:MM if given),
+    and its own calendar date. Canonical text sorts in time order within one offset."""
+    value = _required(obj, "timestamp")
+    if not isinstance(value, str):
+        raise InvalidMessage(f"field 'timestamp' must be a string, got {_json_kind(value)}")
+    try:
+        if len(value) < 16 or value[10] not in "Tt ":
+            raise ValueError
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidMessage(
+            f"field 'timestamp' must be an ISO 8601 date-time like 2026-01-22T14:30:00, got {value!r}"
+        ) from None
+    return moment.isoformat(), moment.date().isoformat()
+
+
+def _required(obj: dict, name: str):
+    if name not in obj:
+        raise InvalidMessage(f"missing field {name!r}")
+    return obj[name]
+
+
+def _json_kind(value) -> str:
+    kinds = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+             type(None): "null", int: "a number", float: "a number"}
+    return kinds.get(type(value), type(value).__name__)
+
+
+class DeviceType:
+    """One kind of device. Subclasses say how to validate a reading's own fields
+    (`values`) and how a stored row reads in a reply (`record`)."""
+
+    name: str
+    reading_topic: str  # devices publish readings here
+    request_stem: str  # apps ask on {request_stem}/{app_id} ...
+    reply_stem: str  # ... and get the answer on {reply_stem}/{app_id}
+    model: type[Model]
+    value_columns: tuple[str, ...]  # the columns between device_id and timestamp
+
+    def parse(self, payload: bytes) -> tuple:
+        """A reading's payload as a row (device_id, *values, timestamp, date); created_at is
+        added by the writer. Raises InvalidMessage with the reason."""
+        obj = parse_object(payload)
+        device_id = text_field(obj, "device_id")
+        values = self.values(obj)
+        timestamp, date = timestamp_field(obj)
+        return (device_id, *values, timestamp, date)
+
+    def values(self, obj: dict) -> tuple:
+        raise NotImplementedError
+
+    def record(self, row: tuple) -> dict:
+        """A stored row (*value_columns, timestamp) as one record of a reply."""
+        raise NotImplementedError
+
+    def day_rows(self, device_id: str, date: str):
+        """The device's rows of that day in time order, through the index's own order."""
+        m = self.model
+        values = [getattr(m, c) for c in self.value_columns]
+        return (m.select(*values, m.timestamp)
+                .where((m.device_id == device_id) & (m.date == date))
+                .order_by(m.timestamp, *values)
+                .tuples())
+
+    def day_records(self, device_id: str, date: str) -> list[dict]:
+        return [self.record(row) for row in self.day_rows(device_id, date)]
+
+
+class Temperature(DeviceType):
+    name = "temperature"
+    reading_topic = "home/temperature"
+    request_stem = "home/gettemp"
+    reply_stem = "home/datatemp"
+    model = TemperatureLog
+    value_columns = ("temperature", "humidity", "status")
+
+    def values(self, obj):
+        return (number_field(obj, "temperature"), number_field(obj, "humidity", 0, 100),
+                choice_field(obj, "status", ("HIGH", "LOW")))
+
+    def record(self, row):
+        temperature, humidity, status, timestamp = row
+        return {"temperature": temperature, "humidity": humidity, "status": status,
+                "timestamp": timestamp}
+
+
+class Power(DeviceType):
+    """A power event names one source (EB: the grid, DG: the generator). The row keeps what
+    the device said; a reply record shows both sources' state after the event, carrying the
+    other source's latest earlier value, so it is computed at query time in timestamp order
+    and arrival order never matters."""
+    name = "power"
+    reading_topic = "home/power"
+    request_stem = "home/getpower"
+    reply_stem = "home/datapower"
+    model = PowerStatusLog
+    value_columns = ("ebstatus", "dgstatus")
+    STATUSES = {"EB_ON": ("ON", ""), "EB_OFF": ("OFF", ""), "DG_ON": ("", "ON"), "DG_OFF": ("", "OFF")}
+
+    def values(self, obj):
+        return self.STATUSES[choice_field(obj, "status", tuple(self.STATUSES))]
+
+    def record(self, row):
+        ebstatus, dgstatus, timestamp = row
+        return {"ebstatus": ebstatus, "dgstatus": dgstatus, "timestamp": timestamp}
+
+    def day_records(self, device_id, date):
+        eb, dg = self._state_before(device_id, date, "ebstatus"), self._state_before(device_id, date, "dgstatus")
+        records = []
+        for ebstatus, dgstatus, timestamp in self.day_rows(device_id, date):
+            eb, dg = ebstatus or eb, dgstatus or dg
+            records.append(self.record((eb, dg, timestamp)))
+        return records
+
+    def _state_before(self, device_id: str, date: str, column: str) -> str:
+        m = self.model
+        field = getattr(m, column)
+        latest = (m.select(field)
+                  .where((m.device_id == device_id) & (m.date < date) & (field != ""))
+                  .order_by(m.date.desc(), m.timestamp.desc())
+                  .limit(1).scalar())
+        return latest or ""
+
+
+class Fingerprint(DeviceType):
+    name = "fingerprint"
+    reading_topic = "home/fingerprint"
+    request_stem = "home/getfingerprint"
+    reply_stem = "home/datafingerprint"
+    model = FingerprintLog
+    value_columns = ("user_id", "auth_status")
+
+    def values(self, obj):
+        return text_field(obj, "user_id"), choice_field(obj, "authStatus", ("PASS", "FAIL"))
+
+    def record(self, row):
+        user_id, auth_status, timestamp = row
+        return {"user_id": user_id, "authStatus": auth_status, "timestamp": timestamp}
+
+
+DEVICE_TYPES: dict[str, DeviceType] = {d.name: d for d in (Temperature(), Power(), Fingerprint())}

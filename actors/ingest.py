@@ -1,0 +1,37 @@
+"""The ingest actor: validates and normalizes the readings of one device type into rows,
+sets aside the ones that cannot be stored (with the reason), and hands both to the writer."""
+
+from __future__ import annotations
+
+import logging
+
+from actors.devices import DeviceType, InvalidMessage
+from actors.messages import ReadingBatch, Rejection, WriteBatch
+from actors.peers import Peers, Supervised
+
+log = logging.getLogger(__name__)
+
+
+class IngestActor(Supervised):
+    def __init__(self, device: DeviceType, peers: Peers, supervisor=None):
+        super().__init__(f"ingest/{device.name}", supervisor)
+        self.device = device
+        self.peers = peers
+
+    def on_receive(self, message):
+        if isinstance(message, ReadingBatch):
+            self.peers.tell("writer", self.validate(message))
+        else:
+            log.warning("%s ignored an unexpected message: %r", self.name, message)
+
+    def validate(self, batch: ReadingBatch) -> WriteBatch:
+        rows, rejections = [], []
+        parse = self.device.parse
+        for item in batch.items:
+            try:
+                rows.append(parse(item.payload))
+            except InvalidMessage as exc:
+                log.warning("rejected a reading on %s: %s", item.topic, exc)
+                rejections.append(Rejection(item.topic, item.payload, str(exc), batch.received_at))
+        return WriteBatch(self.device.name, tuple(rows), tuple(rejections),
+                          tuple(item.ack_id for item in batch.items))

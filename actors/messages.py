@@ -1,0 +1,90 @@
+"""Messages between actors: small frozen dataclasses of plain values (never peewee rows or
+gmqtt objects). Readings travel in batches because each hand-over between threads costs
+about as much as parsing a reading."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """One MQTT message in hand. `ack_id` names its pending acknowledgement in the MQTT link."""
+    ack_id: int
+    topic: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ReadingBatch:
+    """MQTT link -> ingest actor: readings of the ingest actor's device type."""
+    received_at: str  # UTC
+    items: tuple[Inbound, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A reading that cannot be stored, kept byte for byte with the reason."""
+    topic: str
+    payload: bytes
+    reason: str
+    received_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class WriteBatch:
+    """Ingest actor -> writer: rows for one device type's table, rejections, and the
+    acknowledgements to release once all of it is committed."""
+    device: str
+    rows: tuple[tuple, ...]
+    rejections: tuple[Rejection, ...]
+    ack_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """Writer -> MQTT link: these messages are durable; acknowledge them to the broker."""
+    ack_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """MQTT link -> query actor: an app asks for one device-day."""
+    ack_id: int
+    device: str
+    app_id: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """Query actor -> MQTT link: publish `payload` on `topic`, then acknowledge the request."""
+    ack_id: int
+    topic: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Flush:
+    """Writer -> itself: commit what is pending. Queued behind the batches that already
+    arrived, so everything that came in meanwhile joins one transaction (group commit)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChildFailed:
+    """A supervised actor -> its supervisor: it crashed and has stopped."""
+    name: str
+    urn: str
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class Resync:
+    """Supervisor -> MQTT link: a crashed actor lost messages in hand; reconnect so that the
+    broker delivers every unacknowledged message again."""
+
+
+@dataclass(frozen=True, slots=True)
+class Crash:
+    """MQTT link's event loop -> the link actor: the loop failed; crash so we are restarted."""
+    error: str

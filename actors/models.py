@@ -1,0 +1,99 @@
+"""The database schema as peewee models: the seed's three tables plus `rejected_messages`.
+
+Each reading table has one unique index that starts with (device_id, date, timestamp): day queries
+use it as their index, and it is also the reading's identity, so a redelivered reading is ignored
+(INSERT OR IGNORE) while two different readings with the same timestamp are both kept."""
+
+from __future__ import annotations
+
+from peewee import AutoField, BlobField, FloatField, Model, ModelIndex, SqliteDatabase, TextField
+
+
+class TemperatureLog(Model):
+    id = AutoField()
+    device_id = TextField()
+    temperature = FloatField()
+    humidity = FloatField()
+    status = TextField()  # HIGH or LOW
+    timestamp = TextField()  # ISO 8601, as the device sent it (normalized, see devices.py)
+    date = TextField()  # YYYY-MM-DD of `timestamp`
+    created_at = TextField()  # UTC, when the row was committed
+
+    class Meta:
+        table_name = "temperature_logs"
+
+
+class PowerStatusLog(Model):
+    id = AutoField()
+    device_id = TextField()
+    ebstatus = TextField()  # ON, OFF, or "" when the event was about the DG source
+    dgstatus = TextField()  # ON, OFF, or "" when the event was about the EB source
+    timestamp = TextField()
+    date = TextField()
+    created_at = TextField()
+
+    class Meta:
+        table_name = "power_status_logs"
+
+
+class FingerprintLog(Model):
+    id = AutoField()
+    device_id = TextField()
+    user_id = TextField()
+    auth_status = TextField()  # PASS or FAIL
+    timestamp = TextField()
+    date = TextField()
+    created_at = TextField()
+
+    class Meta:
+        table_name = "fingerprint_logs"
+
+
+class RejectedMessage(Model):
+    id = AutoField()
+    topic = TextField()
+    payload = BlobField()  # byte for byte as received
+    reason = TextField()
+    received_at = TextField()  # UTC
+
+    class Meta:
+        table_name = "rejected_messages"
+
+
+def _identity(model: type[Model], *values: str) -> None:
+    columns = ("device_id", "date", "timestamp", *values)
+    name = f"{model._meta.table_name}_identity"
+    model._meta.indexes.append(
+        ModelIndex(model, [getattr(model, c) for c in columns], unique=True, name=name))
+
+
+_identity(TemperatureLog, "temperature", "humidity", "status")
+_identity(PowerStatusLog, "ebstatus", "dgstatus")
+_identity(FingerprintLog, "user_id", "auth_status")
+
+MODELS = (TemperatureLog, PowerStatusLog, FingerprintLog, RejectedMessage)
+
+
+def open_database(path: str, busy_timeout: float) -> SqliteDatabase:
+    """The one database object of the process: one connection per thread, WAL, and
+    synchronous=FULL because a reading is acknowledged to the broker once committed."""
+    db = SqliteDatabase(path, timeout=busy_timeout, pragmas={
+        "journal_mode": "wal",
+        "synchronous": "full",
+        "journal_size_limit": 64 * 1024 * 1024,
+    })
+    db.bind(MODELS)
+    return db
+
+
+def insert_sql(model: type[Model], database) -> str:
+    """INSERT OR IGNORE for one row of every column but id, built by peewee once and then
+    run with executemany: ~4 µs a row against ~20 µs for insert_many with dicts."""
+    columns = [f for f in model._meta.sorted_fields if f.name != "id"]
+    query = model.insert({f: None for f in columns}).on_conflict_ignore()
+    sql, _ = database.get_sql_context().sql(query).query()
+    return sql
+
+
+def insert_columns(model: type[Model]) -> tuple[str, ...]:
+    return tuple(f.name for f in model._meta.sorted_fields if f.name != "id")

@@ -1,0 +1,357 @@
+"""The MQTT link: the only actor that talks to the broker.
+
+It runs gmqtt in an asyncio loop on a thread of its own. Every QoS 1 message is acknowledged
+only when the rest of the system says so: a reading once the writer has committed it (or its
+rejection), a request once its reply has been published. Until then the message's handler
+awaits a future; gmqtt sends the PUBACK when the handler returns 0
+(`optimistic_acknowledgement=False`). If the connection drops first, the futures are abandoned
+without a PUBACK and the broker, which keeps our persistent session, delivers those messages
+again; the unique index makes a second delivery harmless.
+
+Readings are passed to the ingest actors in batches: everything gmqtt parsed from one socket
+read goes out as one message per device type."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import random
+import threading
+import time
+
+import gmqtt
+import pykka
+from gmqtt.mqtt.constants import MQTTv50
+
+from actors.devices import DEVICE_TYPES
+from actors.messages import Committed, Crash, Inbound, ReadingBatch, Reply, Request, Resync
+from actors.peers import Peers, Supervised
+from actors.settings import MqttSettings
+from actors.writer import utc_now
+
+log = logging.getLogger(__name__)
+
+# CONNACK refusals that waiting will not fix: bad credentials, not authorized, banned, bad
+# client id, unsupported protocol. The link fails; past the restart limit, so does the process.
+PERMANENT_REFUSALS = {4, 5, 132, 133, 134, 135, 138, 140}
+
+
+class Abandoned(Exception):
+    """This message will not be acknowledged on this connection; the broker redelivers it."""
+
+
+class Backoff:
+    """Capped exponential backoff with jitter, so a fleet does not reconnect in lockstep."""
+
+    def __init__(self, first: float, cap: float):
+        self.first, self.cap = first, cap
+        self._next = first
+
+    def next(self) -> float:
+        delay, self._next = self._next, min(self._next * 2, self.cap)
+        return delay * random.uniform(0.5, 1.0)
+
+    def reset(self) -> None:
+        self._next = self.first
+
+
+class BackoffClient(gmqtt.Client):
+    """gmqtt retries a lost connection every 6 s forever; we wait with our backoff instead."""
+
+    def __init__(self, *args, backoff: Backoff, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.backoff = backoff
+        self._waiting = False
+
+    async def reconnect(self, delay=False):
+        if self._waiting:
+            return  # one reconnection at a time: gmqtt may ask twice for one loss
+        if delay:
+            self._waiting = True
+            try:
+                await asyncio.sleep(self.backoff.next())
+            finally:
+                self._waiting = False
+        await super().reconnect(delay=False)
+
+
+class Session:
+    """Lives in the asyncio loop: the gmqtt client, and the acknowledgements it owes."""
+
+    def __init__(self, settings: MqttSettings, peers: Peers):
+        self.settings = settings
+        self.peers = peers
+        self.backoff = Backoff(settings.reconnect_min_delay, settings.reconnect_max_delay)
+        self.client: BackoffClient | None = None
+        self.connected = False
+        self.max_packet = None  # the broker's Maximum Packet Size, if it has one
+        self._pending: dict[int, asyncio.Future] = {}
+        self._handlers: set[asyncio.Task] = set()  # gmqtt's task per message, until it acknowledges
+        self._ids = itertools.count(1)
+        self._readings: dict[str, list[Inbound]] = {}
+        self._flush_scheduled = False
+        self._taking = True
+        self._closing = False
+        self._lost_at: float | None = None
+        self._reading_topics = {d.reading_topic: d.name for d in DEVICE_TYPES.values()}
+        self._request_stems = {d.request_stem: d.name for d in DEVICE_TYPES.values()}
+
+    # -- connection ---------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.connect()
+        await stop.wait()
+        await self.close()
+
+    async def connect(self) -> None:
+        """Connect a fresh client, retrying with backoff until the broker accepts us."""
+        s = self.settings
+        failing = False
+        while True:
+            self.client = self._new_client()
+            try:
+                await asyncio.wait_for(self.client.connect(s.host, s.port, keepalive=s.keepalive,
+                                                           version=MQTTv50), s.connect_timeout)
+                return
+            except gmqtt.MQTTConnectError as exc:
+                if exc.args and exc.args[0] in PERMANENT_REFUSALS:
+                    raise RuntimeError(f"the broker at {s.host}:{s.port} refused us: {exc}") from None
+                reason = str(exc)
+            except (OSError, asyncio.TimeoutError) as exc:
+                reason = str(exc) or type(exc).__name__
+            if not failing:
+                log.warning("cannot connect to the MQTT broker at %s:%s (%s); retrying with backoff",
+                            s.host, s.port, reason)
+                failing = True
+            await self._discard(self.client)
+            await asyncio.sleep(self.backoff.next())
+
+    def _new_client(self) -> BackoffClient:
+        s = self.settings
+        client = BackoffClient(s.client_id, clean_session=False, optimistic_acknowledgement=False,
+                               session_expiry_interval=s.session_expiry,
+                               receive_maximum=s.receive_maximum, backoff=self.backoff)
+        if s.username:
+            client.set_auth_credentials(s.username, s.password or None)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    async def _discard(self, client: BackoffClient) -> None:
+        try:
+            await client.disconnect()  # also stops its own reconnect attempts
+        except Exception:  # noqa: BLE001 - it never connected; nothing to clean up
+            pass
+
+    def _on_connect(self, client, session_present, result, properties):
+        self.connected = True
+        self.backoff.reset()
+        self.max_packet = (properties.get("maximum_packet_size") or [None])[0]
+        s = self.settings
+        if self._lost_at is None:
+            log.info("connected to the MQTT broker at %s:%s as %s (session %s)", s.host, s.port,
+                     s.client_id, "resumed" if session_present else "new")
+        else:
+            log.warning("reconnected to the MQTT broker after %.1f s (session %s)",
+                        time.monotonic() - self._lost_at, "resumed" if session_present else "new")
+            self._lost_at = None
+        # gmqtt never resubscribes. Subscribing again is harmless when the session survived,
+        # and essential when the broker had no session for us.
+        topics = [*self._reading_topics, *(f"{stem}/+" for stem in self._request_stems)]
+        client.subscribe([gmqtt.Subscription(t, qos=1) for t in topics])
+
+    def _on_disconnect(self, client, packet, exc=None):
+        was_connected, self.connected = self.connected, False
+        self._abandon_all()
+        if was_connected and not self._closing:
+            self._lost_at = time.monotonic()
+            log.warning("lost the MQTT broker connection; reconnecting with backoff "
+                        "(unacknowledged messages will be delivered again)")
+
+    async def resync(self) -> None:
+        """After a crash elsewhere lost messages in hand: start a new connection, so that the
+        broker delivers every unacknowledged message again."""
+        log.warning("reconnecting so the broker redelivers what a crashed actor held")
+        self._closing = True
+        await self._discard(self.client)
+        self._abandon_all()
+        self._closing = False
+        await self.connect()
+
+    async def close(self) -> None:
+        """Stop taking messages, give what is in hand time to be committed and acknowledged,
+        then disconnect. Messages that arrive meanwhile are never acknowledged: the broker
+        keeps them for our next start."""
+        self._closing = True
+        self._taking = False
+        self._flush()
+        in_hand = set(self._handlers)
+        if in_hand:
+            # gmqtt's PUBACK callback was added to each task before asyncio.wait's own, so
+            # every acknowledgement has been written by the time this returns.
+            done, left = await asyncio.wait(in_hand, timeout=self.settings.drain_timeout)
+            if left:
+                log.warning("%d messages were not committed in time; the broker will deliver "
+                            "them again", len(left))
+        if self.client is not None:
+            await self._discard(self.client)
+        self._abandon_all()
+        log.info("disconnected from the MQTT broker")
+
+    # -- messages in ----------------------------------------------------------------------
+
+    async def _on_message(self, client, topic, payload, qos, properties):
+        ack_id = next(self._ids)
+        future = asyncio.get_running_loop().create_future()
+        self._pending[ack_id] = future
+        if not self._taking:
+            return await future  # shutting down: held, never acknowledged
+        handler = asyncio.current_task()
+        self._handlers.add(handler)
+        handler.add_done_callback(self._handlers.discard)
+        if (device := self._reading_topics.get(topic)) is not None:
+            self._readings.setdefault(device, []).append(Inbound(ack_id, topic, payload))
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                asyncio.get_running_loop().call_soon(self._flush)
+        else:
+            stem, _, app_id = topic.rpartition("/")
+            device = self._request_stems.get(stem)
+            if device is None or not app_id:
+                log.warning("ignored a message on unexpected topic %r", topic)
+                del self._pending[ack_id]
+                return 0
+            self.peers.tell_pool("query", Request(ack_id, device, app_id, payload))
+        return await future  # 0 = PUBACK success; Abandoned = no PUBACK on this connection
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        readings, self._readings = self._readings, {}
+        received_at = utc_now()
+        for device, items in readings.items():
+            self.peers.tell(f"ingest/{device}", ReadingBatch(received_at, tuple(items)))
+
+    # -- messages from the other actors ---------------------------------------------------
+
+    def receive(self, message) -> None:
+        if isinstance(message, Committed):
+            self._acknowledge(message.ack_ids)
+        elif isinstance(message, Reply):
+            if self._publish(message.topic, message.payload):
+                self._acknowledge((message.ack_id,))
+        else:
+            log.warning("MQTT link ignored an unexpected message: %r", message)
+
+    def _publish(self, topic: str, payload: bytes) -> bool:
+        if not self.connected:
+            return False  # the request was not acknowledged: the broker delivers it again
+        if self.max_packet and len(payload) + len(topic) + 16 > self.max_packet:
+            log.error("a reply of %d bytes on %s exceeds the broker's maximum packet size (%d)",
+                      len(payload), topic, self.max_packet)
+            payload = (b'{"error": {"code": "too_large", "message": '
+                       b'"the reply exceeds the broker\'s maximum packet size"}}')
+        # QoS 0: an answer is only useful to an app that is connected now; an app that missed
+        # it asks again. QoS 0 also keeps replies clear of gmqtt's packet-id limits.
+        self.client.publish(topic, payload, qos=0)
+        return True
+
+    def _acknowledge(self, ack_ids) -> None:
+        pending = self._pending
+        for ack_id in ack_ids:
+            future = pending.pop(ack_id, None)
+            if future is not None and not future.done():
+                future.set_result(0)
+
+    def _abandon_all(self) -> None:
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(Abandoned())
+
+
+class LoopHandle:
+    """How the writer and the query actors reach the session: straight into its event loop,
+    so acknowledgements keep flowing while the link's actor thread is busy stopping."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, session: Session):
+        self._loop = loop
+        self._session = session
+
+    def tell(self, message) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._session.receive, message)
+        except RuntimeError:  # the loop has closed
+            raise pykka.ActorDeadError("the MQTT link has stopped") from None
+
+
+class MqttLink(Supervised):
+    def __init__(self, settings: MqttSettings, peers: Peers, supervisor=None):
+        super().__init__("link", supervisor)
+        self.settings = settings
+        self.peers = peers
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_event: asyncio.Event | None = None
+        self._session: Session | None = None
+
+    def on_start(self):
+        ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(ready,), name="mqtt-link")
+        self._thread.start()
+        ready.wait()
+        if self._session is None:
+            raise RuntimeError("the MQTT link's event loop did not start")
+
+    def address(self):
+        return LoopHandle(self._loop, self._session)
+
+    def on_receive(self, message):
+        if isinstance(message, Resync):
+            asyncio.run_coroutine_threadsafe(self._session.resync(), self._loop)
+        elif isinstance(message, Crash):
+            raise RuntimeError(message.error)
+        else:
+            log.warning("MQTT link ignored an unexpected message: %r", message)
+
+    def on_stop(self):
+        self._stop_loop(self.settings.drain_timeout + 10)
+
+    def on_failure(self, exception_type, exception_value, traceback):
+        self._stop_loop(5)
+        super().on_failure(exception_type, exception_value, traceback)
+
+    def _stop_loop(self, timeout: float) -> None:
+        if self._thread.is_alive():
+            try:
+                self._loop.call_soon_threadsafe(self._stop_event.set)
+            except RuntimeError:
+                pass  # the loop already ended
+            self._thread.join(timeout)
+
+    def _run(self, ready: threading.Event) -> None:
+        try:
+            asyncio.run(self._main(ready))
+        except Exception as exc:  # noqa: BLE001 - reported to the supervisor through the actor
+            log.error("MQTT link failed: %s", exc)
+            try:
+                self.actor_ref.tell(Crash(str(exc)))
+            except pykka.ActorDeadError:
+                pass
+        finally:
+            ready.set()
+
+    async def _main(self, ready: threading.Event) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._loop.set_exception_handler(_ignore_abandoned)
+        self._stop_event = asyncio.Event()
+        self._session = Session(self.settings, self.peers)
+        ready.set()
+        await self._session.run(self._stop_event)
+
+
+def _ignore_abandoned(loop, context):
+    # gmqtt re-raises a handler's exception in its done-callback; ours is deliberate.
+    if isinstance(context.get("exception"), Abandoned):
+        return
+    loop.default_exception_handler(context)

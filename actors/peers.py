@@ -1,0 +1,71 @@
+"""How actors reach each other, and what every supervised actor shares."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+
+import pykka
+
+from actors.messages import ChildFailed
+
+log = logging.getLogger(__name__)
+
+
+class Peers:
+    """The current address of every child, by name ("writer", "ingest/power", "query/0", "link").
+
+    The supervisor replaces an entry when it restarts a child, so senders always reach the
+    live instance. A message sent to an instance that has just died is dropped: it held only
+    readings and requests the broker has not been acknowledged for, and the supervisor has the
+    MQTT link reconnect so that the broker delivers them again."""
+
+    def __init__(self):
+        self._refs: dict[str, object] = {}
+        self._pools: dict[str, itertools.cycle] = {}
+        self._lock = threading.Lock()
+
+    def register(self, name: str, ref) -> None:
+        """`ref` is anything with `tell(message)`: an ActorRef, or the MQTT link's loop handle."""
+        self._refs[name] = ref
+
+    def define_pool(self, prefix: str, size: int) -> None:
+        self._pools[prefix] = itertools.cycle([f"{prefix}/{i}" for i in range(size)])
+
+    def tell(self, name: str, message) -> bool:
+        ref = self._refs.get(name)
+        try:
+            if ref is None:
+                raise pykka.ActorDeadError(name)
+            ref.tell(message)
+            return True
+        except pykka.ActorDeadError:
+            log.debug("%s is not running; dropped %s (the broker will deliver it again)",
+                      name, type(message).__name__)
+            return False
+
+    def tell_pool(self, prefix: str, message) -> bool:
+        """Round-robin over a pool of actors (the query actors)."""
+        with self._lock:
+            name = next(self._pools[prefix])
+        return self.tell(name, message)
+
+
+class Supervised(pykka.ThreadingActor):
+    """An actor that tells its supervisor when it crashes. Pykka restarts nothing by itself:
+    the supervisor starts a new instance under the same name."""
+
+    def __init__(self, name: str, supervisor: pykka.ActorRef | None = None):
+        super().__init__()
+        self.name = name
+        self.supervisor = supervisor
+
+    def address(self):
+        """What peers use to reach this actor (through Peers); waited on by the supervisor
+        to know the actor has started."""
+        return self.actor_ref
+
+    def on_failure(self, exception_type, exception_value, traceback):
+        if self.supervisor is not None and self.supervisor.is_alive():
+            self.supervisor.tell(ChildFailed(self.name, self.actor_urn, repr(exception_value)))

@@ -1,0 +1,205 @@
+"""Settings: the defaults in settings.toml, an optional --config file over them, then the
+environment over both. Every value is typed and checked here, so a typo stops start-up
+with a message naming the key instead of surfacing hours later."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+DEFAULTS_FILE = Path(__file__).resolve().parent.parent / "settings.toml"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class SettingsError(Exception):
+    """A setting is unknown, missing or has a bad value; the message names it."""
+
+
+def _check(minimum=None, maximum=None, choices=None, nonempty=False):
+    return {"minimum": minimum, "maximum": maximum, "choices": choices, "nonempty": nonempty}
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    host: str = field(metadata=_check(nonempty=True))
+    port: int = field(metadata=_check(1, 65535))
+    client_id: str = field(metadata=_check(nonempty=True))
+    username: str = field(metadata=_check())
+    password: str = field(metadata=_check(), repr=False)
+    keepalive: int = field(metadata=_check(5, 3600))
+    session_expiry: int = field(metadata=_check(3600, 0xFFFFFFFF))
+    receive_maximum: int = field(metadata=_check(1, 65535))
+    connect_timeout: float = field(metadata=_check(1, 300))
+    reconnect_min_delay: float = field(metadata=_check(0.1, 3600))
+    reconnect_max_delay: float = field(metadata=_check(0.1, 3600))
+    drain_timeout: float = field(metadata=_check(0, 60))
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    path: str = field(metadata=_check(nonempty=True))
+    busy_timeout: float = field(metadata=_check(0, 600))
+    max_batch: int = field(metadata=_check(1, 100_000))
+    retry_delay: float = field(metadata=_check(0.01, 60))
+
+
+@dataclass(frozen=True)
+class QuerySettings:
+    pool_size: int = field(metadata=_check(1, 64))
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    file: str = field(metadata=_check())
+    level: str = field(metadata=_check(choices=LOG_LEVELS))
+    max_bytes: int = field(metadata=_check(1024))
+    backups: int = field(metadata=_check(0, 100))
+
+
+@dataclass(frozen=True)
+class SupervisorSettings:
+    max_restarts: int = field(metadata=_check(0, 1000))
+    restart_window: float = field(metadata=_check(1, 86400))
+
+
+@dataclass(frozen=True)
+class Settings:
+    mqtt: MqttSettings
+    database: DatabaseSettings
+    queries: QuerySettings
+    logging: LoggingSettings
+    supervisor: SupervisorSettings
+
+
+SECTIONS = {"mqtt": MqttSettings, "database": DatabaseSettings, "queries": QuerySettings,
+            "logging": LoggingSettings, "supervisor": SupervisorSettings}
+
+# The seed's environment variables and ours, each overriding one key.
+ENVIRONMENT = {
+    "MQTT_BROKER_HOST": ("mqtt", "host"),
+    "MQTT_BROKER_PORT": ("mqtt", "port"),
+    "MQTT_CLIENT_ID": ("mqtt", "client_id"),
+    "MQTT_USERNAME": ("mqtt", "username"),
+    "MQTT_PASSWORD": ("mqtt", "password"),
+    "DATABASE_PATH": ("database", "path"),
+    "LOG_FILE": ("logging", "file"),
+    "LOG_LEVEL": ("logging", "level"),
+}
+
+
+def load_settings(config_path: str | Path | None = None,
+                  environ: Mapping[str, str] | None = None) -> Settings:
+    """Read the defaults, overlay `config_path` and the environment, and validate it all."""
+    raw = _read_toml(DEFAULTS_FILE)
+    if config_path is not None:
+        _overlay(raw, _read_toml(Path(config_path)), str(config_path))
+    environ = os.environ if environ is None else environ
+    for variable, (section, key) in ENVIRONMENT.items():
+        if variable in environ:
+            raw[section][key] = _from_env(variable, environ[variable], _field_type(section, key))
+    return _build(raw)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as exc:
+        raise SettingsError(f"cannot read settings file {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"settings file {path} is not valid TOML: {exc}") from exc
+
+
+def _field_type(section: str, key: str) -> str:
+    return {f.name: f.type for f in dataclasses.fields(SECTIONS[section])}[key]
+
+
+def _unknown(kind: str, name: str, known) -> SettingsError:
+    hint = difflib.get_close_matches(name, list(known), n=1)
+    suffix = f" (did you mean {hint[0]!r}?)" if hint else ""
+    return SettingsError(f"unknown {kind} {name!r}{suffix}")
+
+
+def _overlay(base: dict, extra: dict, source: str) -> None:
+    sections = SECTIONS
+    for section, values in extra.items():
+        if section not in sections:
+            raise _unknown(f"section in {source}:", section, sections)
+        if not isinstance(values, dict):
+            raise SettingsError(f"[{section}] in {source} must be a table")
+        known = {f.name for f in dataclasses.fields(sections[section])}
+        for key, value in values.items():
+            if key not in known:
+                raise _unknown(f"setting in {source}:", f"{section}.{key}",
+                               [f"{section}.{k}" for k in known])
+            base[section][key] = value
+
+
+def _from_env(variable: str, text: str, kind: str) -> Any:
+    if kind == "int":
+        try:
+            return int(text)
+        except ValueError:
+            raise SettingsError(f"{variable}={text!r}: expected a whole number") from None
+    if kind == "float":
+        try:
+            return float(text)
+        except ValueError:
+            raise SettingsError(f"{variable}={text!r}: expected a number") from None
+    return text
+
+
+def _build(raw: dict) -> Settings:
+    sections = SECTIONS
+    for section in raw:
+        if section not in sections:
+            raise _unknown("section", section, sections)
+    built = {}
+    for section, cls in sections.items():
+        values = raw.get(section)
+        if not isinstance(values, dict):
+            raise SettingsError(f"section [{section}] is missing from the settings")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for key in values:
+            if key not in fields:
+                raise _unknown("setting", f"{section}.{key}", [f"{section}.{k}" for k in fields])
+        kwargs = {}
+        for name, f in fields.items():
+            if name not in values:
+                raise SettingsError(f"setting {section}.{name} is missing")
+            kwargs[name] = _validate(f"{section}.{name}", values[name], f)
+        built[section] = cls(**kwargs)
+    settings = Settings(**built)
+    if settings.mqtt.reconnect_min_delay > settings.mqtt.reconnect_max_delay:
+        raise SettingsError("mqtt.reconnect_min_delay must not exceed mqtt.reconnect_max_delay")
+    return settings
+
+
+def _validate(name: str, value: Any, f: dataclasses.Field) -> Any:
+    kind = f.type  # a string, thanks to `from __future__ import annotations`
+    check = f.metadata
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise SettingsError(f"{name} must be a whole number, not {value!r}")
+    elif kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SettingsError(f"{name} must be a number, not {value!r}")
+        value = float(value)
+    elif not isinstance(value, str):
+        raise SettingsError(f"{name} must be a string, not {value!r}")
+    if check["nonempty"] and not value.strip():
+        raise SettingsError(f"{name} must not be empty")
+    if check["choices"] and value.upper() not in check["choices"]:
+        raise SettingsError(f"{name} must be one of {', '.join(check['choices'])}, not {value!r}")
+    if check["choices"]:
+        value = value.upper()
+    if check["minimum"] is not None and value < check["minimum"]:
+        raise SettingsError(f"{name} must be at least {check['minimum']}, not {value!r}")
+    if check["maximum"] is not None and value > check["maximum"]:
+        raise SettingsError(f"{name} must be at most {check['maximum']}, not {value!r}")
+    return value

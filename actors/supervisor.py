@@ -1,0 +1,135 @@
+"""The supervisor: starts the children in dependency order (writer, query pool, one ingest
+actor per device type, MQTT link), stops them in reverse, and restarts a child that crashes
+(one_for_one). More than `max_restarts` crashes within `restart_window` seconds ends the
+process with exit code 1: systemd's Restart=on-failure is the level above."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import pykka
+
+from actors.devices import DEVICE_TYPES
+from actors.ingest import IngestActor
+from actors.messages import ChildFailed, Resync
+from actors.models import open_database
+from actors.mqtt_link import MqttLink
+from actors.peers import Peers
+from actors.query import QueryActor
+from actors.settings import Settings
+from actors.writer import WriterActor
+
+log = logging.getLogger(__name__)
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 20.0
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    name: str
+    start: Callable[[pykka.ActorRef], pykka.ActorRef]  # supervisor's ref -> a new, started instance
+
+
+class Supervisor(pykka.ThreadingActor):
+    def __init__(self, settings: Settings, exit_process: Callable[[int], None], specs=None):
+        super().__init__()
+        self.settings = settings
+        self.exit_process = exit_process  # tells system.py to stop everything and exit with a code
+        self.peers = Peers()
+        self._specs = specs
+        self._children: dict[str, pykka.ActorRef] = {}  # in start order
+        self._crashes: collections.deque[float] = collections.deque()
+        self._db = None
+
+    def child_specs(self) -> list[ChildSpec]:
+        s, peers = self.settings, self.peers
+        self._db = open_database(s.database.path, s.database.busy_timeout)
+        db = self._db
+        specs = [ChildSpec("writer", lambda sup: WriterActor.start(db, s.database, peers, sup))]
+        specs += [ChildSpec(f"query/{i}", lambda sup, i=i: QueryActor.start(i, db, peers, sup))
+                  for i in range(s.queries.pool_size)]
+        specs += [ChildSpec(f"ingest/{d.name}", lambda sup, d=d: IngestActor.start(d, peers, sup))
+                  for d in DEVICE_TYPES.values()]
+        specs += [ChildSpec("link", lambda sup: MqttLink.start(s.mqtt, peers, sup))]
+        return specs
+
+    def on_start(self):
+        try:
+            if self._specs is None:
+                self._specs = self.child_specs()
+            self.peers.define_pool("query", sum(1 for c in self._specs if c.name.startswith("query/")))
+            for spec in self._specs:
+                self._start(spec)
+            log.info("service started: %s", ", ".join(self._children))
+        except Exception as exc:
+            log.critical("start-up failed: %s", exc)
+            self._stop_children()
+            self.exit_process(1)
+            raise
+
+    def on_stop(self):
+        self._stop_children()
+        log.info("service stopped")
+
+    def on_failure(self, exception_type, exception_value, traceback):
+        self._stop_children()
+        self.exit_process(1)
+
+    def on_receive(self, message):
+        if isinstance(message, ChildFailed):
+            self._child_failed(message)
+        else:
+            log.warning("supervisor ignored an unexpected message: %r", message)
+
+    def _start(self, spec: ChildSpec) -> None:
+        ref = spec.start(self.actor_ref)
+        try:
+            # Waits for on_start; an actor whose on_start failed is dead by the time this asks.
+            address = ref.proxy().address().get(timeout=START_TIMEOUT)
+        except (pykka.ActorDeadError, pykka.Timeout) as exc:
+            ref.stop(block=False)
+            raise RuntimeError(f"{spec.name} did not start (see the error above)") from exc
+        self._children[spec.name] = ref
+        self.peers.register(spec.name, address)
+
+    def _child_failed(self, failed: ChildFailed) -> None:
+        ref = self._children.get(failed.name)
+        if ref is None or ref.actor_urn != failed.urn:
+            return  # an instance we have already replaced
+        now = time.monotonic()
+        self._crashes.append(now)
+        while self._crashes and now - self._crashes[0] > self.settings.supervisor.restart_window:
+            self._crashes.popleft()
+        if len(self._crashes) > self.settings.supervisor.max_restarts:
+            log.critical("%s crashed (%s): more than %d crashes in %g s; exiting so that systemd "
+                         "restarts the service", failed.name, failed.error,
+                         self.settings.supervisor.max_restarts, self.settings.supervisor.restart_window)
+            self.exit_process(1)
+            return
+        log.error("%s crashed (%s); restarting it", failed.name, failed.error)
+        spec = next(s for s in self._specs if s.name == failed.name)
+        try:
+            self._start(spec)
+        except RuntimeError as exc:
+            log.critical("cannot restart %s: %s", failed.name, exc)
+            self.exit_process(1)
+            return
+        if failed.name != "link":
+            # What the crashed actor held was never acknowledged: have the broker resend it.
+            link = self._children.get("link")
+            if link is not None:
+                link.tell(Resync())
+
+    def _stop_children(self) -> None:
+        for name, ref in reversed(list(self._children.items())):
+            try:
+                ref.stop(block=True, timeout=STOP_TIMEOUT)
+            except pykka.Timeout:
+                log.error("%s did not stop within %g s", name, STOP_TIMEOUT)
+        self._children.clear()
+        if self._db is not None:
+            self._db.close()

@@ -1,0 +1,132 @@
+"""The database writer: the only actor that writes, over the process's only write connection.
+
+Batches from the ingest actors pile up while a transaction is running; the next transaction
+takes all of them (group commit, at most `max_batch` rows), and only once it has committed are
+their MQTT acknowledgements released. A failed commit is rolled back and retried with backoff;
+nothing is acknowledged until it is durable."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import datetime, timezone
+
+import peewee
+import pykka
+
+from actors.devices import DEVICE_TYPES
+from actors.messages import Committed, Flush, WriteBatch
+from actors.models import MODELS, RejectedMessage, insert_sql
+from actors.peers import Peers, Supervised
+from actors.settings import DatabaseSettings
+
+log = logging.getLogger(__name__)
+MAX_RETRY_DELAY = 30.0
+
+
+def utc_now() -> str:
+    """UTC in SQLite's own CURRENT_TIMESTAMP format, so sqlite3 users can compare them."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+class WriterActor(Supervised):
+    def __init__(self, database: peewee.SqliteDatabase, settings: DatabaseSettings, peers: Peers,
+                 supervisor=None):
+        super().__init__("writer", supervisor)
+        self.db = database
+        self.settings = settings
+        self.peers = peers
+        self._pending: list[WriteBatch] = []
+        self._pending_rows = 0
+        self._flush_queued = False
+        self._retry_timer: threading.Timer | None = None
+        self._retry_delay = settings.retry_delay
+        self._failing_since: float | None = None
+
+    def on_start(self):
+        self.db.connect(reuse_if_open=True)
+        self.db.create_tables(MODELS, safe=True)
+        self._sql = {name: insert_sql(d.model, self.db) for name, d in DEVICE_TYPES.items()}
+        self._reject_sql = insert_sql(RejectedMessage, self.db)
+
+    def on_receive(self, message):
+        if isinstance(message, WriteBatch):
+            self._pending.append(message)
+            self._pending_rows += len(message.rows) + len(message.rejections)
+            if self._retry_timer is not None:
+                return  # the database is failing; the retry timer decides when to try again
+            if self._pending_rows >= self.settings.max_batch:
+                self.commit_pending()
+            elif not self._flush_queued:
+                self._flush_queued = True
+                self.actor_ref.tell(Flush())
+        elif isinstance(message, Flush):
+            self._flush_queued = False
+            self._retry_timer = None
+            self.commit_pending()
+        else:
+            log.warning("writer ignored an unexpected message: %r", message)
+
+    def on_stop(self):
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
+        self.commit_pending()  # one last try; whatever fails is redelivered by the broker
+        self.db.close()
+
+    def commit_pending(self) -> None:
+        """Commit everything pending, in transactions of at most max_batch rows."""
+        while self._pending:
+            taken, size = [], 0
+            while self._pending and (not taken or size < self.settings.max_batch):
+                batch = self._pending.pop(0)
+                taken.append(batch)
+                size += len(batch.rows) + len(batch.rejections)
+            try:
+                self._write(taken)
+            except peewee.OperationalError as exc:
+                self._pending[:0] = taken
+                self._failed(exc)
+                return
+            self._pending_rows -= size
+            self._recovered()
+            self.peers.tell("link", Committed(tuple(a for b in taken for a in b.ack_ids)))
+
+    def _write(self, batches: list[WriteBatch]) -> None:
+        created_at = utc_now()
+        by_device: dict[str, list[tuple]] = {}
+        rejections = []
+        for batch in batches:
+            by_device.setdefault(batch.device, []).extend(row + (created_at,) for row in batch.rows)
+            rejections.extend((r.topic, r.payload, r.reason, r.received_at) for r in batch.rejections)
+        # BEGIN IMMEDIATE takes the write lock up front: no SQLITE_BUSY halfway through.
+        with self.db.atomic("IMMEDIATE"):
+            cursor = self.db.cursor()
+            for device, rows in by_device.items():
+                cursor.executemany(self._sql[device], rows)
+            if rejections:
+                cursor.executemany(self._reject_sql, rejections)
+
+    def _failed(self, exc: Exception) -> None:
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+            log.error("cannot commit to the database (%s); nothing is acknowledged until it "
+                      "succeeds; retrying", exc)
+        else:
+            log.debug("commit still failing: %s", exc)
+        self._retry_timer = threading.Timer(self._retry_delay, self._retry)
+        self._retry_timer.daemon = True
+        self._retry_timer.start()
+        self._retry_delay = min(self._retry_delay * 2, MAX_RETRY_DELAY)
+
+    def _retry(self) -> None:
+        try:
+            self.actor_ref.tell(Flush())
+        except pykka.ActorDeadError:  # the writer stopped meanwhile
+            pass
+
+    def _recovered(self) -> None:
+        if self._failing_since is not None:
+            log.warning("database writes resumed after %.1f s", time.monotonic() - self._failing_since)
+            self._failing_since = None
+        self._retry_delay = self.settings.retry_delay

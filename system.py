@@ -1,0 +1,71 @@
+"""The IoT data service: MQTT readings into SQLite, and answers to mobile apps.
+
+Run `python system.py [--config PATH]`. This file only wires things together: settings,
+logging, signals and the supervisor actor, which starts and watches everything else."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+import pykka
+
+from actors.logs import configure_logging
+from actors.settings import SettingsError, load_settings
+from actors.supervisor import Supervisor
+
+log = logging.getLogger("system")
+EXIT_CONFIG = 2  # bad settings: restarting will not help (see RestartPreventExitStatus)
+
+
+class ExitCode:
+    """Set once, by a signal (0) or by the supervisor (1); the main thread waits on it."""
+
+    def __init__(self):
+        self._event = threading.Event()
+        self.code = 0
+
+    def set(self, code: int) -> None:
+        if not self._event.is_set():
+            self.code = code
+            self._event.set()
+
+    def wait(self) -> int:
+        while not self._event.wait(0.5):  # a timed wait keeps signal handlers responsive
+            pass
+        return self.code
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", metavar="PATH", help="settings file over the defaults in settings.toml")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except SettingsError as exc:
+        print(f"settings error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    configure_logging(settings.logging)
+
+    exit_code = ExitCode()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda signum, frame: exit_code.set(0))
+
+    log.info("starting: broker %s:%s, client id %s, database %s", settings.mqtt.host,
+             settings.mqtt.port, settings.mqtt.client_id, settings.database.path)
+    supervisor = Supervisor.start(settings, exit_code.set)
+    code = exit_code.wait()
+    log.info("stopping (exit code %d)", code)
+    try:
+        supervisor.stop(block=True, timeout=30)
+    except pykka.Timeout:
+        log.error("the supervisor did not stop in time")
+    pykka.ActorRegistry.stop_all(block=True, timeout=5)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
