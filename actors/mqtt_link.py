@@ -96,6 +96,7 @@ class Session:
         self._lost_at: float | None = None
         self._reading_topics = {d.reading_topic: d.name for d in DEVICE_TYPES.values()}
         self._request_stems = {d.request_stem: d.name for d in DEVICE_TYPES.values()}
+        self._topics = [*self._reading_topics, *(f"{stem}/+" for stem in self._request_stems)]
 
     # -- connection ---------------------------------------------------------------------
 
@@ -137,6 +138,7 @@ class Session:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         return client
 
     async def _discard(self, client: BackoffClient) -> None:
@@ -159,8 +161,14 @@ class Session:
             self._lost_at = None
         # gmqtt never resubscribes. Subscribing again is harmless when the session survived,
         # and essential when the broker had no session for us.
-        topics = [*self._reading_topics, *(f"{stem}/+" for stem in self._request_stems)]
-        client.subscribe([gmqtt.Subscription(t, qos=1) for t in topics])
+        client.subscribe([gmqtt.Subscription(t, qos=1) for t in self._topics])
+
+    def _on_subscribe(self, client, mid, granted, properties):
+        refused = [t for t, code in zip(self._topics, granted) if code >= 0x80]
+        if refused:
+            log.error("the broker refused our subscription to %s (check its ACL)", ", ".join(refused))
+        else:
+            log.info("subscribed to %d topics; taking readings and requests", len(granted))
 
     def _on_disconnect(self, client, packet, exc=None):
         was_connected, self.connected = self.connected, False

@@ -1,0 +1,232 @@
+"""Shared test fixtures: a Mosquitto broker of our own on a free port, the service as a child
+process, paho-mqtt clients standing in for devices and apps, and fake actor peers."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import queue
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pykka
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+MOSQUITTO = os.environ.get("MOSQUITTO") or shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout=15.0, interval=0.05, what="condition"):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+class Broker:
+    """A Mosquitto process on a free loopback port, started and stopped by the test."""
+
+    def __init__(self, workdir: Path, persistence: bool = False):
+        self.port = free_port()
+        self.workdir = workdir
+        self.conf = workdir / f"mosquitto-{self.port}.conf"
+        # `user`: started as root, mosquitto would switch to a user that cannot write here.
+        lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true", f"user {getpass.getuser()}",
+                 "max_queued_messages 200000", "log_type error", "log_type warning", "log_type notice",
+                 f"log_dest file {workdir}/mosquitto-{self.port}.log"]
+        if persistence:
+            lines += ["persistence true", f"persistence_location {workdir}/", "autosave_interval 1"]
+        else:
+            lines += ["persistence false"]
+        self.conf.write_text("\n".join(lines) + "\n")
+        self.proc = None
+
+    def start(self):
+        if not Path(MOSQUITTO).exists():
+            pytest.fail(f"mosquitto not found at {MOSQUITTO}; install it: apt-get install -y mosquitto")
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(self.listening, 10, what="mosquitto to listen")
+
+    def listening(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                return True
+        except OSError:
+            return False
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+class MqttClient:
+    """A paho client that plays devices and apps; collects what it receives."""
+
+    def __init__(self, port: int, client_id: str | None = None):
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+                                  client_id=client_id or f"test-{uuid.uuid4().hex[:8]}",
+                                  protocol=mqtt.MQTTv311)
+        self.client.max_inflight_messages_set(100)
+        self.messages: queue.Queue = queue.Queue()
+        self.client.on_message = lambda c, u, msg: self.messages.put((msg.topic, msg.payload))
+        subscribed = threading.Event()
+        self.client.on_subscribe = lambda *args: subscribed.set()
+        self._subscribed = subscribed
+        self.client.connect("127.0.0.1", port, keepalive=30)
+        self.client.loop_start()
+
+    def subscribe(self, topic: str) -> None:
+        self._subscribed.clear()
+        self.client.subscribe(topic, 1)
+        assert self._subscribed.wait(10), f"no SUBACK for {topic}"
+
+    def publish(self, topic: str, payload, qos: int = 1, wait: bool = True):
+        if isinstance(payload, (dict, list)):
+            payload = json.dumps(payload)
+        info = self.client.publish(topic, payload, qos=qos)
+        if wait:
+            info.wait_for_publish(10)
+            assert info.is_published(), f"the broker did not acknowledge a publish to {topic}"
+        return info
+
+    def take(self, timeout: float = 10.0):
+        """The next message received: (topic, decoded JSON)."""
+        topic, payload = self.messages.get(timeout=timeout)
+        return topic, json.loads(payload)
+
+    def subscribe_replies(self, app_id: str) -> None:
+        for stem in ("temp", "power", "fingerprint"):
+            self.subscribe(f"home/data{stem}/{app_id}")
+
+    def request(self, stem: str, app_id: str, body, timeout: float = 10.0) -> dict:
+        self.publish(f"home/get{stem}/{app_id}", body)
+        topic, reply = self.take(timeout)
+        assert topic == f"home/data{stem}/{app_id}"
+        return reply
+
+    def close(self):
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+class Service:
+    """`python system.py` as a child process, configured by environment variables."""
+
+    def __init__(self, broker: Broker, workdir: Path, **env):
+        self.broker = broker
+        self.workdir = workdir
+        self.db_path = workdir / "mqtt_data.db"
+        self.log_path = workdir / "mqtt_client.log"
+        self.output = workdir / "service.out"
+        self.client_id = f"svc-{uuid.uuid4().hex[:8]}"
+        self.extra_env = env
+        self.proc = None
+
+    def start(self, *args):
+        env = {**os.environ, "MQTT_BROKER_HOST": "127.0.0.1", "MQTT_BROKER_PORT": str(self.broker.port),
+               "MQTT_CLIENT_ID": self.client_id, "DATABASE_PATH": str(self.db_path),
+               "LOG_FILE": str(self.log_path), "LOG_LEVEL": "INFO", **self.extra_env}
+        env.pop("MQTT_USERNAME", None)
+        env.pop("MQTT_PASSWORD", None)
+        with open(self.output, "wb") as out:  # each run's output on its own
+            self.proc = subprocess.Popen([sys.executable, "system.py", *args], cwd=ROOT, env=env,
+                                         stdout=out, stderr=subprocess.STDOUT)
+        return self
+
+    def wait_ready(self, count: int = 1):
+        """Until the service has had its subscriptions acknowledged `count` times in this run."""
+        wait_until(lambda: self.log().count("taking readings and requests") >= count
+                   or self.proc.poll() is not None, 30, what="the service to subscribe")
+        assert self.proc.poll() is None, f"the service exited:\n{self.log()}"
+
+    def log(self) -> str:
+        try:
+            return self.output.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def terminate(self, timeout: float = 15) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self):
+        self.proc.kill()
+        self.proc.wait()
+
+    def query(self, sql: str, params=()) -> list[tuple]:
+        con = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=10)
+        try:
+            return con.execute(sql, params).fetchall()
+        finally:
+            con.close()
+
+    def stop_quietly(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class FakePeer:
+    """Stands in for any actor or the MQTT link: records what it is told."""
+
+    def __init__(self):
+        self.inbox: queue.Queue = queue.Queue()
+
+    def tell(self, message):
+        self.inbox.put(message)
+
+    def is_alive(self) -> bool:
+        return True
+
+    def next(self, timeout: float = 10.0):
+        return self.inbox.get(timeout=timeout)
+
+
+@pytest.fixture
+def broker(tmp_path):
+    b = Broker(tmp_path)
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def service(broker, tmp_path):
+    s = Service(broker, tmp_path)
+    yield s
+    s.stop_quietly()
+
+
+@pytest.fixture
+def client(broker):
+    c = MqttClient(broker.port)
+    yield c
+    c.close()
+
+
+@pytest.fixture(autouse=True)
+def _stop_actors():
+    yield
+    pykka.ActorRegistry.stop_all(timeout=10)

@@ -1,0 +1,144 @@
+"""The whole service (`python system.py`) against a real Mosquitto and a real SQLite file."""
+
+import sqlite3
+import subprocess
+import sys
+import threading
+
+from conftest import ROOT, Broker, MqttClient, Service, wait_until
+
+
+def temperature(dev, i, day="2026-04-01"):
+    return {"device_id": dev, "temperature": 20.0 + i % 10, "humidity": 40.0, "status": "LOW",
+            "timestamp": f"{day}T{i // 3600:02d}:{i // 60 % 60:02d}:{i % 60:02d}"}
+
+
+def count(service, table="temperature_logs", dev=None):
+    sql = f"SELECT COUNT(*) FROM {table}" + (" WHERE device_id = ?" if dev else "")
+    return service.query(sql, (dev,) if dev else ())[0][0]
+
+
+def fast_reconnect_config(tmp_path):
+    path = tmp_path / "fast.toml"
+    path.write_text("[mqtt]\nreconnect_min_delay = 0.2\nreconnect_max_delay = 1.0\n")
+    return str(path)
+
+
+def test_readings_of_every_type_are_stored_and_served_and_garbage_is_kept_aside(service, client):
+    service.start().wait_ready()
+    client.publish("home/temperature", temperature("t1", 5))
+    client.publish("home/power", {"device_id": "p1", "status": "DG_ON", "timestamp": "2026-04-01T06:00:00"})
+    client.publish("home/fingerprint", {"device_id": "f1", "user_id": "u7", "authStatus": "FAIL",
+                                        "timestamp": "2026-04-01T06:00:00"})
+    client.publish("home/power", b'{"device_id": "p1", "status": "EB_ON"}')
+    wait_until(lambda: count(service, "rejected_messages") == 1 and count(service, "fingerprint_logs") == 1,
+               what="all four messages stored")
+    client.subscribe_replies("app1")
+    assert client.request("temp", "app1", {"device_id": "t1", "date": "2026-04-01"})["records"] == [
+        {"temperature": 25.0, "humidity": 40.0, "status": "LOW", "timestamp": "2026-04-01T00:00:05"}]
+    assert client.request("power", "app1", {"device_id": "p1", "date": "2026-04-01"})["records"] == [
+        {"ebstatus": "", "dgstatus": "ON", "timestamp": "2026-04-01T06:00:00"}]
+    assert client.request("fingerprint", "app1", {"device_id": "f1", "date": "2026-04-01"})["records"] == [
+        {"user_id": "u7", "authStatus": "FAIL", "timestamp": "2026-04-01T06:00:00"}]
+    [(payload, reason)] = service.query("SELECT payload, reason FROM rejected_messages")
+    assert payload == b'{"device_id": "p1", "status": "EB_ON"}' and reason == "missing field 'timestamp'"
+    assert "rejected a reading on home/power: missing field 'timestamp'" in service.log()
+
+
+def test_a_reading_is_acknowledged_only_once_it_is_committed(service, client):
+    """With the write lock held by an operator's sqlite3 session the reading cannot be committed;
+    kill -9 then: had it been acknowledged, the broker would not deliver it again and it would be lost."""
+    service.start().wait_ready()
+    client.publish("home/temperature", temperature("warmup", 0))
+    wait_until(lambda: count(service) == 1, what="the first reading")
+    operator = sqlite3.connect(service.db_path, isolation_level=None)
+    operator.execute("BEGIN IMMEDIATE")
+    try:
+        client.publish("home/temperature", temperature("locked", 1))
+        wait_until(lambda: "cannot commit to the database" in service.log(), what="a failed commit")
+        service.kill()
+    finally:
+        operator.execute("ROLLBACK")
+        operator.close()
+    service.start().wait_ready()
+    wait_until(lambda: count(service, dev="locked") == 1, what="the redelivered reading")
+
+
+def test_sigterm_mid_stream_exits_0_and_loses_nothing(service, client):
+    service.start().wait_ready()
+    total = 3000
+    done = threading.Event()
+
+    def publish_all():
+        for i in range(total):
+            client.publish("home/temperature", temperature("stream", i), wait=(i % 200 == 199))
+        done.set()
+
+    threading.Thread(target=publish_all, daemon=True).start()
+    wait_until(lambda: count(service) > 100, what="the stream to be flowing")
+    assert service.terminate() == 0
+    assert "disconnected from the MQTT broker" in service.log()
+    assert done.wait(60)
+    service.start().wait_ready()
+    wait_until(lambda: count(service) == total, 30, what=f"all {total} readings")
+
+
+def test_after_a_broker_restart_without_its_session_the_service_subscribes_again(tmp_path):
+    broker = Broker(tmp_path)  # persistence off: the restarted broker has forgotten our session
+    broker.start()
+    service = Service(broker, tmp_path)
+    try:
+        service.start("--config", fast_reconnect_config(tmp_path)).wait_ready()
+        broker.stop()
+        wait_until(lambda: "lost the MQTT broker connection" in service.log(), what="the loss to be noticed")
+        wait_until(lambda: service.log().count("cannot connect") + service.log().count("lost") >= 1)
+        broker.start()
+        service.wait_ready(2)
+        assert "reconnected to the MQTT broker" in service.log() and "(session new)" in service.log()
+        assert service.log().count("lost the MQTT broker connection") == 1  # once, not once per retry
+        client = MqttClient(broker.port)
+        try:
+            client.publish("home/temperature", temperature("after", 1))
+            client.subscribe("home/datatemp/app2")
+            reply = wait_until(lambda: (r := client.request("temp", "app2", {"device_id": "after",
+                                                                             "date": "2026-04-01"}))["count"] and r)
+            assert reply["records"][0]["timestamp"] == "2026-04-01T00:00:01"
+        finally:
+            client.close()
+    finally:
+        service.stop_quietly()
+        broker.stop()
+
+
+def test_readings_held_by_a_persistent_broker_across_its_restart_are_stored(tmp_path):
+    broker = Broker(tmp_path, persistence=True)
+    broker.start()
+    service = Service(broker, tmp_path)
+    try:
+        service.start("--config", fast_reconnect_config(tmp_path)).wait_ready()
+        assert service.terminate() == 0  # the broker keeps our session while we are away
+        client = MqttClient(broker.port)
+        for i in range(100):
+            client.publish("home/temperature", temperature("held", i))
+        client.close()
+        broker.stop()  # saves the queued readings to disk
+        broker.start()
+        service.start("--config", fast_reconnect_config(tmp_path)).wait_ready()
+        wait_until(lambda: count(service, dev="held") == 100, what="the readings the broker kept")
+        assert "(session resumed)" in service.log()
+    finally:
+        service.stop_quietly()
+        broker.stop()
+
+
+def test_a_bad_setting_stops_start_up_with_exit_code_2_naming_it(tmp_path):
+    result = subprocess.run([sys.executable, "system.py"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=30, env={"PATH": "/usr/bin:/bin", "MQTT_BROKER_PORT": "eighty",
+                                             "DATABASE_PATH": str(tmp_path / "x.db")})
+    assert result.returncode == 2
+    assert "MQTT_BROKER_PORT='eighty'" in result.stderr
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[queries]\npool = 3\n")
+    result = subprocess.run([sys.executable, "system.py", "--config", str(bad)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and "queries.pool" in result.stderr and "pool_size" in result.stderr

@@ -1,0 +1,116 @@
+"""Validation of readings and requests: every device type, every kind of bad input."""
+
+import json
+
+import pytest
+
+from actors.devices import DEVICE_TYPES, InvalidMessage
+from actors.query import RequestError, parse_request
+
+TEMP, POWER, FINGER = DEVICE_TYPES["temperature"], DEVICE_TYPES["power"], DEVICE_TYPES["fingerprint"]
+
+
+def raw(obj) -> bytes:
+    return json.dumps(obj).encode()
+
+
+def test_the_seed_examples_become_rows():
+    assert TEMP.parse(raw({"device_id": "temp_sensor_01", "temperature": 22.5, "humidity": 45.3,
+                           "status": "HIGH", "timestamp": "2026-01-22T14:30:00"})) == \
+        ("temp_sensor_01", 22.5, 45.3, "HIGH", "2026-01-22T14:30:00", "2026-01-22")
+    assert POWER.parse(raw({"device_id": "power_switch_01", "status": "EB_ON",
+                            "timestamp": "2026-01-22T14:35:15"})) == \
+        ("power_switch_01", "ON", "", "2026-01-22T14:35:15", "2026-01-22")
+    assert FINGER.parse(raw({"device_id": "fingerprint_01", "user_id": "user_123", "authStatus": "PASS",
+                             "timestamp": "2026-01-22T14:40:22"})) == \
+        ("fingerprint_01", "user_123", "PASS", "2026-01-22T14:40:22", "2026-01-22")
+
+
+@pytest.mark.parametrize("status, columns", [("EB_ON", ("ON", "")), ("EB_OFF", ("OFF", "")),
+                                             ("DG_ON", ("", "ON")), ("DG_OFF", ("", "OFF"))])
+def test_a_power_row_keeps_only_what_the_device_said(status, columns):
+    row = POWER.parse(raw({"device_id": "p", "status": status, "timestamp": "2026-01-22T00:00:00"}))
+    assert row[1:3] == columns
+
+
+@pytest.mark.parametrize("given, stored, date", [
+    ("2026-01-22T14:30:00", "2026-01-22T14:30:00", "2026-01-22"),
+    ("2026-01-22 14:30:00", "2026-01-22T14:30:00", "2026-01-22"),
+    ("2026-01-22T14:30:00.250", "2026-01-22T14:30:00.250000", "2026-01-22"),
+    ("2026-01-22T23:30:00+05:30", "2026-01-22T23:30:00+05:30", "2026-01-22"),
+    ("2026-01-22T14:30:00Z", "2026-01-22T14:30:00+00:00", "2026-01-22"),
+])
+def test_timestamps_are_stored_in_canonical_form_with_their_own_date(given, stored, date):
+    row = FINGER.parse(raw({"device_id": "f", "user_id": "u", "authStatus": "FAIL", "timestamp": given}))
+    assert row[-2:] == (stored, date)
+
+
+GOOD_TEMP = {"device_id": "t", "temperature": 22.5, "humidity": 45.3, "status": "HIGH",
+             "timestamp": "2026-01-22T14:30:00"}
+
+
+@pytest.mark.parametrize("payload, reason", [
+    (b"{not json", "not valid JSON"),
+    (b"\xff\xfe\x00garbage", "not valid JSON"),
+    (b"", "not valid JSON"),
+    (b"[1, 2, 3]", "expected a JSON object, got an array"),
+    (b'"text"', "expected a JSON object, got a string"),
+    (raw({k: v for k, v in GOOD_TEMP.items() if k != "device_id"}), "missing field 'device_id'"),
+    (raw({**GOOD_TEMP, "device_id": 17}), "field 'device_id' must be a string, got a number"),
+    (raw({**GOOD_TEMP, "device_id": "  "}), "field 'device_id' must not be empty"),
+    (raw({**GOOD_TEMP, "device_id": "x" * 129}), "longer than 128"),
+    (raw({**GOOD_TEMP, "device_id": "a\nb"}), "control characters"),
+    (raw({**GOOD_TEMP, "temperature": "abc"}), "field 'temperature' must be a number, got a string"),
+    (raw({**GOOD_TEMP, "temperature": True}), "field 'temperature' must be a number, got a boolean"),
+    (raw({**GOOD_TEMP, "temperature": None}), "field 'temperature' must be a number, got null"),
+    (b'{"device_id": "t", "temperature": 1e400, "humidity": 1, "status": "HIGH", '
+     b'"timestamp": "2026-01-22T14:30:00"}', "not valid JSON"),
+    (raw({**GOOD_TEMP, "temperature": 10 ** 400}), "not valid JSON: number is infinity"),
+    (raw({**GOOD_TEMP, "humidity": 101}), "field 'humidity' must be between 0 and 100"),
+    (raw({**GOOD_TEMP, "status": "MEDIUM"}), "field 'status' must be one of HIGH, LOW, got 'MEDIUM'"),
+    (raw({**GOOD_TEMP, "timestamp": "yesterday"}), "field 'timestamp' must be an ISO 8601 date-time"),
+    (raw({**GOOD_TEMP, "timestamp": "2026-01-22"}), "field 'timestamp' must be an ISO 8601 date-time"),
+    (raw({**GOOD_TEMP, "timestamp": "2026-02-30T10:00:00"}), "field 'timestamp' must be an ISO 8601"),
+    (raw({**GOOD_TEMP, "timestamp": 1769092200}), "field 'timestamp' must be a string, got a number"),
+])
+def test_bad_temperature_readings_are_refused_with_a_specific_reason(payload, reason):
+    with pytest.raises(InvalidMessage) as err:
+        TEMP.parse(payload)
+    assert reason in str(err.value)
+
+
+def test_bad_power_and_fingerprint_readings_are_refused_with_a_specific_reason():
+    with pytest.raises(InvalidMessage, match="'status' must be one of EB_ON, EB_OFF, DG_ON, DG_OFF"):
+        POWER.parse(raw({"device_id": "p", "status": "XX_ON", "timestamp": "2026-01-22T14:30:00"}))
+    with pytest.raises(InvalidMessage, match="'authStatus' must be one of PASS, FAIL, got 'MAYBE'"):
+        FINGER.parse(raw({"device_id": "f", "user_id": "u", "authStatus": "MAYBE",
+                          "timestamp": "2026-01-22T14:30:00"}))
+    with pytest.raises(InvalidMessage, match="missing field 'user_id'"):
+        FINGER.parse(raw({"device_id": "f", "authStatus": "PASS", "timestamp": "2026-01-22T14:30:00"}))
+
+
+def test_extra_fields_in_a_reading_are_ignored():
+    row = TEMP.parse(raw({**GOOD_TEMP, "battery": 87}))
+    assert row[0] == "t"
+
+
+def test_a_good_request_reads_device_and_date():
+    assert parse_request(raw({"device_id": "temp_sensor_01", "date": "2026-01-22"})) == \
+        ("temp_sensor_01", "2026-01-22")
+
+
+@pytest.mark.parametrize("payload, code, known", [
+    (b"{not json", "invalid_json", {}),
+    (raw(["temp_sensor_01", "2026-01-22"]), "invalid_request", {}),
+    (raw({"date": "2026-01-22"}), "missing_field", {}),
+    (raw({"device_id": "t1"}), "missing_field", {"device_id": "t1"}),
+    (raw({"device_id": 5, "date": "2026-01-22"}), "invalid_field", {}),
+    (raw({"device_id": "t1", "date": "22-01-2026"}), "invalid_field", {"device_id": "t1"}),
+    (raw({"device_id": "t1", "date": "2026-02-30"}), "invalid_field", {"device_id": "t1"}),
+    (raw({"device_id": "t1", "date": 20260122}), "invalid_field", {"device_id": "t1"}),
+    (raw({"device_id": "t1", "date": "2026-1-2"}), "invalid_field", {"device_id": "t1"}),
+])
+def test_bad_requests_carry_a_code_and_what_was_readable(payload, code, known):
+    with pytest.raises(RequestError) as err:
+        parse_request(payload)
+    assert err.value.code == code and err.value.known == known and str(err.value)

@@ -1,0 +1,65 @@
+import pytest
+
+from actors.settings import SettingsError, load_settings
+
+
+def test_defaults_come_from_settings_toml():
+    s = load_settings(environ={})
+    assert (s.mqtt.host, s.mqtt.port, s.mqtt.client_id) == ("localhost", 1883, "mqtt_client_1")
+    assert s.database.path == "mqtt_data.db" and s.logging.file == "mqtt_client.log"
+    assert s.mqtt.session_expiry >= 7 * 24 * 3600
+
+
+def test_environment_overrides_every_seed_variable():
+    s = load_settings(environ={
+        "MQTT_BROKER_HOST": "broker.example", "MQTT_BROKER_PORT": "8883", "MQTT_CLIENT_ID": "svc-7",
+        "MQTT_USERNAME": "svc", "MQTT_PASSWORD": "s3cret", "DATABASE_PATH": "/data/x.db",
+        "LOG_FILE": "/var/log/x.log", "LOG_LEVEL": "warning"})
+    assert (s.mqtt.host, s.mqtt.port, s.mqtt.client_id) == ("broker.example", 8883, "svc-7")
+    assert (s.mqtt.username, s.mqtt.password) == ("svc", "s3cret")
+    assert (s.database.path, s.logging.file, s.logging.level) == ("/data/x.db", "/var/log/x.log", "WARNING")
+    assert "s3cret" not in repr(s)
+
+
+def test_a_config_file_overrides_defaults_and_the_environment_overrides_both(tmp_path):
+    path = tmp_path / "site.toml"
+    path.write_text('[mqtt]\nport = 1999\nhost = "from-file"\n[queries]\npool_size = 4\n')
+    s = load_settings(path, environ={"MQTT_BROKER_HOST": "from-env"})
+    assert (s.mqtt.host, s.mqtt.port, s.queries.pool_size) == ("from-env", 1999, 4)
+    assert s.database.path == "mqtt_data.db"
+
+
+@pytest.mark.parametrize("text, named", [
+    ('[mqtt]\nprot = 1883\n', "'mqtt.prot' (did you mean 'mqtt.port'?)"),
+    ('[databse]\npath = "x"\n', "'databse' (did you mean 'database'?)"),
+    ('[mqtt]\nport = "1883"\n', "mqtt.port must be a whole number"),
+    ('[mqtt]\nport = 70000\n', "mqtt.port must be at most 65535"),
+    ('[queries]\npool_size = 0\n', "queries.pool_size must be at least 1"),
+    ('[logging]\nlevel = "LOUD"\n', "logging.level must be one of"),
+    ('[mqtt]\nclient_id = " "\n', "mqtt.client_id must not be empty"),
+    ('[mqtt]\nsession_expiry = 60\n', "mqtt.session_expiry must be at least 3600"),
+    ('[mqtt\n', "is not valid TOML"),
+])
+def test_bad_settings_stop_start_up_naming_the_key(tmp_path, text, named):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(SettingsError) as err:
+        load_settings(path, environ={})
+    assert named in str(err.value)
+
+
+@pytest.mark.parametrize("variable, value, named", [
+    ("MQTT_BROKER_PORT", "eighteen", "MQTT_BROKER_PORT='eighteen': expected a whole number"),
+    ("MQTT_BROKER_PORT", "0", "mqtt.port must be at least 1"),
+    ("LOG_LEVEL", "chatty", "logging.level must be one of"),
+    ("MQTT_CLIENT_ID", "", "mqtt.client_id must not be empty"),
+])
+def test_bad_environment_values_name_the_variable_or_key(variable, value, named):
+    with pytest.raises(SettingsError) as err:
+        load_settings(environ={variable: value})
+    assert named in str(err.value)
+
+
+def test_a_missing_config_file_is_reported(tmp_path):
+    with pytest.raises(SettingsError, match="cannot read settings file"):
+        load_settings(tmp_path / "nope.toml", environ={})

@@ -1,0 +1,53 @@
+"""The ingest actor, with a fake writer."""
+
+import json
+
+from actors.devices import DEVICE_TYPES
+from actors.ingest import IngestActor
+from actors.messages import ChildFailed, Inbound, ReadingBatch, WriteBatch
+from actors.peers import Peers
+from conftest import FakePeer
+
+RECEIVED = "2026-01-22 14:30:01"
+
+
+def start(device_name):
+    peers, writer = Peers(), FakePeer()
+    peers.register("writer", writer)
+    return IngestActor.start(DEVICE_TYPES[device_name], peers), writer
+
+
+def test_valid_and_invalid_readings_reach_the_writer_in_one_batch_with_every_ack():
+    ingest, writer = start("temperature")
+    good = json.dumps({"device_id": "t1", "temperature": 21.0, "humidity": 40.0, "status": "LOW",
+                       "timestamp": "2026-01-22T14:30:00"}).encode()
+    ingest.tell(ReadingBatch(RECEIVED, (Inbound(7, "home/temperature", good),
+                                        Inbound(8, "home/temperature", b"{oops"))))
+    batch = writer.next()
+    assert isinstance(batch, WriteBatch) and batch.device == "temperature"
+    assert batch.rows == (("t1", 21.0, 40.0, "LOW", "2026-01-22T14:30:00", "2026-01-22"),)
+    [rejection] = batch.rejections
+    assert (rejection.topic, rejection.payload, rejection.received_at) == ("home/temperature", b"{oops", RECEIVED)
+    assert rejection.reason.startswith("not valid JSON")
+    assert batch.ack_ids == (7, 8)
+
+
+def test_each_device_type_has_its_own_ingest_actor():
+    for name, payload in [
+        ("power", {"device_id": "p1", "status": "DG_OFF", "timestamp": "2026-01-22T09:20:00"}),
+        ("fingerprint", {"device_id": "f1", "user_id": "u", "authStatus": "FAIL", "timestamp": "2026-01-22T09:20:00"}),
+    ]:
+        ingest, writer = start(name)
+        ingest.tell(ReadingBatch(RECEIVED, (Inbound(1, f"home/{name}", json.dumps(payload).encode()),)))
+        batch = writer.next()
+        assert batch.device == name and len(batch.rows) == 1 and not batch.rejections
+
+
+def test_a_crash_is_reported_to_the_supervisor():
+    peers, supervisor = Peers(), FakePeer()
+    peers.register("writer", FakePeer())
+    ingest = IngestActor.start(DEVICE_TYPES["power"], peers, supervisor)
+    ingest.tell(ReadingBatch(RECEIVED, None))  # a bug, not bad input: no items at all
+    failed = supervisor.next()
+    assert isinstance(failed, ChildFailed) and failed.name == "ingest/power"
+    assert failed.urn == ingest.actor_urn and "TypeError" in failed.error

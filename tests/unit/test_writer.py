@@ -1,0 +1,105 @@
+"""The writer, against a real SQLite file, with a fake MQTT link."""
+
+import dataclasses
+import logging
+import sqlite3
+
+import pytest
+
+from actors.messages import Committed, Rejection, WriteBatch
+from actors.models import open_database
+from actors.peers import Peers
+from actors.settings import load_settings
+from actors.writer import WriterActor
+from conftest import FakePeer, wait_until
+
+ROW = ("t1", 21.5, 40.0, "LOW", "2026-01-22T10:00:00", "2026-01-22")
+
+
+@pytest.fixture
+def db_path(tmp_path):
+    return tmp_path / "mqtt_data.db"
+
+
+def start_writer(db_path, **overrides):
+    settings = dataclasses.replace(load_settings(environ={}).database, path=str(db_path),
+                                   busy_timeout=0.05, retry_delay=0.02, **overrides)
+    peers, link = Peers(), FakePeer()
+    peers.register("link", link)
+    db = open_database(settings.path, settings.busy_timeout)
+    return WriterActor.start(db, settings, peers), link
+
+
+def rows(db_path, sql):
+    con = sqlite3.connect(db_path)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def test_rows_and_rejections_are_committed_then_acknowledged(db_path):
+    writer, link = start_writer(db_path)
+    writer.tell(WriteBatch("temperature", (ROW,), (Rejection("home/temperature", b"\xff{x", "not valid JSON",
+                                                             "2026-01-22 10:00:01"),), (1, 2)))
+    assert link.next() == Committed((1, 2))
+    [stored] = rows(db_path, "SELECT device_id, temperature, humidity, status, timestamp, date, created_at "
+                             "FROM temperature_logs")
+    assert stored[:6] == ROW and len(stored[6]) == 19  # created_at: 'YYYY-MM-DD HH:MM:SS' UTC
+    assert rows(db_path, "SELECT topic, payload, reason, received_at FROM rejected_messages") == \
+        [("home/temperature", b"\xff{x", "not valid JSON", "2026-01-22 10:00:01")]
+
+
+def test_the_database_is_in_wal_mode_with_the_day_index(db_path):
+    writer, link = start_writer(db_path)
+    writer.tell(WriteBatch("power", (("p1", "ON", "", "2026-01-22T10:00:00", "2026-01-22"),), (), (1,)))
+    link.next()
+    assert rows(db_path, "PRAGMA journal_mode") == [("wal",)]
+    for table in ("temperature_logs", "power_status_logs", "fingerprint_logs"):
+        plan = rows(db_path, f"EXPLAIN QUERY PLAN SELECT * FROM {table} WHERE device_id = 'x' "
+                             "AND date = '2026-01-22' ORDER BY timestamp")
+        assert "USING INDEX" in plan[0][3] and "TEMP B-TREE" not in str(plan), plan
+
+
+def test_a_redelivered_reading_is_stored_once_but_a_different_one_at_the_same_time_is_kept(db_path):
+    writer, link = start_writer(db_path)
+    other = ("t1", 99.0, 40.0, "HIGH", "2026-01-22T10:00:00", "2026-01-22")
+    writer.tell(WriteBatch("temperature", (ROW,), (), (1,)))
+    assert link.next() == Committed((1,))
+    writer.tell(WriteBatch("temperature", (ROW, other, ROW), (), (2, 3, 4)))
+    assert link.next() == Committed((2, 3, 4))
+    assert rows(db_path, "SELECT temperature FROM temperature_logs ORDER BY temperature") == [(21.5,), (99.0,)]
+
+
+def test_nothing_is_acknowledged_while_the_database_is_locked_and_all_of_it_commits_after(db_path, caplog):
+    writer, link = start_writer(db_path)
+    writer.tell(WriteBatch("temperature", (ROW,), (), (1,)))  # creates the file and tables
+    link.next()
+    operator = sqlite3.connect(db_path, isolation_level=None)
+    operator.execute("BEGIN IMMEDIATE")  # an operator's sqlite3 session holding the write lock
+    caplog.set_level(logging.ERROR, logger="actors.writer")
+    for i in range(3):
+        writer.tell(WriteBatch("power", ((f"p{i}", "ON", "", "2026-01-22T10:00:00", "2026-01-22"),), (), (10 + i,)))
+    wait_until(lambda: "cannot commit to the database" in caplog.text, what="a failed commit")
+    assert link.inbox.empty(), "acknowledged while nothing could be committed"
+    operator.execute("ROLLBACK")
+    operator.close()
+    # Everything that piled up goes in one transaction, with one acknowledgement message.
+    assert link.next() == Committed((10, 11, 12))
+    assert rows(db_path, "SELECT COUNT(*) FROM power_status_logs") == [(3,)]
+
+
+def test_a_transaction_holds_at_most_max_batch_rows(db_path):
+    writer, link = start_writer(db_path, max_batch=2)
+    for i in range(3):
+        writer.tell(WriteBatch("temperature", (ROW[:4] + (f"2026-01-22T10:00:0{i}", "2026-01-22"),) * 2, (),
+                               (2 * i, 2 * i + 1)))
+    assert [link.next() for _ in range(3)] == [Committed((0, 1)), Committed((2, 3)), Committed((4, 5))]
+
+
+def test_stopping_commits_what_is_pending(db_path):
+    writer, link = start_writer(db_path)
+    writer.tell(WriteBatch("fingerprint", (("f1", "u1", "PASS", "2026-01-22T10:00:00", "2026-01-22"),), (), (5,)))
+    writer.stop()
+    assert link.next() == Committed((5,))
+    assert rows(db_path, "SELECT user_id FROM fingerprint_logs") == [("u1",)]
