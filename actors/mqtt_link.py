@@ -87,7 +87,8 @@ class Session:
         self.connected = False
         self.max_packet = None  # the broker's Maximum Packet Size, if it has one
         self._pending: dict[int, asyncio.Future] = {}
-        self._handlers: set[asyncio.Task] = set()  # gmqtt's task per message, until it acknowledges
+        self._in_hand = 0  # messages taken whose handlers have not returned
+        self._drained: asyncio.Event | None = None  # set when _in_hand drops to 0 while closing
         self._ids = itertools.count(1)
         self._readings: dict[str, list[Inbound]] = {}
         self._flush_scheduled = False
@@ -101,6 +102,7 @@ class Session:
     # -- connection ---------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
+        self._loop = asyncio.get_running_loop()
         await self.connect()
         await stop.wait()
         await self.close()
@@ -195,14 +197,15 @@ class Session:
         self._closing = True
         self._taking = False
         self._flush()
-        in_hand = set(self._handlers)
-        if in_hand:
-            # gmqtt's PUBACK callback was added to each task before asyncio.wait's own, so
-            # every acknowledgement has been written by the time this returns.
-            done, left = await asyncio.wait(in_hand, timeout=self.settings.drain_timeout)
-            if left:
+        if self._in_hand:
+            self._drained = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._drained.wait(), self.settings.drain_timeout)
+            except asyncio.TimeoutError:
                 log.warning("%d messages were not committed in time; the broker will deliver "
-                            "them again", len(left))
+                            "them again", self._in_hand)
+        # The last handler has returned; its task's done-callback (gmqtt's PUBACK) runs next.
+        await asyncio.sleep(0)
         if self.client is not None:
             await self._discard(self.client)
         self._abandon_all()
@@ -212,18 +215,15 @@ class Session:
 
     async def _on_message(self, client, topic, payload, qos, properties):
         ack_id = next(self._ids)
-        future = asyncio.get_running_loop().create_future()
+        future = self._loop.create_future()
         self._pending[ack_id] = future
         if not self._taking:
             return await future  # shutting down: held, never acknowledged
-        handler = asyncio.current_task()
-        self._handlers.add(handler)
-        handler.add_done_callback(self._handlers.discard)
         if (device := self._reading_topics.get(topic)) is not None:
             self._readings.setdefault(device, []).append(Inbound(ack_id, topic, payload))
             if not self._flush_scheduled:
                 self._flush_scheduled = True
-                asyncio.get_running_loop().call_soon(self._flush)
+                self._loop.call_soon(self._flush)
         else:
             stem, _, app_id = topic.rpartition("/")
             device = self._request_stems.get(stem)
@@ -232,7 +232,13 @@ class Session:
                 del self._pending[ack_id]
                 return 0
             self.peers.tell_pool("query", Request(ack_id, device, app_id, payload))
-        return await future  # 0 = PUBACK success; Abandoned = no PUBACK on this connection
+        self._in_hand += 1
+        try:
+            return await future  # 0 = PUBACK success; Abandoned = no PUBACK on this connection
+        finally:
+            self._in_hand -= 1
+            if not self._in_hand and self._drained is not None:
+                self._drained.set()
 
     def _flush(self) -> None:
         self._flush_scheduled = False

@@ -30,6 +30,10 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _rows(batch: WriteBatch) -> int:
+    return len(batch.rows) + len(batch.rejections)
+
+
 class WriterActor(Supervised):
     def __init__(self, database: peewee.SqliteDatabase, settings: DatabaseSettings, peers: Peers,
                  supervisor=None):
@@ -53,7 +57,7 @@ class WriterActor(Supervised):
     def on_receive(self, message):
         if isinstance(message, WriteBatch):
             self._pending.append(message)
-            self._pending_rows += len(message.rows) + len(message.rejections)
+            self._pending_rows += _rows(message)
             if self._retry_timer is not None:
                 return  # the database is failing; the retry timer decides when to try again
             if self._pending_rows >= self.settings.max_batch:
@@ -75,13 +79,14 @@ class WriterActor(Supervised):
         self.db.close()
 
     def commit_pending(self) -> None:
-        """Commit everything pending, in transactions of at most max_batch rows."""
+        """Commit everything pending, in transactions of at most max_batch rows (a single
+        larger batch goes alone: its acknowledgements are released together)."""
         while self._pending:
             taken, size = [], 0
-            while self._pending and (not taken or size < self.settings.max_batch):
+            while self._pending and (not taken or size + _rows(self._pending[0]) <= self.settings.max_batch):
                 batch = self._pending.pop(0)
                 taken.append(batch)
-                size += len(batch.rows) + len(batch.rejections)
+                size += _rows(batch)
             try:
                 self._write(taken)
             except peewee.OperationalError as exc:
