@@ -1,0 +1,79 @@
+"""The files in deploy/ and scripts/ work as the README says."""
+
+import getpass
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import system
+from conftest import ROOT, Broker, MqttClient, Service, free_port, wait_until
+
+UNIT = ROOT / "deploy" / "mqtt-client.service"
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed")
+def test_the_systemd_unit_verifies_cleanly(tmp_path):
+    # Point the unit at this checkout (verify insists the ExecStart binary exists).
+    text = UNIT.read_text().replace("/home/ubuntu/mqtt-client", str(ROOT))
+    text = re.sub(r"^(User|Group)=ubuntu$", r"\1=root", text, flags=re.M)
+    unit = tmp_path / "mqtt-client.service"
+    unit.write_text(text)
+    result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+    assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+
+
+def test_the_unit_does_not_restart_on_bad_settings():
+    text = UNIT.read_text()
+    assert f"RestartPreventExitStatus={system.EXIT_CONFIG}" in text and "Restart=on-failure" in text
+
+
+def test_the_recommended_broker_settings_work_as_a_debian_drop_in(tmp_path):
+    """Debian's mosquitto.conf sets persistence_location and includes conf.d/: our file must
+    load beside it (a duplicate key is a start-up error) and serve the service."""
+    port = free_port()
+    conf_d = tmp_path / "conf.d"
+    conf_d.mkdir()
+    drop_in = (ROOT / "deploy" / "mosquitto.conf").read_text().replace("listener 1883 ", f"listener {port} ")
+    (conf_d / "mqtt-client.conf").write_text(drop_in)
+    main = tmp_path / "mosquitto.conf"
+    main.write_text(f"persistence true\npersistence_location {tmp_path}/\nlog_dest stderr\n"
+                    f"user {getpass.getuser()}\ninclude_dir {conf_d}\n")
+    broker = Broker(tmp_path)
+    broker.port, broker.conf = port, main
+    broker.start()
+    service = Service(broker, tmp_path)
+    try:
+        service.start().wait_ready()
+        client = MqttClient(port)
+        client.publish("home/power", {"device_id": "p", "status": "EB_ON", "timestamp": "2026-05-01T00:00:00"})
+        client.close()
+        wait_until(lambda: service.query("SELECT COUNT(*) FROM power_status_logs")[0][0] == 1)
+    finally:
+        service.stop_quietly()
+        broker.stop()
+
+
+def simulate(*args):
+    return subprocess.run([sys.executable, "scripts/simulate_devices.py", "--quiet", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_the_simulator_sends_valid_readings_of_every_type_and_verifies_them(service, broker):
+    service.start().wait_ready()
+    result = simulate("--port", str(broker.port), "--devices", "3", "--count", "600", "--days", "2",
+                      "--verify", str(service.db_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "600 acknowledged" in result.stdout and result.stdout.count(" ok") == 3
+    days = service.query("SELECT COUNT(DISTINCT date) FROM temperature_logs")[0][0]
+    assert days == 2
+    assert service.query("SELECT COUNT(*) FROM rejected_messages")[0][0] == 0
+
+
+def test_the_simulator_reports_readings_that_were_not_stored(broker, tmp_path):
+    Service(broker, tmp_path).start().terminate()  # a database with tables, and no service running
+    result = simulate("--port", str(broker.port), "--count", "30", "--verify", str(tmp_path / "mqtt_data.db"),
+                      "--verify-timeout", "0.5")
+    assert result.returncode == 1 and "MISSING" in result.stdout
