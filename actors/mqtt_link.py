@@ -56,24 +56,13 @@ class Backoff:
         self._next = self.first
 
 
-class BackoffClient(gmqtt.Client):
-    """gmqtt retries a lost connection every 6 s forever; we wait with our backoff instead."""
-
-    def __init__(self, *args, backoff: Backoff, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.backoff = backoff
-        self._waiting = False
+class OneConnectionClient(gmqtt.Client):
+    """A gmqtt client used for a single connection. On a loss gmqtt would reconnect by itself
+    every 6 s, reusing a packet-id pool that leaks ids across sessions until subscribe() fails;
+    the session makes a fresh client for each connection instead, with its own backoff."""
 
     async def reconnect(self, delay=False):
-        if self._waiting:
-            return  # one reconnection at a time: gmqtt may ask twice for one loss
-        if delay:
-            self._waiting = True
-            try:
-                await asyncio.sleep(self.backoff.next())
-            finally:
-                self._waiting = False
-        await super().reconnect(delay=False)
+        pass  # the session notices the loss through on_disconnect and reconnects
 
 
 class Session:
@@ -83,7 +72,7 @@ class Session:
         self.settings = settings
         self.peers = peers
         self.backoff = Backoff(settings.reconnect_min_delay, settings.reconnect_max_delay)
-        self.client: BackoffClient | None = None
+        self.client: OneConnectionClient | None = None
         self.connected = False
         self.max_packet = None  # the broker's Maximum Packet Size, if it has one
         self._pending: dict[int, asyncio.Future] = {}
@@ -94,6 +83,7 @@ class Session:
         self._flush_scheduled = False
         self._taking = True
         self._closing = False
+        self._lost = asyncio.Event()  # the current connection is gone (or must go: resync)
         self._lost_at: float | None = None
         self._reading_topics = {d.reading_topic: d.name for d in DEVICE_TYPES.values()}
         self._request_stems = {d.request_stem: d.name for d in DEVICE_TYPES.values()}
@@ -102,39 +92,60 @@ class Session:
     # -- connection ---------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Stay connected until `stop` is set: connect, wait for a loss, back off, again."""
         self._loop = asyncio.get_running_loop()
-        await self.connect()
-        await stop.wait()
+        self._stop = stop
+        while await self._connect():
+            await _first_of(stop, self._lost)
+            if stop.is_set():
+                break
+            client, self.client = self.client, None
+            self.connected = False
+            self._abandon_all()
+            await self._discard(client)
+            self._lost.clear()
+            await self._pause(self.backoff.next())
         await self.close()
 
-    async def connect(self) -> None:
-        """Connect a fresh client, retrying with backoff until the broker accepts us."""
+    async def _connect(self) -> bool:
+        """Connect a fresh client, retrying with backoff until the broker accepts us;
+        False if we are told to stop first."""
         s = self.settings
         failing = False
-        while True:
-            self.client = self._new_client()
+        while not self._stop.is_set():
+            client = self._new_client()
+            self.client = client
             try:
-                await asyncio.wait_for(self.client.connect(s.host, s.port, keepalive=s.keepalive,
-                                                           version=MQTTv50), s.connect_timeout)
-                return
+                await asyncio.wait_for(client.connect(s.host, s.port, keepalive=s.keepalive,
+                                                      version=MQTTv50), s.connect_timeout)
+                return True
             except gmqtt.MQTTConnectError as exc:
                 if exc.args and exc.args[0] in PERMANENT_REFUSALS:
                     raise RuntimeError(f"the broker at {s.host}:{s.port} refused us: {exc}") from None
                 reason = str(exc)
             except (OSError, asyncio.TimeoutError) as exc:
-                reason = str(exc) or type(exc).__name__
+                reason = str(exc) or "no answer"
             if not failing:
                 log.warning("cannot connect to the MQTT broker at %s:%s (%s); retrying with backoff",
                             s.host, s.port, reason)
                 failing = True
-            await self._discard(self.client)
-            await asyncio.sleep(self.backoff.next())
+            self.client = None
+            await self._discard(client)
+            await self._pause(self.backoff.next())
+        return False
 
-    def _new_client(self) -> BackoffClient:
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, but wake up at once when told to stop."""
+        try:
+            await asyncio.wait_for(self._stop.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+
+    def _new_client(self) -> OneConnectionClient:
         s = self.settings
-        client = BackoffClient(s.client_id, clean_session=False, optimistic_acknowledgement=False,
-                               session_expiry_interval=s.session_expiry,
-                               receive_maximum=s.receive_maximum, backoff=self.backoff)
+        client = OneConnectionClient(s.client_id, clean_session=False, optimistic_acknowledgement=False,
+                                     session_expiry_interval=s.session_expiry,
+                                     receive_maximum=s.receive_maximum)
         if s.username:
             client.set_auth_credentials(s.username, s.password or None)
         client.on_connect = self._on_connect
@@ -143,10 +154,10 @@ class Session:
         client.on_subscribe = self._on_subscribe
         return client
 
-    async def _discard(self, client: BackoffClient) -> None:
+    async def _discard(self, client: OneConnectionClient) -> None:
         try:
-            await client.disconnect()  # also stops its own reconnect attempts
-        except Exception:  # noqa: BLE001 - it never connected; nothing to clean up
+            await client.disconnect()
+        except Exception:  # noqa: BLE001 - the connection is already gone; nothing to clean up
             pass
 
     def _on_connect(self, client, session_present, result, properties):
@@ -154,12 +165,13 @@ class Session:
         self.backoff.reset()
         self.max_packet = (properties.get("maximum_packet_size") or [None])[0]
         s = self.settings
+        session = "resumed" if session_present else "new"
         if self._lost_at is None:
             log.info("connected to the MQTT broker at %s:%s as %s (session %s)", s.host, s.port,
-                     s.client_id, "resumed" if session_present else "new")
+                     s.client_id, session)
         else:
             log.warning("reconnected to the MQTT broker after %.1f s (session %s)",
-                        time.monotonic() - self._lost_at, "resumed" if session_present else "new")
+                        time.monotonic() - self._lost_at, session)
             self._lost_at = None
         # gmqtt never resubscribes. Subscribing again is harmless when the session survived,
         # and essential when the broker had no session for us.
@@ -173,22 +185,19 @@ class Session:
             log.info("subscribed to %d topics; taking readings and requests", len(granted))
 
     def _on_disconnect(self, client, packet, exc=None):
-        was_connected, self.connected = self.connected, False
-        self._abandon_all()
-        if was_connected and not self._closing:
-            self._lost_at = time.monotonic()
-            log.warning("lost the MQTT broker connection; reconnecting with backoff "
-                        "(unacknowledged messages will be delivered again)")
+        if client is not self.client or self._lost.is_set() or self._closing:
+            return  # a client we discarded ourselves
+        self._lost_at = time.monotonic()
+        log.warning("lost the MQTT broker connection; reconnecting with backoff "
+                    "(unacknowledged messages will be delivered again)")
+        self._lost.set()
 
-    async def resync(self) -> None:
+    def resync(self) -> None:
         """After a crash elsewhere lost messages in hand: start a new connection, so that the
         broker delivers every unacknowledged message again."""
-        log.warning("reconnecting so the broker redelivers what a crashed actor held")
-        self._closing = True
-        await self._discard(self.client)
-        self._abandon_all()
-        self._closing = False
-        await self.connect()
+        log.warning("reconnecting so that the broker redelivers what a crashed actor held")
+        self._lost_at = time.monotonic()
+        self._lost.set()
 
     async def close(self) -> None:
         """Stop taking messages, give what is in hand time to be committed and acknowledged,
@@ -322,7 +331,7 @@ class MqttLink(Supervised):
 
     def on_receive(self, message):
         if isinstance(message, Resync):
-            asyncio.run_coroutine_threadsafe(self._session.resync(), self._loop)
+            self._loop.call_soon_threadsafe(self._session.resync)
         elif isinstance(message, Crash):
             raise RuntimeError(message.error)
         else:
@@ -362,6 +371,13 @@ class MqttLink(Supervised):
         self._session = Session(self.settings, self.peers)
         ready.set()
         await self._session.run(self._stop_event)
+
+
+async def _first_of(*events: asyncio.Event) -> None:
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    for waiter in waiters:
+        waiter.cancel()
 
 
 def _ignore_abandoned(loop, context):
