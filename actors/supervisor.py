@@ -65,11 +65,10 @@ class Supervisor(pykka.ThreadingActor):
             for spec in self._specs:
                 self._start(spec)
             log.info("service started: %s", ", ".join(self._children))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - reported, and the process exits 1
             log.critical("start-up failed: %s", exc)
             self._stop_children()
             self.exit_process(1)
-            raise
 
     def on_stop(self):
         self._stop_children()
@@ -92,7 +91,7 @@ class Supervisor(pykka.ThreadingActor):
             address = ref.proxy().address().get(timeout=START_TIMEOUT)
         except (pykka.ActorDeadError, pykka.Timeout) as exc:
             ref.stop(block=False)
-            raise RuntimeError(f"{spec.name} did not start (see the error above)") from exc
+            raise RuntimeError(f"{spec.name} did not start (see the error above)") from None
         self._children[spec.name] = ref
         self.peers.register(spec.name, address)
 

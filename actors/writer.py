@@ -49,8 +49,11 @@ class WriterActor(Supervised):
         self._failing_since: float | None = None
 
     def on_start(self):
-        self.db.connect(reuse_if_open=True)
-        self.db.create_tables(MODELS, safe=True)
+        try:
+            self.db.connect(reuse_if_open=True)
+            self.db.create_tables(MODELS, safe=True)
+        except peewee.DatabaseError as exc:
+            raise RuntimeError(f"cannot open the database {self.settings.path}: {exc}") from None
         self._sql = {name: insert_sql(d.model, self.db) for name, d in DEVICE_TYPES.items()}
         self._reject_sql = insert_sql(RejectedMessage, self.db)
 

@@ -147,3 +147,13 @@ def test_a_bad_setting_stops_start_up_with_exit_code_2_naming_it(tmp_path):
     result = subprocess.run([sys.executable, "system.py", "--config", str(bad)], cwd=ROOT,
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 2 and "queries.pool" in result.stderr and "pool_size" in result.stderr
+
+
+def test_a_database_that_cannot_be_opened_ends_start_up_with_exit_code_1(tmp_path, broker):
+    env = {"PATH": "/usr/bin:/bin", "MQTT_BROKER_PORT": str(broker.port), "LOG_FILE": "",
+           "DATABASE_PATH": str(tmp_path / "no-such-dir" / "x.db")}
+    result = subprocess.run([sys.executable, "system.py"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=60, env=env)
+    assert result.returncode == 1
+    assert f"cannot open the database {tmp_path}/no-such-dir/x.db: unable to open database file" in result.stderr
+    assert "start-up failed" in result.stderr
