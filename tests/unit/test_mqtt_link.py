@@ -1,0 +1,83 @@
+"""The MQTT link with fake ingest and query actors, against a real Mosquitto: it hands over
+what arrives and acknowledges a reading only when told it is committed."""
+
+import dataclasses
+import json
+
+import pytest
+
+from actors.messages import Committed, ReadingBatch, Reply, Request
+from actors.mqtt_link import MqttLink
+from actors.peers import Peers
+from actors.settings import load_settings
+from conftest import FakePeer, MqttClient, wait_until
+
+READING = {"device_id": "t1", "temperature": 21.0, "humidity": 40.0, "status": "LOW",
+           "timestamp": "2026-01-22T10:00:00"}
+
+
+@pytest.fixture
+def link_factory(broker, caplog):
+    caplog.set_level("INFO", logger="actors.mqtt_link")
+    settings = load_settings(environ={"MQTT_BROKER_HOST": "127.0.0.1", "MQTT_BROKER_PORT": str(broker.port),
+                                      "MQTT_CLIENT_ID": "link-under-test"}).mqtt
+    settings = dataclasses.replace(settings, drain_timeout=0.5)
+    peers = Peers()
+    fakes = {name: FakePeer() for name in ("ingest/temperature", "ingest/power", "ingest/fingerprint", "query/0")}
+    for name, fake in fakes.items():
+        peers.register(name, fake)
+    peers.define_pool("query", 1)
+    links = []
+
+    def start():
+        """A new link, once its subscriptions are acknowledged."""
+        link = MqttLink.start(settings, peers)
+        links.append(link)
+        wait_until(lambda: caplog.text.count("taking readings and requests") == len(links))
+        return link, link.proxy().address().get()
+    yield start, fakes
+    for link in links:
+        link.stop()
+
+
+def next_reading(fake):
+    batch = fake.next()
+    assert isinstance(batch, ReadingBatch)
+    [item] = batch.items
+    return item
+
+
+def test_a_reading_is_handed_over_and_acknowledged_only_once_committed(link_factory, client):
+    start, fakes = link_factory
+    link, _ = start()
+    client.publish("home/temperature", READING)
+    item = next_reading(fakes["ingest/temperature"])
+    assert item.topic == "home/temperature" and json.loads(item.payload) == READING
+    link.stop()  # never committed, so never acknowledged: the broker must deliver it again
+
+    link, handle = start()
+    again = next_reading(fakes["ingest/temperature"])
+    assert again.payload == item.payload
+    handle.tell(Committed((again.ack_id,)))
+    # Once acknowledged it is gone from our session: after another restart, the next thing to
+    # arrive is a new reading, not the old one again.
+    link.stop()
+    link, handle = start()
+    client.publish("home/power", {"device_id": "p", "status": "EB_ON", "timestamp": "2026-01-22T10:00:00"})
+    assert json.loads(next_reading(fakes["ingest/power"]).payload)["device_id"] == "p"
+    assert fakes["ingest/temperature"].inbox.empty()
+
+
+def test_a_request_goes_to_a_query_actor_and_its_reply_to_the_app(link_factory, broker):
+    start, fakes = link_factory
+    link, handle = start()
+    app = MqttClient(broker.port)
+    app.subscribe("home/datafingerprint/phone7")
+    app.publish("home/getfingerprint/phone7", {"device_id": "f1", "date": "2026-01-22"})
+    request = fakes["query/0"].next()
+    assert isinstance(request, Request)
+    assert (request.device, request.app_id) == ("fingerprint", "phone7")
+    assert json.loads(request.payload) == {"device_id": "f1", "date": "2026-01-22"}
+    handle.tell(Reply(request.ack_id, "home/datafingerprint/phone7", b'{"count": 0, "records": []}'))
+    assert app.take() == ("home/datafingerprint/phone7", {"count": 0, "records": []})
+    app.close()
