@@ -46,6 +46,7 @@ class DatabaseSettings:
     busy_timeout: float = field(metadata=_check(0, 600))
     max_batch: int = field(metadata=_check(1, 100_000))
     retry_delay: float = field(metadata=_check(0.01, 60))
+    max_size_mb: int = field(metadata=_check(0))
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ nothing is acknowledged until it is durable."""
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from datetime import datetime, timezone
@@ -22,7 +23,7 @@ from actors.peers import Peers, Supervised
 from actors.settings import DatabaseSettings
 
 log = logging.getLogger(__name__)
-MAX_RETRY_DELAY = 30.0
+MAX_RETRY_DELAY = 10.0
 
 
 def utc_now() -> str:
@@ -52,6 +53,10 @@ class WriterActor(Supervised):
         try:
             self.db.connect(reuse_if_open=True)
             self.db.create_tables(MODELS, safe=True)
+            if self.settings.max_size_mb:
+                page_size = self.db.execute_sql("PRAGMA page_size").fetchone()[0]
+                pages = self.settings.max_size_mb * 1024 * 1024 // page_size
+                self.db.execute_sql(f"PRAGMA max_page_count = {pages}")  # this connection only
         except peewee.DatabaseError as exc:
             raise RuntimeError(f"cannot open the database {self.settings.path}: {exc}") from None
         self._sql = {name: insert_sql(d.model, self.db) for name, d in DEVICE_TYPES.items()}
@@ -92,7 +97,7 @@ class WriterActor(Supervised):
                 size += _rows(batch)
             try:
                 self._write(taken)
-            except peewee.OperationalError as exc:
+            except sqlite3.OperationalError as exc:  # locked, full, I/O error: worth retrying
                 self._pending[:0] = taken
                 self._failed(exc)
                 return
@@ -107,13 +112,20 @@ class WriterActor(Supervised):
         for batch in batches:
             by_device.setdefault(batch.device, []).extend(row + (created_at,) for row in batch.rows)
             rejections.extend((r.topic, r.payload, r.reason, r.received_at) for r in batch.rejections)
-        # BEGIN IMMEDIATE takes the write lock up front: no SQLITE_BUSY halfway through.
-        with self.db.atomic("IMMEDIATE"):
-            cursor = self.db.cursor()
+        # The raw connection, not db.atomic(): after SQLITE_FULL, SQLite has already rolled the
+        # transaction back, and peewee's own rollback would fail and hide the real error.
+        conn = self.db.connection()
+        try:
+            conn.execute("BEGIN IMMEDIATE")  # the write lock up front: no SQLITE_BUSY halfway
             for device, rows in by_device.items():
-                cursor.executemany(self._sql[device], rows)
+                conn.executemany(self._sql[device], rows)
             if rejections:
-                cursor.executemany(self._reject_sql, rejections)
+                conn.executemany(self._reject_sql, rejections)
+            conn.execute("COMMIT")
+        except sqlite3.Error:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
 
     def _failed(self, exc: Exception) -> None:
         if self._failing_since is None:

@@ -52,7 +52,7 @@ class Broker:
         self.conf = workdir / f"mosquitto-{self.port}.conf"
         # `user`: started as root, mosquitto would switch to a user that cannot write here.
         lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true", f"user {getpass.getuser()}",
-                 "max_queued_messages 200000", "log_type error", "log_type warning", "log_type notice",
+                 "max_queued_messages 200000", "set_tcp_nodelay true", "log_type error", "log_type warning", "log_type notice",
                  f"log_dest file {workdir}/mosquitto-{self.port}.log"]
         if persistence:
             lines += ["persistence true", f"persistence_location {workdir}/", "autosave_interval 1"]

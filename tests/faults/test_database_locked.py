@@ -1,0 +1,58 @@
+"""Fault 4: an operator's sqlite3 session holds the write lock for a minute."""
+
+import os
+import sqlite3
+import threading
+import time
+
+import pytest
+
+from conftest import wait_until
+
+LOCK_SECONDS = float(os.environ.get("FAULT_LOCK_SECONDS", "60"))
+
+
+def reading(i):
+    return {"device_id": "locked", "temperature": 20.0, "humidity": 50.0, "status": "LOW",
+            "timestamp": f"2026-08-01T00:{i // 60:02d}:{i % 60:02d}"}
+
+
+@pytest.mark.slow
+def test_a_minute_long_write_lock_delays_ingestion_but_loses_nothing_and_requests_are_answered(service, client):
+    service.start().wait_ready()
+    pid = service.proc.pid
+    client.publish("home/temperature", reading(0))
+    wait_until(lambda: service.query("SELECT COUNT(*) FROM temperature_logs")[0][0] == 1)
+    client.subscribe_replies("ops")
+
+    operator = sqlite3.connect(service.db_path, isolation_level=None)
+    operator.execute("BEGIN IMMEDIATE")
+    locked_at = time.monotonic()
+    sent = threading.Event()
+
+    def publish_during_the_lock():
+        for i in range(1, 301):
+            client.publish("home/temperature", reading(i), wait=(i % 50 == 0))
+        sent.set()
+
+    threading.Thread(target=publish_during_the_lock, daemon=True).start()
+    wait_until(lambda: "cannot commit to the database (database is locked)" in service.log(), 30)
+    answered = 0
+    while time.monotonic() - locked_at < LOCK_SECONDS:  # requests keep being answered meanwhile
+        reply = client.request("temp", "ops", {"device_id": "locked", "date": "2026-08-01"})
+        assert reply["count"] == 1, reply  # what was committed before the lock
+        answered += 1
+        time.sleep(1)
+    assert sent.wait(30)
+    assert service.query("SELECT COUNT(*) FROM temperature_logs")[0][0] == 1  # nothing slipped in
+    operator.execute("ROLLBACK")
+    operator.close()
+
+    wait_until(lambda: service.query("SELECT COUNT(*) FROM temperature_logs")[0][0] == 301, 60,
+               what="everything published during the lock")
+    assert client.request("temp", "ops", {"device_id": "locked", "date": "2026-08-01"})["count"] == 301
+    log = service.log()
+    assert service.proc.poll() is None and service.proc.pid == pid  # no crash, no restart
+    assert "crashed" not in log and log.count("cannot commit to the database") == 1
+    assert "database writes resumed" in log
+    print(f"lock held {LOCK_SECONDS:.0f} s: {answered} requests answered during it; 301 of 301 stored")

@@ -1,0 +1,33 @@
+"""Fault 2: a reading delivered again is stored once; different readings at one time are kept."""
+
+import json
+
+from conftest import wait_until
+
+
+def test_a_repeated_reading_is_stored_once_and_different_ones_at_the_same_time_are_all_kept(service, client):
+    service.start().wait_ready()
+    reading = {"device_id": "dup", "temperature": 21.5, "humidity": 40.0, "status": "LOW",
+               "timestamp": "2026-07-01T08:00:00"}
+    for _ in range(3):  # a device repeating itself (a broker resend looks the same to us)
+        client.publish("home/temperature", reading)
+    client.publish("home/temperature", json.dumps(reading, indent=2))  # same values, other bytes
+    client.publish("home/temperature", {**reading, "timestamp": "2026-07-01 08:00:00"})  # same instant
+    client.publish("home/temperature", {**reading, "temperature": 22.0})  # a different reading, same time
+    for status in ("EB_ON", "EB_ON", "DG_OFF"):  # two different power events at one instant
+        client.publish("home/power", {"device_id": "dup", "status": status, "timestamp": "2026-07-01T08:00:00"})
+    client.publish("home/fingerprint", {"device_id": "dup", "user_id": "a", "authStatus": "PASS",
+                                        "timestamp": "2026-07-01T08:00:00"})
+    client.publish("home/fingerprint", {"device_id": "dup", "user_id": "b", "authStatus": "PASS",
+                                        "timestamp": "2026-07-01T08:00:00"})
+    client.publish("home/fingerprint", {"device_id": "dup", "user_id": "a", "authStatus": "PASS",
+                                        "timestamp": "2026-07-01T08:00:00"})
+    marker = {**reading, "device_id": "marker"}
+    client.publish("home/temperature", marker)  # stored after the temperature readings before it
+    wait_until(lambda: service.query("SELECT COUNT(*) FROM temperature_logs WHERE device_id = 'marker'")[0][0])
+    wait_until(lambda: service.query("SELECT COUNT(*) FROM fingerprint_logs")[0][0] == 2)
+    wait_until(lambda: service.query("SELECT COUNT(*) FROM power_status_logs")[0][0] == 2)
+    assert service.query("SELECT temperature FROM temperature_logs WHERE device_id = 'dup' "
+                         "ORDER BY temperature") == [(21.5,), (22.0,)]
+    assert sorted(service.query("SELECT ebstatus, dgstatus FROM power_status_logs")) == [("", "OFF"), ("ON", "")]
+    assert sorted(service.query("SELECT user_id FROM fingerprint_logs")) == [("a",), ("b",)]
