@@ -69,6 +69,10 @@ class QueryActor(Supervised):
     def on_stop(self):
         self.db.close()
 
+    def on_failure(self, exception_type, exception_value, traceback):
+        self.db.close()
+        super().on_failure(exception_type, exception_value, traceback)
+
     def on_receive(self, message):
         if not isinstance(message, Request):
             log.warning("%s ignored an unexpected message: %r", self.name, message)

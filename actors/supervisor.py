@@ -89,7 +89,7 @@ class Supervisor(pykka.ThreadingActor):
         try:
             # Waits for on_start; an actor whose on_start failed is dead by the time this asks.
             address = ref.proxy().address().get(timeout=START_TIMEOUT)
-        except (pykka.ActorDeadError, pykka.Timeout) as exc:
+        except (pykka.ActorDeadError, pykka.Timeout):
             ref.stop(block=False)
             raise RuntimeError(f"{spec.name} did not start (see the error above)") from None
         self._children[spec.name] = ref

@@ -86,6 +86,12 @@ class WriterActor(Supervised):
         self.commit_pending()  # one last try; whatever fails is redelivered by the broker
         self.db.close()
 
+    def on_failure(self, exception_type, exception_value, traceback):
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
+        self.db.close()  # this thread's connection: its successor opens its own
+        super().on_failure(exception_type, exception_value, traceback)
+
     def commit_pending(self) -> None:
         """Commit everything pending, in transactions of at most max_batch rows (a single
         larger batch goes alone: its acknowledgements are released together)."""
@@ -122,7 +128,7 @@ class WriterActor(Supervised):
             if rejections:
                 conn.executemany(self._reject_sql, rejections)
             conn.execute("COMMIT")
-        except sqlite3.Error:
+        except BaseException:  # a bug as much as a full disk: never leave the write lock held
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise

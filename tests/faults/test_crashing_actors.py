@@ -1,5 +1,6 @@
-"""A crashed actor loses nothing: the supervisor restarts it and the broker redelivers what it
-held. In-process, with the real supervisor, a real Mosquitto and a real SQLite file."""
+"""Fault 6: an actor raising unexpectedly is restarted and loses nothing (the broker redelivers
+what it held); a crash loop ends the process. In-process, with the real supervisor, a real
+Mosquitto and a real SQLite file; the crashes are injected with monkeypatch."""
 
 import dataclasses
 import logging
@@ -8,7 +9,9 @@ import sqlite3
 
 import pytest
 
+from actors.devices import Temperature
 from actors.messages import WriteBatch
+from actors.query import QueryActor
 from actors.settings import load_settings
 from actors.supervisor import Supervisor
 from conftest import MqttClient, wait_until
@@ -21,11 +24,25 @@ def settings(broker, tmp_path):
                                "LOG_FILE": ""})
     return dataclasses.replace(
         s, mqtt=dataclasses.replace(s.mqtt, reconnect_min_delay=0.1, reconnect_max_delay=0.5),
-        database=dataclasses.replace(s.database, busy_timeout=0.05, retry_delay=0.05))
+        database=dataclasses.replace(s.database, busy_timeout=0.05, retry_delay=0.05),
+        supervisor=dataclasses.replace(s.supervisor, max_restarts=3, restart_window=60))
 
 
-def stored(path, device):
-    con = sqlite3.connect(path)
+@pytest.fixture
+def running(settings, broker, caplog):
+    """The whole service in this process; yields (peers, exit codes queue, a device/app client)."""
+    caplog.set_level(logging.INFO)
+    exits = queue.Queue()
+    supervisor = Supervisor.start(settings, exits.put)
+    wait_until(lambda: "taking readings and requests" in caplog.text, what="the service to subscribe")
+    client = MqttClient(broker.port)
+    yield supervisor.proxy().peers.get(), exits, client
+    client.close()
+    supervisor.stop()
+
+
+def stored(settings, device):
+    con = sqlite3.connect(settings.database.path)
     try:
         return con.execute("SELECT COUNT(*) FROM temperature_logs WHERE device_id = ?", (device,)).fetchone()[0]
     finally:
@@ -37,16 +54,23 @@ def reading(device, i):
             "timestamp": f"2026-06-01T00:00:{i:02d}"}
 
 
-def test_readings_held_by_a_crashed_writer_are_delivered_again_and_stored(settings, broker, caplog):
-    caplog.set_level(logging.INFO)
-    exits = queue.Queue()
-    supervisor = Supervisor.start(settings, exits.put)
-    peers = supervisor.proxy().peers.get()
-    wait_until(lambda: "taking readings and requests" in caplog.text, what="the service to subscribe")
-    client = MqttClient(broker.port)
+def crash_once(monkeypatch, cls, name):
+    """Make cls.name raise the first time it is called, as a bug would."""
+    original, calls = getattr(cls, name), []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError(f"injected bug in {cls.__name__}.{name}")
+        return original(*args, **kwargs)
+    monkeypatch.setattr(cls, name, flaky)
+
+
+def test_readings_held_by_a_crashed_writer_are_delivered_again_and_stored(running, settings, caplog):
+    peers, exits, client = running
     db = settings.database.path
     client.publish("home/temperature", reading("warmup", 0))
-    wait_until(lambda: stored(db, "warmup") == 1)
+    wait_until(lambda: stored(settings, "warmup") == 1)
 
     operator = sqlite3.connect(db, isolation_level=None)
     operator.execute("BEGIN IMMEDIATE")  # the writer now holds readings it cannot commit
@@ -59,8 +83,37 @@ def test_readings_held_by_a_crashed_writer_are_delivered_again_and_stored(settin
     operator.close()
 
     wait_until(lambda: "writer crashed" in caplog.text, what="the crash")
-    wait_until(lambda: stored(db, "held") == 50, 30, what="the 50 readings, delivered again")
+    wait_until(lambda: stored(settings, "held") == 50, 30, what="the 50 readings, delivered again")
     assert "reconnecting so that the broker redelivers" in caplog.text
     assert exits.empty(), "one crash must not end the process"
-    client.close()
-    supervisor.stop()
+
+
+def test_a_reading_held_by_a_crashed_ingest_actor_is_delivered_again_and_stored(running, settings, caplog,
+                                                                               monkeypatch):
+    peers, exits, client = running
+    crash_once(monkeypatch, Temperature, "parse")
+    client.publish("home/temperature", reading("ingest", 1))
+    wait_until(lambda: "ingest/temperature crashed" in caplog.text, what="the crash")
+    wait_until(lambda: stored(settings, "ingest") == 1, 30, what="the reading, delivered again")
+    assert exits.empty()
+
+
+def test_a_request_held_by_a_crashed_query_actor_is_answered_after_all(running, settings, caplog, monkeypatch):
+    peers, exits, client = running
+    crash_once(monkeypatch, QueryActor, "answer")
+    client.subscribe_replies("crashy")
+    client.publish("home/gettemp/crashy", {"device_id": "nobody", "date": "2026-06-01"})
+    topic, reply = client.take(timeout=30)  # the redelivered request, answered by the new instance
+    assert topic == "home/datatemp/crashy" and reply["count"] == 0
+    assert "crashed" in caplog.text and exits.empty()
+
+
+def test_a_crash_loop_ends_the_process_with_exit_code_1(running, settings, caplog, monkeypatch):
+    peers, exits, client = running
+
+    def always_broken(self, payload):
+        raise RuntimeError("injected bug: every reading crashes")
+    monkeypatch.setattr(Temperature, "parse", always_broken)
+    client.publish("home/temperature", reading("poison", 1))  # redelivered after every restart
+    assert exits.get(timeout=60) == 1
+    assert "more than 3 crashes in 60 s" in caplog.text

@@ -5,7 +5,7 @@ import subprocess
 import sys
 import threading
 
-from conftest import ROOT, Broker, MqttClient, Service, wait_until
+from conftest import ROOT, wait_until
 
 
 def temperature(dev, i, day="2026-04-01"):
@@ -16,12 +16,6 @@ def temperature(dev, i, day="2026-04-01"):
 def count(service, table="temperature_logs", dev=None):
     sql = f"SELECT COUNT(*) FROM {table}" + (" WHERE device_id = ?" if dev else "")
     return service.query(sql, (dev,) if dev else ())[0][0]
-
-
-def fast_reconnect_config(tmp_path):
-    path = tmp_path / "fast.toml"
-    path.write_text("[mqtt]\nreconnect_min_delay = 0.2\nreconnect_max_delay = 1.0\n")
-    return str(path)
 
 
 def test_readings_of_every_type_are_stored_and_served_and_garbage_is_kept_aside(service, client):
@@ -81,59 +75,6 @@ def test_sigterm_mid_stream_exits_0_and_loses_nothing(service, client):
     assert done.wait(60)
     service.start().wait_ready()
     wait_until(lambda: count(service) == total, 30, what=f"all {total} readings")
-
-
-def test_after_each_broker_restart_without_its_session_the_service_subscribes_again(tmp_path):
-    broker = Broker(tmp_path)  # persistence off: a restarted broker has forgotten our session
-    broker.start()
-    service = Service(broker, tmp_path)
-    restarts = 3
-    try:
-        service.start("--config", fast_reconnect_config(tmp_path)).wait_ready()
-        for n in range(1, restarts + 1):
-            broker.stop()
-            wait_until(lambda: service.log().count("lost the MQTT broker connection") == n,
-                       what="the loss to be noticed")
-            broker.start()
-            service.wait_ready(n + 1)
-            client = MqttClient(broker.port)
-            try:
-                client.publish("home/temperature", temperature("after", n))
-                client.subscribe_replies("app2")
-                reply = wait_until(lambda: (r := client.request(
-                    "temp", "app2", {"device_id": "after", "date": "2026-04-01"}))["count"] == n and r)
-                assert reply["records"][-1]["timestamp"] == f"2026-04-01T00:00:{n:02d}"
-            finally:
-                client.close()
-        log = service.log()
-        assert log.count("reconnected to the MQTT broker") == restarts and "(session new)" in log
-        # each outage is logged once, however many attempts it took
-        assert log.count("lost the MQTT broker connection") == restarts
-        assert log.count("cannot connect to the MQTT broker") <= restarts
-    finally:
-        service.stop_quietly()
-        broker.stop()
-
-
-def test_readings_held_by_a_persistent_broker_across_its_restart_are_stored(tmp_path):
-    broker = Broker(tmp_path, persistence=True)
-    broker.start()
-    service = Service(broker, tmp_path)
-    try:
-        service.start("--config", fast_reconnect_config(tmp_path)).wait_ready()
-        assert service.terminate() == 0  # the broker keeps our session while we are away
-        client = MqttClient(broker.port)
-        for i in range(100):
-            client.publish("home/temperature", temperature("held", i))
-        client.close()
-        broker.stop()  # saves the queued readings to disk
-        broker.start()
-        service.start("--config", fast_reconnect_config(tmp_path)).wait_ready()
-        wait_until(lambda: count(service, dev="held") == 100, what="the readings the broker kept")
-        assert "(session resumed)" in service.log()
-    finally:
-        service.stop_quietly()
-        broker.stop()
 
 
 def test_a_bad_setting_stops_start_up_with_exit_code_2_naming_it(tmp_path):
