@@ -142,6 +142,7 @@ class Service:
         self.output = workdir / "service.out"
         self.client_id = f"svc-{uuid.uuid4().hex[:8]}"
         self.extra_env = env
+        self.script = "system.py"  # or a wrapper around it (tests/faults/slow_service.py)
         self.proc = None
 
     def start(self, *args):
@@ -151,7 +152,7 @@ class Service:
         env.pop("MQTT_USERNAME", None)
         env.pop("MQTT_PASSWORD", None)
         with open(self.output, "wb") as out:  # each run's output on its own
-            self.proc = subprocess.Popen([sys.executable, "system.py", *args], cwd=ROOT, env=env,
+            self.proc = subprocess.Popen([sys.executable, self.script, *args], cwd=ROOT, env=env,
                                          stdout=out, stderr=subprocess.STDOUT)
         return self
 
@@ -166,6 +167,11 @@ class Service:
             return self.output.read_text(errors="replace")
         except OSError:
             return ""
+
+    def peak_rss_mib(self) -> float:
+        """The process's peak resident memory so far (VmHWM)."""
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))) / 1024
 
     def terminate(self, timeout: float = 15) -> int:
         self.proc.send_signal(signal.SIGTERM)
