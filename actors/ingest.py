@@ -13,10 +13,11 @@ log = logging.getLogger(__name__)
 
 
 class IngestActor(Supervised):
-    def __init__(self, device: DeviceType, peers: Peers, supervisor=None):
+    def __init__(self, device: DeviceType, peers: Peers, max_bytes: int, supervisor=None):
         super().__init__(f"ingest/{device.name}", supervisor)
         self.device = device
         self.peers = peers
+        self.max_bytes = max_bytes
 
     def on_receive(self, message):
         if isinstance(message, ReadingBatch):
@@ -28,10 +29,15 @@ class IngestActor(Supervised):
         rows, rejections = [], []
         parse = self.device.parse
         for item in batch.items:
+            payload = item.payload
             try:
-                rows.append(parse(item.payload))
+                if len(payload) > self.max_bytes:
+                    payload = payload[:self.max_bytes]  # a huge payload must not bloat the table
+                    raise InvalidMessage(f"payload is {len(item.payload)} bytes, over the {self.max_bytes}-byte "
+                                         f"limit (only its first {self.max_bytes} bytes are kept)")
+                rows.append(parse(payload))
             except InvalidMessage as exc:
                 log.warning("rejected a reading on %s: %s", item.topic, exc)
-                rejections.append(Rejection(item.topic, item.payload, str(exc), batch.received_at))
+                rejections.append(Rejection(item.topic, payload, str(exc), batch.received_at))
         return WriteBatch(self.device.name, tuple(rows), tuple(rejections),
                           tuple(item.ack_id for item in batch.items))

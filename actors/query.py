@@ -57,10 +57,12 @@ def error_reply(code: str, message: str, **known) -> dict:
 
 
 class QueryActor(Supervised):
-    def __init__(self, index: int, database: peewee.Database, peers: Peers, supervisor=None):
+    def __init__(self, index: int, database: peewee.Database, peers: Peers, max_bytes: int,
+                 supervisor=None):
         super().__init__(f"query/{index}", supervisor)
         self.db = database
         self.peers = peers
+        self.max_bytes = max_bytes
 
     def on_start(self):
         self.db.connect(reuse_if_open=True)
@@ -83,6 +85,10 @@ class QueryActor(Supervised):
         self.peers.tell("link", Reply(message.ack_id, topic, orjson.dumps(body)))
 
     def answer(self, device_name: str, payload: bytes) -> dict:
+        if len(payload) > self.max_bytes:
+            log.info("refused a %s request of %d bytes", device_name, len(payload))
+            return error_reply("too_large", f"the request is {len(payload)} bytes, over the "
+                                            f"{self.max_bytes}-byte limit")
         try:
             device_id, date = parse_request(payload)
         except RequestError as exc:

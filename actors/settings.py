@@ -55,6 +55,12 @@ class QuerySettings:
 
 
 @dataclass(frozen=True)
+class LimitsSettings:
+    max_reading_bytes: int = field(metadata=_check(64, 16 * 1024 * 1024))
+    max_request_bytes: int = field(metadata=_check(64, 16 * 1024 * 1024))
+
+
+@dataclass(frozen=True)
 class LoggingSettings:
     file: str = field(metadata=_check())
     level: str = field(metadata=_check(choices=LOG_LEVELS))
@@ -73,12 +79,13 @@ class Settings:
     mqtt: MqttSettings
     database: DatabaseSettings
     queries: QuerySettings
+    limits: LimitsSettings
     logging: LoggingSettings
     supervisor: SupervisorSettings
 
 
 SECTIONS = {"mqtt": MqttSettings, "database": DatabaseSettings, "queries": QuerySettings,
-            "logging": LoggingSettings, "supervisor": SupervisorSettings}
+            "limits": LimitsSettings, "logging": LoggingSettings, "supervisor": SupervisorSettings}
 
 # The seed's environment variables and ours, each overriding one key.
 ENVIRONMENT = {

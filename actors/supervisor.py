@@ -50,9 +50,11 @@ class Supervisor(pykka.ThreadingActor):
         self._db = open_database(s.database.path, s.database.busy_timeout)
         db = self._db
         specs = [ChildSpec("writer", lambda sup: WriterActor.start(db, s.database, peers, sup))]
-        specs += [ChildSpec(f"query/{i}", lambda sup, i=i: QueryActor.start(i, db, peers, sup))
+        specs += [ChildSpec(f"query/{i}", lambda sup, i=i: QueryActor.start(
+                      i, db, peers, max_bytes=s.limits.max_request_bytes, supervisor=sup))
                   for i in range(s.queries.pool_size)]
-        specs += [ChildSpec(f"ingest/{d.name}", lambda sup, d=d: IngestActor.start(d, peers, sup))
+        specs += [ChildSpec(f"ingest/{d.name}", lambda sup, d=d: IngestActor.start(
+                      d, peers, max_bytes=s.limits.max_reading_bytes, supervisor=sup))
                   for d in DEVICE_TYPES.values()]
         specs += [ChildSpec("link", lambda sup: MqttLink.start(s.mqtt, peers, sup))]
         return specs

@@ -27,7 +27,7 @@ def db(tmp_path):
 def ask(db):
     peers, link = Peers(), FakePeer()
     peers.register("link", link)
-    query = QueryActor.start(0, db, peers)
+    query = QueryActor.start(0, db, peers, max_bytes=200)
 
     def ask(device, body, app_id="app1"):
         payload = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -109,3 +109,11 @@ def test_hostile_device_ids_are_matched_literally(db, ask):
         assert reply["count"] == 1 and reply["device_id"] == device
     _, reply = ask("temperature", {"device_id": "t", "date": "2026-01-22"})
     assert reply["count"] == 0
+
+
+def test_an_oversized_request_is_refused_before_parsing(ask):
+    payload = b'{"device_id": "' + b"p" * 300 + b'", "date": "2026-01-22"}'
+    topic, reply = ask("power", payload)
+    assert topic == "home/datapower/app1"
+    assert reply == {"error": {"code": "too_large",
+                               "message": f"the request is {len(payload)} bytes, over the 200-byte limit"}}
