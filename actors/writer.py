@@ -12,6 +12,7 @@ import sqlite3
 import threading
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 
 import peewee
 import pykka
@@ -51,16 +52,51 @@ class WriterActor(Supervised):
 
     def on_start(self):
         try:
+            self._check_soundness()
             self.db.connect(reuse_if_open=True)
+            self._check_settings()
             self.db.create_tables(MODELS, safe=True)
             if self.settings.max_size_mb:
-                page_size = self.db.execute_sql("PRAGMA page_size").fetchone()[0]
-                pages = self.settings.max_size_mb * 1024 * 1024 // page_size
+                pages = self.settings.max_size_mb * 1024 * 1024 // self._pragma("page_size")
                 self.db.execute_sql(f"PRAGMA max_page_count = {pages}")  # this connection only
         except peewee.DatabaseError as exc:
             raise RuntimeError(f"cannot open the database {self.settings.path}: {exc}") from None
         self._sql = {name: insert_sql(d.model, self.db) for name, d in DEVICE_TYPES.items()}
         self._reject_sql = insert_sql(RejectedMessage, self.db)
+
+    def _pragma(self, name: str):
+        return self.db.execute_sql(f"PRAGMA {name}").fetchone()[0]
+
+    def _check_soundness(self) -> None:
+        """Before anything touches it (connecting switches the file to WAL): a quick integrity
+        check over a read-only connection. A damaged database stops start-up; it is never
+        replaced or repaired behind the operator's back."""
+        path = self.settings.path
+        try:
+            con = sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True)
+        except sqlite3.OperationalError:
+            return  # no database yet: it is created next
+        try:
+            report = [line for row in con.execute("PRAGMA quick_check(5)") for line in row[0].splitlines()]
+        except sqlite3.DatabaseError as exc:
+            report = [str(exc)]
+        finally:
+            con.close()
+        if report != ["ok"]:
+            raise RuntimeError(f"the database {path} is damaged ({'; '.join(report)}). It has been left "
+                               "as it is: restore a backup, or repair it with sqlite3's .recover")
+
+    def _check_settings(self) -> None:
+        """The settings durability rests on; e.g. a filesystem without shared memory cannot do WAL."""
+        problems = [f"{name} is {value!r}, not {expected!r}" for name, value, expected in (
+            ("journal_mode", self._pragma("journal_mode"), "wal"),
+            ("synchronous", self._pragma("synchronous"), 2),  # FULL
+            ("busy_timeout", self._pragma("busy_timeout"), int(self.settings.busy_timeout * 1000)),
+        ) if value != expected]
+        if problems:
+            raise RuntimeError(f"the database {self.settings.path} cannot be used safely: {'; '.join(problems)}")
+        log.info("database %s: WAL, synchronous=FULL, busy timeout %d ms, quick_check ok",
+                 self.settings.path, self._pragma("busy_timeout"))
 
     def on_receive(self, message):
         if isinstance(message, WriteBatch):
