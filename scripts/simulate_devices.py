@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
-"""Simulate a fleet of devices: publish readings of every device type to the broker.
+"""Simulate a fleet of devices (and, optionally, mobile apps) against the service.
 
-    python scripts/simulate_devices.py --devices 10 --count 100000            # as fast as possible
-    python scripts/simulate_devices.py --devices 5 --rate 50 --duration 60    # 50 readings/s for a minute
-    python scripts/simulate_devices.py --count 100000 --verify mqtt_data.db   # and check they were stored
+    python scripts/simulate_devices.py --count 100000                           # as fast as possible
+    python scripts/simulate_devices.py --devices 5 --rate 50 --duration 60      # 50 readings/s for a minute
+    python scripts/simulate_devices.py --count 100000 --invalid 0.02 --verify mqtt_data.db
+    python scripts/simulate_devices.py --rate 200 --duration 30 --requests 20   # and 20 apps asking
 
-Readings are valid and unique (each device's timestamps step through the chosen days), so every
-one of them must end up stored exactly once; with --verify the script waits for that and reports
-how fast the service stored them. Device ids start with --prefix (random by default), so runs do
-not collide."""
+Each device's readings have distinct timestamps stepping through --days days from --start-date,
+so every valid reading must end up stored exactly once. --invalid mixes in deliberately broken
+readings (bad JSON, missing or mistyped fields, unknown statuses, bad timestamps), each of which
+must end up in rejected_messages. --verify DATABASE waits for the service to store everything and
+then compares reading by reading: lost, duplicated, unexpected, wrong values; it exits 1 on any
+mismatch. Device ids start with --prefix (random by default), so runs do not collide."""
 
 from __future__ import annotations
 
@@ -20,7 +23,8 @@ import sqlite3
 import sys
 import time
 import uuid
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
@@ -52,15 +56,36 @@ def fingerprint(rng, device_id, timestamp):
 MAKERS = {"temperature": temperature, "power": power, "fingerprint": fingerprint}
 
 
+def broken(rng, body: dict, marker: str) -> bytes:
+    """A reading the service must refuse; `marker` makes it findable in rejected_messages."""
+    kind = rng.randrange(5)
+    if kind == 0:
+        return f'{{"device_id": "{marker}", not json'.encode()
+    body = {**body, "device_id": marker}
+    if kind == 1:
+        body.pop("timestamp")
+    elif kind == 2:
+        body["timestamp"] = "yesterday"
+    elif kind == 3:
+        body["status" if "status" in body else "authStatus"] = "BROKEN"
+    else:
+        body["device_id"] = [marker]
+    return json.dumps(body).encode()
+
+
 @dataclass
 class Fleet:
-    """Which device sends next, and what: reproducible from the seed."""
+    """What each device sends, reproducible from the seed, and a record of it for --verify."""
     prefix: str
     devices: int
     mix: dict[str, float]
     start: date
     days: int
     seed: int
+    invalid: float = 0.0
+    valid: dict[tuple[str, str, str], tuple] = field(default_factory=dict)  # (kind, device, ts) -> row
+    rejected: list[bytes] = field(default_factory=list)
+    days_sent: set[tuple[str, str, str]] = field(default_factory=set)  # (kind, device, date)
 
     def readings(self):
         rng = random.Random(self.seed)
@@ -74,7 +99,15 @@ class Fleet:
             # the k-th reading of a device: day k % days, second k // days of that day
             moment = midnight + timedelta(days=k % self.days, seconds=k // self.days)
             body = MAKERS[kind](rng, device_id, moment.isoformat())
-            yield kind, DEVICE_TYPES[kind].reading_topic, json.dumps(body).encode()
+            if self.invalid and rng.random() < self.invalid:
+                payload = broken(rng, body, f"{self.prefix}-bad-{len(self.rejected)}")
+                self.rejected.append(payload)
+            else:
+                payload = json.dumps(body).encode()
+                row = DEVICE_TYPES[kind].parse(payload)
+                self.valid[(kind, device_id, row[-2])] = row
+                self.days_sent.add((kind, device_id, row[-1]))
+            yield kind, DEVICE_TYPES[kind].reading_topic, payload
 
 
 class AckCounter(PersistentStorage):
@@ -99,25 +132,29 @@ class AckCounter(PersistentStorage):
             self.freed.set()
 
 
-async def publish(args, fleet: Fleet) -> dict:
-    acks = AckCounter()
+async def connect(args, client_id: str, **kwargs) -> tuple[gmqtt.Client, dict]:
+    connack = {}
     connected = asyncio.Event()
-    window = {"size": 65535}
 
     def on_connect(client, flags, rc, properties):
-        window["size"] = (properties.get("receive_maximum") or [65535])[0]
+        connack.update(properties)
         connected.set()
 
-    client = gmqtt.Client(f"simulator-{uuid.uuid4().hex[:8]}", persistent_storage=acks)
+    client = gmqtt.Client(client_id, **kwargs)
     client.on_connect = on_connect
     if args.username:
         client.set_auth_credentials(args.username, args.password)
     await client.connect(args.host, args.port, version=MQTTv50)
     await connected.wait()
+    return client, connack
 
-    sent = {kind: 0 for kind in fleet.mix}
-    total = args.count
-    deadline = time.monotonic() + args.duration if args.duration else None
+
+async def publish(args, fleet: Fleet, done: asyncio.Event) -> dict:
+    acks = AckCounter()
+    client, connack = await connect(args, f"simulator-{uuid.uuid4().hex[:8]}", persistent_storage=acks)
+    window = (connack.get("receive_maximum") or [65535])[0]
+    sent = Counter()
+    total, deadline = args.count, time.monotonic() + args.duration if args.duration else None
     started = time.monotonic()
     bar = tqdm(total=total, unit="msg", disable=args.quiet, dynamic_ncols=True)
     readings = fleet.readings()
@@ -125,7 +162,7 @@ async def publish(args, fleet: Fleet) -> dict:
     while (total is None or i < total) and (deadline is None or time.monotonic() < deadline):
         kind, topic, payload = next(readings)
         if args.qos:
-            while len(acks.in_flight) >= window["size"] - 2:  # gmqtt's id pool is the window
+            while len(acks.in_flight) >= window - 2:  # gmqtt's packet-id pool is the window
                 acks.freed.clear()
                 await acks.freed.wait()
         client.publish(topic, payload, qos=args.qos)
@@ -148,46 +185,152 @@ async def publish(args, fleet: Fleet) -> dict:
     bar.update(i - bar.n)
     bar.set_postfix(acked=acks.acked if args.qos else "-")
     bar.close()
+    done.set()
     await client.disconnect()
     return {"sent": sent, "total": i, "acked": acks.acked, "seconds": elapsed, "started": started}
 
 
-def stored_counts(database: str, prefix: str) -> dict[str, int]:
+STEMS = {"temperature": "temp", "power": "power", "fingerprint": "fingerprint"}
+
+
+@dataclass
+class AppReport:
+    latencies: list[float] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    asked: int = 0
+
+    def percentile(self, q: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+    def summary(self) -> str:
+        ms = lambda v: f"{v * 1000:.1f} ms"  # noqa: E731
+        return (f"{self.asked} requests, {len(self.latencies)} replies: p50 {ms(self.percentile(0.5))}, "
+                f"p90 {ms(self.percentile(0.9))}, p99 {ms(self.percentile(0.99))}, "
+                f"max {ms(max(self.latencies, default=float('nan')))}; {len(self.problems)} wrong or missing")
+
+
+async def run_apps(args, apps: int, pick_day, done: asyncio.Event, think: float = 1.0,
+                   timeout: float = 5.0) -> AppReport:
+    """`apps` mobile apps, each asking for a device-day (pick_day() -> (kind, device_id, date) or
+    None) after a random pause (mean `think` s), one request at a time, until `done` is set."""
+    report = AppReport()
+    ids = [f"simapp-{uuid.uuid4().hex[:6]}-{i}" for i in range(apps)]
+    waiting: dict[str, asyncio.Future] = {}
+
+    def on_message(client, topic, payload, qos, properties):
+        app = topic.rsplit("/", 1)[-1]
+        future = waiting.pop(app, None)
+        if future is not None and not future.done():
+            future.set_result(payload)
+        return 0
+
+    client, _ = await connect(args, f"simapps-{uuid.uuid4().hex[:8]}")
+    client.on_message = on_message
+    subscribed = asyncio.Event()
+    client.on_subscribe = lambda *a: subscribed.set()
+    client.subscribe([gmqtt.Subscription(f"home/data{stem}/{app}", qos=0) for app in ids for stem in STEMS.values()])
+    await subscribed.wait()
+    rng = random.Random(args.seed + 1)
+
+    async def app(app_id: str):
+        while not done.is_set():
+            try:
+                await asyncio.wait_for(done.wait(), rng.expovariate(1 / think))
+                break
+            except asyncio.TimeoutError:
+                pass
+            day = pick_day()
+            if day is None:
+                continue
+            kind, device_id, date_ = day
+            future = asyncio.get_running_loop().create_future()
+            waiting[app_id] = future
+            report.asked += 1
+            sent_at = time.perf_counter()
+            client.publish(f"home/get{STEMS[kind]}/{app_id}", json.dumps({"device_id": device_id, "date": date_}))
+            try:
+                payload = await asyncio.wait_for(future, timeout)
+            except asyncio.TimeoutError:
+                waiting.pop(app_id, None)
+                report.problems.append(f"no reply within {timeout:g} s to {kind} {device_id} {date_}")
+                continue
+            report.latencies.append(time.perf_counter() - sent_at)
+            reply = json.loads(payload)
+            stamps = [r.get("timestamp", "") for r in reply.get("records", [])]
+            if (reply.get("device_id"), reply.get("date")) != (device_id, date_) or "error" in reply \
+                    or reply.get("count") != len(stamps) or stamps != sorted(stamps) \
+                    or any(not s.startswith(date_) for s in stamps):
+                report.problems.append(f"wrong reply to {kind} {device_id} {date_}: {str(reply)[:200]}")
+
+    await asyncio.gather(*(app(a) for a in ids))
+    await client.disconnect()
+    return report
+
+
+def stored_rows(database: str, prefix: str) -> dict[str, list[tuple]]:
     con = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10)
     try:
-        counts = {}
+        rows = {}
         for kind, device in DEVICE_TYPES.items():
-            table = device.model._meta.table_name
-            counts[kind] = con.execute(
-                f"SELECT COUNT(*) FROM {table} WHERE device_id >= ? AND device_id < ?",
-                (prefix + "-", prefix + "-\U0010ffff")).fetchone()[0]
-        return counts
+            columns = ", ".join(("device_id", *device.value_columns, "timestamp", "date"))
+            rows[kind] = con.execute(
+                f"SELECT {columns} FROM {device.model._meta.table_name} WHERE device_id >= ? AND device_id < ?",
+                (prefix + "-", prefix + "-\U0010ffff")).fetchall()
+        return rows
     finally:
         con.close()
 
 
-def verify(args, prefix: str, result: dict) -> bool:
-    """Wait until every reading sent is stored (or --verify-timeout passes); report."""
-    expected = result["sent"]
+def rejected_payloads(database: str, prefix: str) -> Counter:
+    con = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10)
+    try:
+        marker = f"{prefix}-bad-".encode()
+        return Counter(bytes(p) for (p,) in con.execute(
+            "SELECT payload FROM rejected_messages WHERE instr(payload, ?) > 0", (marker,)))
+    finally:
+        con.close()
+
+
+def verify(args, fleet: Fleet, result: dict) -> bool:
+    """Wait until everything sent is accounted for (or --verify-timeout), then compare reading
+    by reading; print lost / duplicated / unexpected / wrong per device type."""
+    expected_total = len(fleet.valid)
     deadline = time.monotonic() + args.verify_timeout
     while True:
         try:
-            counts = stored_counts(args.verify, prefix)
+            rows = stored_rows(args.verify, fleet.prefix)
+            rejected = rejected_payloads(args.verify, fleet.prefix)
         except sqlite3.OperationalError:
-            counts = {kind: 0 for kind in expected}
-        if all(counts.get(k, 0) >= n for k, n in expected.items()) or time.monotonic() > deadline:
+            rows, rejected = {kind: [] for kind in DEVICE_TYPES}, Counter()
+        stored_total = sum(len(r) for r in rows.values())
+        if (stored_total >= expected_total and sum(rejected.values()) >= len(fleet.rejected)) \
+                or time.monotonic() > deadline:
             break
         time.sleep(0.05)
     stored_at = time.monotonic() - result["started"]
     ok = True
-    for kind, n in expected.items():
-        got = counts.get(kind, 0)
-        status = "ok" if got == n else ("MISSING %d" % (n - got) if got < n else "EXTRA %d" % (got - n))
-        ok &= got == n
-        print(f"  {kind:<12} sent {n:>9,}  stored {got:>9,}  {status}")
-    total = sum(counts.values())
-    print(f"stored {total:,} readings {stored_at:.2f} s after the first publish: "
-          f"{total / stored_at:,.0f} readings/s")
+    print(f"{'':<12} {'sent':>9} {'stored':>9} {'lost':>6} {'dup':>6} {'unexp':>6} {'wrong':>6}  device-days")
+    for kind in DEVICE_TYPES:
+        expected = {k[1:]: row for k, row in fleet.valid.items() if k[0] == kind}
+        keys = Counter((row[0], row[-2]) for row in rows[kind])
+        lost = sum(1 for key in expected if key not in keys)
+        duplicated = sum(n - 1 for n in keys.values() if n > 1)
+        unexpected = sum(1 for key in keys if key not in expected)
+        wrong = sum(1 for row in rows[kind] if (row[0], row[-2]) in expected
+                    and tuple(row) != expected[(row[0], row[-2])])
+        ok &= not (lost or duplicated or unexpected or wrong)
+        days = sum(1 for d in fleet.days_sent if d[0] == kind)
+        print(f"{kind:<12} {len(expected):>9,} {len(rows[kind]):>9,} {lost:>6} {duplicated:>6} "
+              f"{unexpected:>6} {wrong:>6}  {days}")
+    sent_bad = Counter(fleet.rejected)
+    missing_bad = sum((sent_bad - rejected).values())
+    print(f"{'invalid':<12} {len(fleet.rejected):>9,} {sum(rejected.values()):>9,} {missing_bad:>6} "
+          f"{sum((rejected - sent_bad).values()):>6}   (kept in rejected_messages)")
+    ok &= missing_bad == 0 and rejected == sent_bad
+    total = sum(len(r) for r in rows.values()) + sum(rejected.values())
+    print(f"stored {total:,} messages {stored_at:.2f} s after the first publish: "
+          f"{total / stored_at:,.0f} per second; {'OK' if ok else 'MISMATCH'}")
     return ok
 
 
@@ -205,17 +348,22 @@ def parse_args(argv=None):
     p.add_argument("--qos", type=int, choices=(0, 1), default=1)
     p.add_argument("--mix", default="temperature=1,power=1,fingerprint=1",
                    help="relative share of each device type (default: equal)")
+    p.add_argument("--invalid", type=float, default=0.0, help="fraction of deliberately invalid readings")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--start-date", type=date.fromisoformat, default=date(2026, 1, 22))
     p.add_argument("--days", type=int, default=1, help="spread each device's readings over this many days")
     p.add_argument("--prefix", help="device id prefix (default: sim-<random>)")
-    p.add_argument("--verify", metavar="DATABASE", help="wait until the service stored every reading; "
-                                                        "exit 1 if any is missing or extra")
+    p.add_argument("--requests", type=int, default=0, metavar="N",
+                   help="N apps ask for device-days while the load runs (about one request per app per second)")
+    p.add_argument("--verify", metavar="DATABASE", help="wait until the service stored everything; "
+                                                        "exit 1 on any lost, duplicated, unexpected or wrong reading")
     p.add_argument("--verify-timeout", type=float, default=120)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     if args.count is None and args.duration is None:
         p.error("give --count or --duration")
+    if not 0 <= args.invalid <= 1:
+        p.error("--invalid is a fraction between 0 and 1")
     try:
         mix = {k: float(v) for k, v in (part.split("=") for part in args.mix.split(","))}
     except ValueError:
@@ -227,19 +375,36 @@ def parse_args(argv=None):
     return args
 
 
+async def simulate(args, fleet: Fleet):
+    done = asyncio.Event()
+    apps = None
+    if args.requests:
+        pick = lambda: random.choice(list(fleet.days_sent)) if fleet.days_sent else None  # noqa: E731
+        apps = asyncio.ensure_future(run_apps(args, args.requests, pick, done))
+    result = await publish(args, fleet, done)
+    return result, (await apps if apps else None)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     prefix = args.prefix or f"sim-{uuid.uuid4().hex[:6]}"
-    fleet = Fleet(prefix, args.devices, args.mix, args.start_date, args.days, args.seed)
-    result = asyncio.run(publish(args, fleet))
+    fleet = Fleet(prefix, args.devices, args.mix, args.start_date, args.days, args.seed, args.invalid)
+    result, apps = asyncio.run(simulate(args, fleet))
     rate = result["total"] / result["seconds"] if result["seconds"] else 0
-    print(f"sent {result['total']:,} readings at QoS {args.qos} in {result['seconds']:.2f} s "
-          f"({rate:,.0f}/s), {result['acked']:,} acknowledged by the broker; device ids {prefix}-*")
+    print(f"sent {result['total']:,} readings ({len(fleet.rejected):,} invalid) at QoS {args.qos} in "
+          f"{result['seconds']:.2f} s ({rate:,.0f}/s), {result['acked']:,} acknowledged by the broker; "
+          f"device ids {prefix}-*")
     for kind, n in result["sent"].items():
         print(f"  {kind:<12} {n:>9,} from {args.devices} devices on {DEVICE_TYPES[kind].reading_topic}")
+    ok = True
+    if apps is not None:
+        print(f"apps: {apps.summary()}")
+        for problem in apps.problems[:10]:
+            print(f"  {problem}")
+        ok = not apps.problems
     if args.verify:
-        return 0 if verify(args, prefix, result) else 1
-    return 0
+        ok &= verify(args, fleet, result)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

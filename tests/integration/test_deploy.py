@@ -61,19 +61,25 @@ def simulate(*args):
                           capture_output=True, text=True, timeout=120)
 
 
-def test_the_simulator_sends_valid_readings_of_every_type_and_verifies_them(service, broker):
+def test_the_simulator_checks_every_reading_and_plays_apps(service, broker):
     service.start().wait_ready()
     result = simulate("--port", str(broker.port), "--devices", "3", "--count", "600", "--days", "2",
-                      "--verify", str(service.db_path))
+                      "--invalid", "0.1", "--rate", "300", "--requests", "3", "--verify", str(service.db_path))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "600 acknowledged" in result.stdout and result.stdout.count(" ok") == 3
-    days = service.query("SELECT COUNT(DISTINCT date) FROM temperature_logs")[0][0]
-    assert days == 2
-    assert service.query("SELECT COUNT(*) FROM rejected_messages")[0][0] == 0
+    out = result.stdout
+    assert "600 acknowledged" in out and out.rstrip().endswith("; OK")
+    assert "0 wrong or missing" in out and " 0 replies" not in out
+    invalid = int(out.split(" invalid)")[0].rsplit("(", 1)[1])
+    assert 0 < invalid < 600
+    assert service.query("SELECT COUNT(*) FROM rejected_messages")[0][0] == invalid
+    valid = sum(service.query(f"SELECT COUNT(*) FROM {t}")[0][0]
+                for t in ("temperature_logs", "power_status_logs", "fingerprint_logs"))
+    assert valid == 600 - invalid
+    assert service.query("SELECT COUNT(DISTINCT date) FROM temperature_logs")[0][0] == 2
 
 
 def test_the_simulator_reports_readings_that_were_not_stored(broker, tmp_path):
     Service(broker, tmp_path).start().terminate()  # a database with tables, and no service running
     result = simulate("--port", str(broker.port), "--count", "30", "--verify", str(tmp_path / "mqtt_data.db"),
                       "--verify-timeout", "0.5")
-    assert result.returncode == 1 and "MISSING" in result.stdout
+    assert result.returncode == 1 and result.stdout.rstrip().endswith("; MISMATCH")
