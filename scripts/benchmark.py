@@ -1,0 +1,354 @@
+#!/usr/bin/env python3
+"""Benchmark: the service side by side with a bare-minimum subscriber, on one machine, in one run.
+
+    .venv/bin/python scripts/benchmark.py                 # everything (a few minutes)
+    .venv/bin/python scripts/benchmark.py --rows 500000   # a smaller database for the reply part
+
+It starts its own Mosquitto with deploy/mosquitto.conf's settings and fresh databases, then:
+1. ingest: --readings QoS 1 readings sent as fast as possible (scripts/simulate_devices.py,
+   which verifies every one) to the service, then to a baseline subscriber: gmqtt acknowledging
+   on receipt, sqlite3 executemany, a commit every 500 rows or 50 ms, synchronous=NORMAL;
+   stored/s from the first publish to the last commit, and CPU per 100,000 readings;
+2. replies: a database of --rows rows written directly, --apps apps asking for random device-days
+   of 1,440 readings (about one request per app per second): p50/p99 request->reply; and one
+   device-day of 86,400 readings;
+3. peak RSS during ingest, and the time from start to the first reply on the big database.
+Prints one table."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+import simulate_devices as sim  # noqa: E402
+from actors.models import MODELS, TemperatureLog, insert_sql, open_database  # noqa: E402
+
+PYTHON = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(0.02)
+    raise SystemExit(f"benchmark: timed out waiting for {what}")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_mib(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024
+
+
+class Mosquitto:
+    def __init__(self, workdir: Path):
+        self.port = free_port()
+        conf = (ROOT / "deploy" / "mosquitto.conf").read_text().replace("listener 1883 ", f"listener {self.port} ")
+        conf += f"\npersistence_location {workdir}/\nuser {getpass.getuser()}\n"
+        path = workdir / "mosquitto.conf"
+        path.write_text(conf)
+        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        self.proc = subprocess.Popen([binary, "-c", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(self._listening, 10, "mosquitto")
+
+    def _listening(self):
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+            return True
+        except OSError:
+            return False
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def start(cmd: list[str], env: dict, output: Path, ready: str) -> subprocess.Popen:
+    with open(output, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
+    wait_for(lambda: ready in output.read_text(errors="replace") or proc.poll() is not None, 60, ready)
+    if proc.poll() is not None:
+        raise SystemExit(f"benchmark: {cmd} exited:\n{output.read_text()}")
+    return proc
+
+
+def service_env(port: int, db: Path) -> dict:
+    return {"MQTT_BROKER_HOST": "127.0.0.1", "MQTT_BROKER_PORT": str(port), "DATABASE_PATH": str(db),
+            "MQTT_CLIENT_ID": f"bench-{random.randrange(10**6)}", "LOG_FILE": "", "LOG_LEVEL": "INFO"}
+
+
+def ingest(name: str, proc: subprocess.Popen, port: int, db: Path, readings: int) -> dict:
+    """Send `readings` as fast as possible; the simulator verifies every one was stored."""
+    before = cpu_seconds(proc.pid)
+    result = subprocess.run([PYTHON, "scripts/simulate_devices.py", "--quiet", "--port", str(port),
+                             "--count", str(readings), "--devices", "10", "--verify", str(db)],
+                            cwd=ROOT, capture_output=True, text=True)
+    cpu = cpu_seconds(proc.pid) - before
+    if result.returncode != 0:
+        raise SystemExit(f"benchmark: {name} did not store every reading:\n{result.stdout}{result.stderr}")
+    rate = float(re.search(r"([\d,]+) per second", result.stdout).group(1).replace(",", ""))
+    return {"rate": rate, "cpu_per_100k": cpu * 100_000 / readings, "peak_rss": peak_rss_mib(proc.pid)}
+
+
+# -- the baseline: the least a Python subscriber can do -----------------------------------------
+
+BASELINE_TABLES = {
+    "home/temperature": ("temperature_logs", ("device_id", "temperature", "humidity", "status", "timestamp", "date")),
+    "home/power": ("power_status_logs", ("device_id", "ebstatus", "dgstatus", "timestamp", "date")),
+    "home/fingerprint": ("fingerprint_logs", ("device_id", "user_id", "auth_status", "timestamp", "date")),
+}
+
+
+def baseline_row(topic: str, r: dict) -> tuple:
+    ts = r["timestamp"]
+    if topic == "home/temperature":
+        return r["device_id"], r["temperature"], r["humidity"], r["status"], ts, ts[:10]
+    if topic == "home/power":
+        source, state = r["status"].split("_")
+        return r["device_id"], state if source == "EB" else "", state if source == "DG" else "", ts, ts[:10]
+    return r["device_id"], r["user_id"], r["authStatus"], ts, ts[:10]
+
+
+def baseline_subscriber(port: int, db_path: str) -> None:
+    """gmqtt acknowledging on receipt (its default), rows into sqlite3 with executemany,
+    a commit every 500 rows or 50 ms, WAL with synchronous=NORMAL."""
+    import gmqtt
+    import orjson
+
+    db = sqlite3.connect(db_path, isolation_level=None)
+    db.execute("PRAGMA journal_mode = wal")
+    db.execute("PRAGMA synchronous = normal")
+    for table, columns in BASELINE_TABLES.values():
+        db.execute(f"CREATE TABLE IF NOT EXISTS {table} (id INTEGER PRIMARY KEY, {', '.join(columns)})")
+        db.execute(f"CREATE INDEX IF NOT EXISTS {table}_day ON {table} (device_id, date, timestamp)")
+    db.execute("CREATE TABLE IF NOT EXISTS rejected_messages (id INTEGER PRIMARY KEY, payload BLOB)")
+    sql = {topic: f"INSERT INTO {t} ({', '.join(c)}) VALUES ({', '.join('?' * len(c))})"
+           for topic, (t, c) in BASELINE_TABLES.items()}
+    pending: dict[str, list] = {topic: [] for topic in BASELINE_TABLES}
+    count = 0
+
+    def commit():
+        nonlocal count
+        db.execute("BEGIN")
+        for topic, rows in pending.items():
+            if rows:
+                db.executemany(sql[topic], rows)
+                rows.clear()
+        db.execute("COMMIT")
+        count = 0
+
+    def on_message(client, topic, payload, qos, properties):
+        nonlocal count
+        pending[topic].append(baseline_row(topic, orjson.loads(payload)))
+        count += 1
+        if count >= 500:
+            commit()
+
+    async def main():
+        client = gmqtt.Client(f"baseline-{random.randrange(10**6)}")
+        client.on_message = on_message
+        client.on_connect = lambda c, *a: c.subscribe([gmqtt.Subscription(t, qos=1) for t in BASELINE_TABLES])
+        client.on_subscribe = lambda *a: print("baseline subscribed", flush=True)
+        await client.connect("127.0.0.1", port)
+        while True:
+            await asyncio.sleep(0.05)
+            if count:
+                commit()
+
+    asyncio.run(main())
+
+
+# -- replies on a big database ------------------------------------------------------------------
+
+def build_big_database(path: Path, rows: int) -> tuple[list[tuple[str, str]], tuple[str, str]]:
+    """`rows` temperature readings: device-days of 1,440 (one a minute) and one of 86,400 (one a
+    second). Returns the 1,440-reading device-days and the big one."""
+    db = open_database(str(path), 5)
+    db.connect()
+    db.create_tables(MODELS)
+    sql = insert_sql(TemperatureLog, db)
+    conn = db.connection()
+    rng = random.Random(5)
+    start = date(2026, 1, 1)
+    days = []
+    big = ("bench-busy", "2026-03-01")
+
+    def day_rows(device, day, per_day):
+        step = 86400 // per_day
+        midnight = datetime.combine(day, datetime.min.time())
+        for i in range(per_day):
+            ts = (midnight + timedelta(seconds=i * step)).isoformat()
+            yield device, round(rng.uniform(15, 35), 1), 50.0, "LOW", ts, ts[:10], "2026-03-01 00:00:00"
+
+    conn.execute("PRAGMA synchronous = off")
+    conn.execute("BEGIN")
+    conn.executemany(sql, day_rows(big[0], date.fromisoformat(big[1]), 86_400))
+    n_days = max(1, (rows - 86_400) // 1_440)
+    devices = max(1, n_days // 60)
+    for k in range(n_days):
+        device, day = f"bench-{k % devices:04d}", start + timedelta(days=k // devices)
+        conn.executemany(sql, day_rows(device, day, 1_440))
+        days.append((device, day.isoformat()))
+    conn.execute("COMMIT")
+    db.close()
+    return days, big
+
+
+async def ask_day(port: int, device: str, day: str) -> float:
+    """Seconds from publishing one request to the reply arriving."""
+    args = argparse.Namespace(host="127.0.0.1", port=port, username=None, password=None)
+    client, _ = await sim.connect(args, f"bench-asker-{random.randrange(10**6)}")
+    got = asyncio.get_running_loop().create_future()
+    client.on_message = lambda c, t, p, q, props: got.done() or got.set_result(p) or 0
+    subscribed = asyncio.Event()
+    client.on_subscribe = lambda *a: subscribed.set()
+    client.subscribe("home/datatemp/bench-asker", qos=0)
+    await subscribed.wait()
+    started = time.perf_counter()
+    client.publish("home/gettemp/bench-asker", json.dumps({"device_id": device, "date": day}))
+    payload = await asyncio.wait_for(got, 30)
+    elapsed = time.perf_counter() - started
+    reply = json.loads(payload)
+    assert reply["count"] == len(reply["records"]) > 0, str(reply)[:200]
+    await client.disconnect()
+    return elapsed
+
+
+def first_reply_after_start(port: int, db: Path, workdir: Path) -> tuple[subprocess.Popen, float]:
+    """Start the service and ask every 20 ms until the first reply: seconds from launch."""
+    async def probe():
+        args = argparse.Namespace(host="127.0.0.1", port=port, username=None, password=None)
+        client, _ = await sim.connect(args, f"bench-probe-{random.randrange(10**6)}")
+        got = asyncio.get_running_loop().create_future()
+        client.on_message = lambda c, t, p, q, props: got.done() or got.set_result(p) or 0
+        subscribed = asyncio.Event()
+        client.on_subscribe = lambda *a: subscribed.set()
+        client.subscribe("home/datatemp/bench-probe", qos=0)
+        await subscribed.wait()
+        launched = time.monotonic()
+        with open(workdir / "service-big.out", "wb") as out:
+            proc = subprocess.Popen([PYTHON, "system.py"], cwd=ROOT, env={**os.environ, **service_env(port, db)},
+                                    stdout=out, stderr=subprocess.STDOUT)
+        while not got.done():
+            client.publish("home/gettemp/bench-probe", json.dumps({"device_id": "probe", "date": "2026-01-01"}))
+            await asyncio.sleep(0.02)
+            if time.monotonic() - launched > 60 or proc.poll() is not None:
+                raise SystemExit("benchmark: the service did not answer within 60 s of starting")
+        elapsed = time.monotonic() - launched
+        await client.disconnect()
+        return proc, elapsed
+    return asyncio.run(probe())
+
+
+def replies(port: int, db: Path, workdir: Path, rows: int, apps: int, seconds: float) -> dict:
+    print(f"building a database of {rows:,} rows ...", flush=True)
+    days, big = build_big_database(db, rows)
+    proc, startup = first_reply_after_start(port, db, workdir)
+    try:
+        args = argparse.Namespace(host="127.0.0.1", port=port, username=None, password=None, seed=1)
+
+        async def run():
+            done = asyncio.Event()
+            asyncio.get_running_loop().call_later(seconds, done.set)
+            pick = lambda: ("temperature", *random.choice(days))  # noqa: E731
+            return await sim.run_apps(args, apps, pick, done)
+
+        print(f"{apps} apps asking for {len(days):,} device-days of 1,440 readings for {seconds:g} s ...", flush=True)
+        report = asyncio.run(run())
+        if report.problems:
+            raise SystemExit("benchmark: wrong or missing replies:\n" + "\n".join(report.problems[:10]))
+        busy = sorted(asyncio.run(ask_day(port, *big)) for _ in range(5))
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    return {"startup": startup, "report": report, "busy_median": busy[2], "busy_max": busy[-1],
+            "size_mib": db.stat().st_size / 2**20}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--readings", type=int, default=100_000)
+    p.add_argument("--rows", type=int, default=5_000_000)
+    p.add_argument("--apps", type=int, default=50)
+    p.add_argument("--seconds", type=float, default=20, help="how long the apps keep asking")
+    p.add_argument("--baseline-subscriber", nargs=2, metavar=("PORT", "DB"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.baseline_subscriber:
+        baseline_subscriber(int(args.baseline_subscriber[0]), args.baseline_subscriber[1])
+        return 0
+
+    workdir = Path(tempfile.mkdtemp(prefix="benchmark-"))
+    broker = Mosquitto(workdir)
+    try:
+        print(f"ingest: {args.readings:,} QoS 1 readings into the service ...", flush=True)
+        db = workdir / "service.db"
+        proc = start([PYTHON, "system.py"], service_env(broker.port, db), workdir / "service.out",
+                     "taking readings and requests")
+        ours = ingest("the service", proc, broker.port, db, args.readings)
+        proc.terminate()
+        proc.wait(30)
+        print("ingest: the same into the baseline subscriber ...", flush=True)
+        base_db = workdir / "baseline.db"
+        proc = start([PYTHON, __file__, "--baseline-subscriber", str(broker.port), str(base_db)], {},
+                     workdir / "baseline.out", "baseline subscribed")
+        base = ingest("the baseline", proc, broker.port, base_db, args.readings)
+        proc.kill()
+        proc.wait()
+        big = replies(broker.port, workdir / "big.db", workdir, args.rows, args.apps, args.seconds)
+    finally:
+        broker.stop()
+    shutil.rmtree(workdir, ignore_errors=True)
+
+    r = big["report"]
+    ms = lambda s: f"{s * 1000:.1f} ms"  # noqa: E731
+    rows = [
+        ("ingest, readings stored/s", f"{ours['rate']:,.0f}", f"{base['rate']:,.0f}",
+         f"ratio {ours['rate'] / base['rate']:.2f} (target ≥ 0.95)"),
+        ("ingest, CPU s per 100,000 readings", f"{ours['cpu_per_100k']:.2f}", f"{base['cpu_per_100k']:.2f}",
+         "target: ours ≤ baseline"),
+        ("ingest, peak RSS", f"{ours['peak_rss']:.0f} MiB", f"{base['peak_rss']:.0f} MiB", "target ≤ 100 MB"),
+        (f"1,440-reading day, {args.apps} apps, p50", ms(r.percentile(0.5)), "", f"{r.asked:,} requests"),
+        (f"1,440-reading day, {args.apps} apps, p99", ms(r.percentile(0.99)), "", "target ≤ 10 ms"),
+        ("86,400-reading day, median of 5 (max)", f"{ms(big['busy_median'])} ({ms(big['busy_max'])})", "",
+         "target ≤ 300 ms"),
+        ("start to first reply", f"{big['startup']:.2f} s", "", f"{args.rows:,} rows, {big['size_mib']:.0f} MiB"),
+    ]
+    print(f"\nbenchmark on {platform.node()}: {os.cpu_count()} cores, Python {platform.python_version()}, "
+          f"SQLite {sqlite3.sqlite_version}, {args.readings:,} readings")
+    widths = [max(len(str(row[i])) for row in rows + [("", "service", "baseline", "")]) for i in range(4)]
+    for row in [("", "service", "baseline", "")] + rows:
+        print(f"| {row[0]:<{widths[0]}} | {row[1]:>{widths[1]}} | {row[2]:>{widths[2]}} | {row[3]:<{widths[3]}} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
