@@ -45,6 +45,7 @@ class DatabaseSettings:
     path: str = field(metadata=_check(nonempty=True))
     busy_timeout: float = field(metadata=_check(0, 600))
     max_batch: int = field(metadata=_check(1, 100_000))
+    commit_interval: float = field(metadata=_check(0, 1))
     retry_delay: float = field(metadata=_check(0.01, 60))
     max_size_mb: int = field(metadata=_check(0))
 

@@ -46,6 +46,7 @@ class WriterActor(Supervised):
         self._pending: list[WriteBatch] = []
         self._pending_rows = 0
         self._flush_queued = False
+        self._oldest = 0.0  # when the oldest pending batch arrived
         self._retry_timer: threading.Timer | None = None
         self._retry_delay = settings.retry_delay
         self._failing_since: float | None = None
@@ -100,6 +101,8 @@ class WriterActor(Supervised):
 
     def on_receive(self, message):
         if isinstance(message, WriteBatch):
+            if not self._pending:
+                self._oldest = time.monotonic()
             self._pending.append(message)
             self._pending_rows += _rows(message)
             if self._retry_timer is not None:
@@ -112,6 +115,14 @@ class WriterActor(Supervised):
         elif isinstance(message, Flush):
             self._flush_queued = False
             self._retry_timer = None
+            linger = self._oldest + self.settings.commit_interval - time.monotonic()
+            if linger > 0 and self._pending_rows < self.settings.max_batch:
+                # A commit costs about as much as 100 rows: wait a moment for more batches, then
+                # queue behind them so that they join this transaction.
+                time.sleep(linger)
+                self._flush_queued = True
+                self.actor_ref.tell(Flush())
+                return
             self.commit_pending()
         else:
             log.warning("writer ignored an unexpected message: %r", message)
