@@ -1,0 +1,23 @@
+"""The benchmark runs end to end and prints its table (small numbers: this checks it works, the
+numbers themselves are for people; see README "Performance")."""
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+
+@pytest.mark.slow
+def test_the_benchmark_runs_and_prints_every_row():
+    result = subprocess.run([sys.executable, "scripts/benchmark.py", "--readings", "3000", "--rows", "90000",
+                             "--apps", "5", "--seconds", "2"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    table = result.stdout.split("benchmark on ", 1)[1]
+    for row in ("ingest, readings stored/s", "ingest, CPU s per 100,000 readings", "ingest, peak RSS",
+                "1,440-reading day, 5 apps, p50", "1,440-reading day, 5 apps, p99",
+                "86,400-reading day", "start to first reply"):
+        assert row in table, row
+    assert "wrong or missing" not in result.stdout
