@@ -199,7 +199,6 @@ class Session:
 
     def _on_connect(self, client, session_present, result, properties):
         self.connected = True
-        self._reading_paused = False
         self.backoff.reset()
         self.max_packet = (properties.get("maximum_packet_size") or [None])[0]
         s = self.settings
@@ -225,6 +224,7 @@ class Session:
     def _on_disconnect(self, client, packet, exc=None):
         if client is not self.client or self._lost.is_set() or self._closing:
             return  # a client we discarded ourselves
+        self.connected = False
         self._lost_at = time.monotonic()
         log.warning("lost the MQTT broker connection; reconnecting with backoff "
                     "(unacknowledged messages will be delivered again)")
@@ -290,7 +290,8 @@ class Session:
         through, so the bound is receive_maximum messages plus 384 KiB of socket data."""
         if pause and not self._reading_paused:
             log.debug("holding back: %d messages in hand", len(self._pending))
-        self.client.pause_reading(pause)
+        if self.client is not None:
+            self.client.pause_reading(pause)
         self._reading_paused = pause
 
     def _flush(self) -> None:
@@ -340,6 +341,7 @@ class Session:
         """The connection is gone: nothing in hand can be acknowledged any more. The broker
         delivers it all again on the next connection."""
         self._pending.clear()
+        self._reading_paused = False  # the next connection starts reading
         if self._drained is not None:
             self._drained.set()
 
