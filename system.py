@@ -13,6 +13,7 @@ import threading
 
 import pykka
 
+from actors.check import check_config
 from actors.logs import configure_logging
 from actors.settings import SettingsError, load_settings
 from actors.supervisor import Supervisor
@@ -42,12 +43,16 @@ class ExitCode:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", metavar="PATH", help="settings file over the defaults in settings.toml")
+    parser.add_argument("--check-config", action="store_true",
+                        help="check the settings, the database and the broker, then exit (0: all good)")
     args = parser.parse_args(argv)
     try:
         settings = load_settings(args.config)
     except SettingsError as exc:
-        print(f"settings error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        print(f"{'FAILED  settings' if args.check_config else 'settings error'}: {exc}", file=sys.stderr)
+        return 1 if args.check_config else EXIT_CONFIG
+    if args.check_config:
+        return 0 if check_config(settings) else 1
     configure_logging(settings.logging)
 
     exit_code = ExitCode()

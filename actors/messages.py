@@ -62,6 +62,7 @@ class Reply:
     ack_id: int
     topic: str
     payload: bytes
+    error: bool = False  # an error reply (counted in the stats)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,3 +89,21 @@ class Resync:
 class Crash:
     """MQTT link's event loop -> the link actor: the loop failed; crash so we are restarted."""
     error: str
+
+
+@dataclass(frozen=True, slots=True)
+class StatsRequest:
+    """MQTT link -> writer: time for a stats report; answer with WriterStats."""
+
+
+@dataclass(frozen=True, slots=True)
+class WriterStats:
+    """Writer -> MQTT link: the writer's side of a stats report (counts since start)."""
+    stored: tuple[tuple[str, int], ...]  # (device type, readings stored)
+    rejected: int
+    backlog: int  # rows waiting to be committed
+    commit_failures: int
+    last_commit_ms: float
+    max_commit_ms: float  # since the previous report
+    database_bytes: int  # the database file and its WAL
+    last_stored_at: tuple[tuple[str, str], ...]  # (device type, UTC time of its latest commit)

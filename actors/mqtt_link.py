@@ -25,10 +25,14 @@ import pykka
 from gmqtt.mqtt.constants import MQTTv50
 from gmqtt.mqtt.handler import MqttPackageHandler
 
+import orjson
+
+from actors import __version__
 from actors.devices import DEVICE_TYPES
-from actors.messages import Committed, Crash, Inbound, ReadingBatch, Reply, Request, Resync
+from actors.messages import (Committed, Crash, Inbound, ReadingBatch, Reply, Request, Resync,
+                             StatsRequest, WriterStats)
 from actors.peers import Peers, Supervised
-from actors.settings import MqttSettings
+from actors.settings import MqttSettings, StatusSettings
 from actors.writer import utc_now
 
 log = logging.getLogger(__name__)
@@ -104,9 +108,15 @@ class OneConnectionClient(gmqtt.Client):
 class Session:
     """Lives in the asyncio loop: the gmqtt client, and the acknowledgements it owes."""
 
-    def __init__(self, settings: MqttSettings, peers: Peers):
+    def __init__(self, settings: MqttSettings, status: StatusSettings, peers: Peers):
         self.settings = settings
+        self.status_settings = status
         self.peers = peers
+        self.status_topic = f"home/status/{settings.client_id}"
+        self.stats_topic = f"home/stats/{settings.client_id}"
+        self.started_at = utc_now()
+        self._answered = self._error_replies = 0
+        self._next_log = time.monotonic() + status.log_interval
         self.backoff = Backoff(settings.reconnect_min_delay, settings.reconnect_max_delay)
         self.client: OneConnectionClient | None = None
         self.connected = False
@@ -133,6 +143,7 @@ class Session:
         """Stay connected until `stop` is set: connect, wait for a loss, back off, again."""
         self._loop = asyncio.get_running_loop()
         self._stop = stop
+        self._loop.call_later(self.status_settings.stats_interval, self._ask_for_stats)
         while await self._connect():
             await _first_of(stop, self._lost)
             if stop.is_set():
@@ -181,8 +192,10 @@ class Session:
 
     def _new_client(self) -> OneConnectionClient:
         s = self.settings
+        # The broker announces us offline if we vanish without saying goodbye.
+        will = gmqtt.Message(self.status_topic, self._status("offline", "connection lost"), qos=1, retain=True)
         client = OneConnectionClient(s.client_id, clean_session=False, session_expiry_interval=s.session_expiry,
-                                     receive_maximum=s.receive_maximum)
+                                     receive_maximum=s.receive_maximum, will_message=will)
         if s.username:
             client.set_auth_credentials(s.username, s.password or None)
         client.on_connect = self._on_connect
@@ -213,6 +226,7 @@ class Session:
         # gmqtt never resubscribes. Subscribing again is harmless when the session survived,
         # and essential when the broker had no session for us.
         client.subscribe([gmqtt.Subscription(t, qos=1) for t in self._topics])
+        client.publish(self.status_topic, self._status("online"), qos=1, retain=True)
 
     def _on_subscribe(self, client, mid, granted, properties):
         refused = [t for t, code in zip(self._topics, granted) if code >= 0x80]
@@ -252,6 +266,8 @@ class Session:
                 log.warning("%d messages were not committed in time; the broker will deliver "
                             "them again", len(self._pending))
         if self.client is not None:
+            if self.connected:  # a clean DISCONNECT cancels the last will: say it ourselves
+                self.client.publish(self.status_topic, self._status("offline", "stopped"), qos=1, retain=True)
             await self._discard(self.client)
         self._abandon_all()
         log.info("disconnected from the MQTT broker (at most %d messages were in hand at once)",
@@ -309,6 +325,10 @@ class Session:
         elif isinstance(message, Reply):
             if self._publish(message.topic, message.payload):
                 self._acknowledge((message.ack_id,))
+                self._answered += 1
+                self._error_replies += message.error
+        elif isinstance(message, WriterStats):
+            self._report(message)
         else:
             log.warning("MQTT link ignored an unexpected message: %r", message)
 
@@ -324,6 +344,35 @@ class Session:
         # it asks again. QoS 0 also keeps replies clear of gmqtt's packet-id limits.
         self.client.publish(topic, payload, qos=0)
         return True
+
+    # -- status and stats -------------------------------------------------------------------
+
+    def _status(self, state: str, reason: str | None = None) -> bytes:
+        status = {"state": state, "client_id": self.settings.client_id, "version": __version__,
+                  "started_at": self.started_at}
+        return orjson.dumps(status if reason is None else {**status, "reason": reason})
+
+    def _ask_for_stats(self) -> None:
+        self.peers.tell("writer", StatsRequest())  # the writer answers with WriterStats
+        self._loop.call_later(self.status_settings.stats_interval, self._ask_for_stats)
+
+    def _report(self, writer: WriterStats) -> None:
+        stats = {"time": utc_now(), "version": __version__, "started_at": self.started_at,
+                 "connected": self.connected, "stored": dict(writer.stored), "rejected": writer.rejected,
+                 "requests": {"answered": self._answered, "errors": self._error_replies},
+                 "commit_failures": writer.commit_failures, "writer_backlog": writer.backlog,
+                 "in_hand": len(self._pending),
+                 "commit_ms": {"last": writer.last_commit_ms, "max": writer.max_commit_ms},
+                 "database_bytes": writer.database_bytes, "last_stored_at": dict(writer.last_stored_at)}
+        if self.connected:
+            self.client.publish(self.stats_topic, orjson.dumps(stats), qos=0, retain=True)
+        if time.monotonic() >= self._next_log:
+            self._next_log = time.monotonic() + self.status_settings.log_interval
+            log.info("stats: stored %s; rejected %d; requests %d (%d errors); commit failures %d; "
+                     "backlog %d rows; commit %.1f ms (max %.1f); database %.1f MiB",
+                     ", ".join(f"{k} {v}" for k, v in writer.stored), writer.rejected, self._answered,
+                     self._error_replies, writer.commit_failures, writer.backlog, writer.last_commit_ms,
+                     writer.max_commit_ms, writer.database_bytes / 2**20)
 
     def _acknowledge(self, ack_ids) -> None:
         """PUBACK the messages behind these ack ids that are still in hand on this connection
@@ -362,9 +411,10 @@ class LoopHandle:
 
 
 class MqttLink(Supervised):
-    def __init__(self, settings: MqttSettings, peers: Peers, supervisor=None):
+    def __init__(self, settings: MqttSettings, status: StatusSettings, peers: Peers, supervisor=None):
         super().__init__("link", supervisor)
         self.settings = settings
+        self.status_settings = status
         self.peers = peers
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_event: asyncio.Event | None = None
@@ -419,7 +469,7 @@ class MqttLink(Supervised):
     async def _main(self, ready: threading.Event) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop_event = asyncio.Event()
-        self._session = Session(self.settings, self.peers)
+        self._session = Session(self.settings, self.status_settings, self.peers)
         ready.set()
         await self._session.run(self._stop_event)
 

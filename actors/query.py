@@ -82,7 +82,7 @@ class QueryActor(Supervised):
         device = DEVICE_TYPES[message.device]
         body = self.answer(message.device, message.payload)
         topic = f"{device.reply_stem}/{message.app_id}"
-        self.peers.tell("link", Reply(message.ack_id, topic, orjson.dumps(body)))
+        self.peers.tell("link", Reply(message.ack_id, topic, orjson.dumps(body), error="error" in body))
 
     def answer(self, device_name: str, payload: bytes) -> dict:
         if len(payload) > self.max_bytes:

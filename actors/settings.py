@@ -62,6 +62,12 @@ class LimitsSettings:
 
 
 @dataclass(frozen=True)
+class StatusSettings:
+    stats_interval: float = field(metadata=_check(1, 86400))
+    log_interval: float = field(metadata=_check(1, 86400))
+
+
+@dataclass(frozen=True)
 class LoggingSettings:
     file: str = field(metadata=_check())
     level: str = field(metadata=_check(choices=LOG_LEVELS))
@@ -81,12 +87,14 @@ class Settings:
     database: DatabaseSettings
     queries: QuerySettings
     limits: LimitsSettings
+    status: StatusSettings
     logging: LoggingSettings
     supervisor: SupervisorSettings
 
 
 SECTIONS = {"mqtt": MqttSettings, "database": DatabaseSettings, "queries": QuerySettings,
-            "limits": LimitsSettings, "logging": LoggingSettings, "supervisor": SupervisorSettings}
+            "limits": LimitsSettings, "status": StatusSettings, "logging": LoggingSettings,
+            "supervisor": SupervisorSettings}
 
 # The seed's environment variables and ours, each overriding one key.
 ENVIRONMENT = {

@@ -56,7 +56,7 @@ class Supervisor(pykka.ThreadingActor):
         specs += [ChildSpec(f"ingest/{d.name}", lambda sup, d=d: IngestActor.start(
                       d, peers, max_bytes=s.limits.max_reading_bytes, supervisor=sup))
                   for d in DEVICE_TYPES.values()]
-        specs += [ChildSpec("link", lambda sup: MqttLink.start(s.mqtt, peers, sup))]
+        specs += [ChildSpec("link", lambda sup: MqttLink.start(s.mqtt, s.status, peers, sup))]
         return specs
 
     def on_start(self):

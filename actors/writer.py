@@ -18,7 +18,7 @@ import peewee
 import pykka
 
 from actors.devices import DEVICE_TYPES
-from actors.messages import Committed, Flush, WriteBatch
+from actors.messages import Committed, Flush, StatsRequest, WriteBatch, WriterStats
 from actors.models import MODELS, RejectedMessage, insert_sql
 from actors.peers import Peers, Supervised
 from actors.settings import DatabaseSettings
@@ -50,6 +50,13 @@ class WriterActor(Supervised):
         self._retry_timer: threading.Timer | None = None
         self._retry_delay = settings.retry_delay
         self._failing_since: float | None = None
+        # for the stats reports
+        self._stored: dict[str, int] = {name: 0 for name in DEVICE_TYPES}
+        self._last_stored_at: dict[str, str] = {}
+        self._rejected = 0
+        self._commit_failures = 0
+        self._last_commit_ms = 0.0
+        self._max_commit_ms = 0.0
 
     def on_start(self):
         try:
@@ -124,6 +131,8 @@ class WriterActor(Supervised):
                 self.actor_ref.tell(Flush())
                 return
             self.commit_pending()
+        elif isinstance(message, StatsRequest):
+            self.peers.tell("link", self._stats())
         else:
             log.warning("writer ignored an unexpected message: %r", message)
 
@@ -158,7 +167,17 @@ class WriterActor(Supervised):
             self._recovered()
             self.peers.tell("link", Committed(tuple(a for b in taken for a in b.ack_ids)))
 
+    def _stats(self) -> WriterStats:
+        path = Path(self.settings.path)
+        size = sum(p.stat().st_size for p in (path, path.with_name(path.name + "-wal")) if p.exists())
+        stats = WriterStats(tuple(self._stored.items()), self._rejected, self._pending_rows,
+                            self._commit_failures, round(self._last_commit_ms, 2),
+                            round(self._max_commit_ms, 2), size, tuple(self._last_stored_at.items()))
+        self._max_commit_ms = 0.0
+        return stats
+
     def _write(self, batches: list[WriteBatch]) -> None:
+        started = time.perf_counter()
         created_at = utc_now()
         by_device: dict[str, list[tuple]] = {}
         rejections = []
@@ -170,8 +189,8 @@ class WriterActor(Supervised):
         conn = self.db.connection()
         try:
             conn.execute("BEGIN IMMEDIATE")  # the write lock up front: no SQLITE_BUSY halfway
-            for device, rows in by_device.items():
-                conn.executemany(self._sql[device], rows)
+            inserted = {device: conn.executemany(self._sql[device], rows).rowcount
+                        for device, rows in by_device.items()}  # redeliveries are not counted
             if rejections:
                 conn.executemany(self._reject_sql, rejections)
             conn.execute("COMMIT")
@@ -179,8 +198,15 @@ class WriterActor(Supervised):
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+        for device, n in inserted.items():
+            self._stored[device] += n
+            self._last_stored_at[device] = created_at
+        self._rejected += len(rejections)
+        self._last_commit_ms = (time.perf_counter() - started) * 1000
+        self._max_commit_ms = max(self._max_commit_ms, self._last_commit_ms)
 
     def _failed(self, exc: Exception) -> None:
+        self._commit_failures += 1
         if self._failing_since is None:
             self._failing_since = time.monotonic()
             log.error("cannot commit to the database (%s); nothing is acknowledged until it "

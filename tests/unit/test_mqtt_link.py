@@ -19,9 +19,9 @@ READING = {"device_id": "t1", "temperature": 21.0, "humidity": 40.0, "status": "
 @pytest.fixture
 def link_factory(broker, caplog):
     caplog.set_level("INFO", logger="actors.mqtt_link")
-    settings = load_settings(environ={"MQTT_BROKER_HOST": "127.0.0.1", "MQTT_BROKER_PORT": str(broker.port),
-                                      "MQTT_CLIENT_ID": "link-under-test"}).mqtt
-    settings = dataclasses.replace(settings, drain_timeout=0.5)
+    loaded = load_settings(environ={"MQTT_BROKER_HOST": "127.0.0.1", "MQTT_BROKER_PORT": str(broker.port),
+                                    "MQTT_CLIENT_ID": "link-under-test"})
+    settings = dataclasses.replace(loaded.mqtt, drain_timeout=0.5)
     peers = Peers()
     fakes = {name: FakePeer() for name in ("ingest/temperature", "ingest/power", "ingest/fingerprint", "query/0")}
     for name, fake in fakes.items():
@@ -31,7 +31,7 @@ def link_factory(broker, caplog):
 
     def start():
         """A new link, once its subscriptions are acknowledged."""
-        link = MqttLink.start(settings, peers)
+        link = MqttLink.start(settings, loaded.status, peers)
         links.append(link)
         wait_until(lambda: caplog.text.count("taking readings and requests") == len(links))
         return link, link.proxy().address().get()

@@ -1,0 +1,77 @@
+"""`python system.py --check-config`: the settings, the database and the broker, checked without
+starting the service. One line per check; True when all pass."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sqlite3
+from pathlib import Path
+
+import gmqtt
+from gmqtt.mqtt.constants import MQTTv50
+
+from actors.settings import Settings
+
+
+class CheckFailed(Exception):
+    """A check did not pass; the message says why."""
+
+
+def check_config(settings: Settings, out=print) -> bool:
+    out(f"ok      settings: {settings.mqtt.client_id} -> {settings.mqtt.host}:{settings.mqtt.port}, "
+        f"database {settings.database.path}")
+    ok = True
+    for name, probe in (("database", check_database), ("broker", check_broker)):
+        try:
+            out(f"ok      {name}: {probe(settings)}")
+        except CheckFailed as exc:
+            out(f"FAILED  {name}: {exc}")
+            ok = False
+    return ok
+
+
+def check_database(settings: Settings) -> str:
+    path = Path(settings.database.path).resolve()
+    if not path.exists():
+        if not path.parent.is_dir():
+            raise CheckFailed(f"{path.parent} does not exist, so {path.name} cannot be created there")
+        if not os.access(path.parent, os.W_OK):
+            raise CheckFailed(f"{path} cannot be created: {path.parent} is not writable by this user")
+        return f"{path} does not exist yet; it will be created"
+    for p in (path, path.parent):  # the file, and the directory its -wal and -shm files go in
+        if not os.access(p, os.W_OK):
+            raise CheckFailed(f"{p} is not writable by this user")
+    try:
+        con = sqlite3.connect(path.as_uri() + "?mode=ro", uri=True)
+        try:
+            report = [line for row in con.execute("PRAGMA quick_check(5)") for line in row[0].splitlines()]
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as exc:
+        report = [str(exc)]
+    if report != ["ok"]:
+        raise CheckFailed(f"{path} is damaged: {'; '.join(report)}")
+    return f"{path} ({path.stat().st_size / 2**20:.1f} MiB): quick_check ok, writable"
+
+
+def check_broker(settings: Settings) -> str:
+    s = settings.mqtt
+    logging.getLogger("gmqtt").setLevel(logging.CRITICAL)  # the line below says what went wrong
+
+    async def connect():
+        # Another client id: connecting as the service's own would take over its session.
+        client = gmqtt.Client(f"{s.client_id}-check", clean_session=True, session_expiry_interval=0)
+        if s.username:
+            client.set_auth_credentials(s.username, s.password or None)
+        await asyncio.wait_for(client.connect(s.host, s.port, version=MQTTv50), s.connect_timeout)
+        await client.disconnect()
+
+    try:
+        asyncio.run(connect())
+    except gmqtt.MQTTConnectError as exc:
+        raise CheckFailed(f"{s.host}:{s.port} refused the connection: {exc}") from None
+    except (OSError, asyncio.TimeoutError) as exc:
+        raise CheckFailed(f"cannot reach {s.host}:{s.port}: {exc or 'no answer'}") from None
+    return f"{s.host}:{s.port} accepts our MQTT 5 connection" + (f" as {s.username}" if s.username else "")
