@@ -15,6 +15,7 @@ import pykka
 
 from actors.check import check_config
 from actors.logs import configure_logging
+from actors.notify import notify
 from actors.settings import SettingsError, load_settings
 from actors.supervisor import Supervisor
 
@@ -66,6 +67,7 @@ def main(argv=None) -> int:
     sys.setswitchinterval(0.001)
     supervisor = Supervisor.start(settings, exit_code.set)
     code = exit_code.wait()
+    notify("STOPPING=1")
     log.info("stopping (exit code %d)", code)
     try:
         supervisor.stop(block=True, timeout=30)

@@ -31,6 +31,7 @@ from actors import __version__
 from actors.devices import DEVICE_TYPES
 from actors.messages import (Committed, Crash, Inbound, ReadingBatch, Reply, Request, Resync,
                              StatsRequest, WriterStats)
+from actors.notify import notify, watchdog_interval
 from actors.peers import Peers, Supervised
 from actors.settings import MqttSettings, StatusSettings
 from actors.writer import utc_now
@@ -117,6 +118,11 @@ class Session:
         self.started_at = utc_now()
         self._answered = self._error_replies = 0
         self._next_log = time.monotonic() + status.log_interval
+        self._next_stats = time.monotonic() + status.stats_interval
+        # The writer answers a stats request only when it is making progress; under systemd the
+        # watchdog is fed with each answer, so a stuck writer gets the process restarted.
+        self._watchdog = watchdog_interval()
+        self._ready = False
         self.backoff = Backoff(settings.reconnect_min_delay, settings.reconnect_max_delay)
         self.client: OneConnectionClient | None = None
         self.connected = False
@@ -143,7 +149,7 @@ class Session:
         """Stay connected until `stop` is set: connect, wait for a loss, back off, again."""
         self._loop = asyncio.get_running_loop()
         self._stop = stop
-        self._loop.call_later(self.status_settings.stats_interval, self._ask_for_stats)
+        self._ask_for_stats()
         while await self._connect():
             await _first_of(stop, self._lost)
             if stop.is_set():
@@ -234,6 +240,9 @@ class Session:
             log.error("the broker refused our subscription to %s (check its ACL)", ", ".join(refused))
         else:
             log.info("subscribed to %d topics; taking readings and requests", len(granted))
+            if not self._ready:  # the database is open (the writer started first) and we listen
+                self._ready = True
+                notify("READY=1")
 
     def _on_disconnect(self, client, packet, exc=None):
         if client is not self.client or self._lost.is_set() or self._closing:
@@ -354,9 +363,15 @@ class Session:
 
     def _ask_for_stats(self) -> None:
         self.peers.tell("writer", StatsRequest())  # the writer answers with WriterStats
-        self._loop.call_later(self.status_settings.stats_interval, self._ask_for_stats)
+        every = self.status_settings.stats_interval
+        self._loop.call_later(min(every, self._watchdog or every), self._ask_for_stats)
 
     def _report(self, writer: WriterStats) -> None:
+        if self._watchdog:
+            notify("WATCHDOG=1")
+        if time.monotonic() < self._next_stats:
+            return
+        self._next_stats = time.monotonic() + self.status_settings.stats_interval
         stats = {"time": utc_now(), "version": __version__, "started_at": self.started_at,
                  "connected": self.connected, "stored": dict(writer.stored), "rejected": writer.rejected,
                  "requests": {"answered": self._answered, "errors": self._error_replies},
