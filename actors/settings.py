@@ -62,6 +62,13 @@ class LimitsSettings:
 
 
 @dataclass(frozen=True)
+class BackupSettings:
+    dir: str = field(metadata=_check(nonempty=True))
+    interval_hours: float = field(metadata=_check(0, 24 * 365))
+    keep: int = field(metadata=_check(1, 10_000))
+
+
+@dataclass(frozen=True)
 class StatusSettings:
     stats_interval: float = field(metadata=_check(1, 86400))
     log_interval: float = field(metadata=_check(1, 86400))
@@ -87,13 +94,15 @@ class Settings:
     database: DatabaseSettings
     queries: QuerySettings
     limits: LimitsSettings
+    backup: BackupSettings
     status: StatusSettings
     logging: LoggingSettings
     supervisor: SupervisorSettings
 
 
 SECTIONS = {"mqtt": MqttSettings, "database": DatabaseSettings, "queries": QuerySettings,
-            "limits": LimitsSettings, "status": StatusSettings, "logging": LoggingSettings,
+            "limits": LimitsSettings, "backup": BackupSettings, "status": StatusSettings,
+            "logging": LoggingSettings,
             "supervisor": SupervisorSettings}
 
 # The seed's environment variables and ours, each overriding one key.

@@ -1,5 +1,5 @@
-"""The supervisor: starts the children in dependency order (writer, query pool, one ingest
-actor per device type, MQTT link), stops them in reverse, and restarts a child that crashes
+"""The supervisor: starts the children in dependency order (writer, query pool, backup, one
+ingest actor per device type, MQTT link), stops them in reverse, and restarts a child that crashes
 (one_for_one). More than `max_restarts` crashes within `restart_window` seconds ends the
 process with exit code 1: systemd's Restart=on-failure is the level above."""
 
@@ -13,6 +13,7 @@ from typing import Callable
 
 import pykka
 
+from actors.backup import BackupActor
 from actors.devices import DEVICE_TYPES
 from actors.ingest import IngestActor
 from actors.messages import ChildFailed, Resync
@@ -53,6 +54,7 @@ class Supervisor(pykka.ThreadingActor):
         specs += [ChildSpec(f"query/{i}", lambda sup, i=i: QueryActor.start(
                       i, db, peers, max_bytes=s.limits.max_request_bytes, supervisor=sup))
                   for i in range(s.queries.pool_size)]
+        specs += [ChildSpec("backup", lambda sup: BackupActor.start(s.database.path, s.backup, sup))]
         specs += [ChildSpec(f"ingest/{d.name}", lambda sup, d=d: IngestActor.start(
                       d, peers, max_bytes=s.limits.max_reading_bytes, supervisor=sup))
                   for d in DEVICE_TYPES.values()]
