@@ -1,8 +1,8 @@
 """The database writer: the only actor that writes, over the process's only write connection.
 
 Batches from the ingest actors pile up while a transaction is running; the next transaction
-takes all of them (group commit, at most `max_batch` rows), and only once it has committed are
-their MQTT acknowledgements released. A failed commit is rolled back and retried with backoff;
+takes all of them (group commit: it waits up to `commit_interval` for more, at most `max_batch`
+rows), and only once it has committed are their MQTT acknowledgements released. A failed commit is rolled back and retried with backoff;
 nothing is acknowledged until it is durable."""
 
 from __future__ import annotations
