@@ -222,16 +222,22 @@ def build_big_database(path: Path, rows: int) -> tuple[list[tuple[str, str]], tu
     return days, big
 
 
-async def ask_day(port: int, device: str, day: str) -> float:
-    """Seconds from publishing one request to the reply arriving."""
+async def temperature_app(port: int, app_id: str):
+    """A connected app listening on its temperature reply topic: (client, future of the first reply)."""
     args = argparse.Namespace(host="127.0.0.1", port=port, username=None, password=None)
-    client, _ = await sim.connect(args, f"bench-asker-{random.randrange(10**6)}")
+    client, _ = await sim.connect(args, f"{app_id}-{random.randrange(10**6)}")
     got = asyncio.get_running_loop().create_future()
     client.on_message = lambda c, t, p, q, props: got.done() or got.set_result(p) or 0
     subscribed = asyncio.Event()
     client.on_subscribe = lambda *a: subscribed.set()
-    client.subscribe("home/datatemp/bench-asker", qos=0)
+    client.subscribe(f"home/datatemp/{app_id}", qos=0)
     await subscribed.wait()
+    return client, got
+
+
+async def ask_day(port: int, device: str, day: str) -> float:
+    """Seconds from publishing one request to the reply arriving."""
+    client, got = await temperature_app(port, "bench-asker")
     started = time.perf_counter()
     client.publish("home/gettemp/bench-asker", json.dumps({"device_id": device, "date": day}))
     payload = await asyncio.wait_for(got, 30)
@@ -245,14 +251,7 @@ async def ask_day(port: int, device: str, day: str) -> float:
 def first_reply_after_start(port: int, db: Path, workdir: Path) -> tuple[subprocess.Popen, float]:
     """Start the service and ask every 20 ms until the first reply: seconds from launch."""
     async def probe():
-        args = argparse.Namespace(host="127.0.0.1", port=port, username=None, password=None)
-        client, _ = await sim.connect(args, f"bench-probe-{random.randrange(10**6)}")
-        got = asyncio.get_running_loop().create_future()
-        client.on_message = lambda c, t, p, q, props: got.done() or got.set_result(p) or 0
-        subscribed = asyncio.Event()
-        client.on_subscribe = lambda *a: subscribed.set()
-        client.subscribe("home/datatemp/bench-probe", qos=0)
-        await subscribed.wait()
+        client, got = await temperature_app(port, "bench-probe")
         launched = time.monotonic()
         with open(workdir / "service-big.out", "wb") as out:
             proc = subprocess.Popen([PYTHON, "system.py"], cwd=ROOT, env={**os.environ, **service_env(port, db)},
