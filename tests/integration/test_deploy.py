@@ -25,6 +25,19 @@ def test_the_systemd_unit_verifies_cleanly(tmp_path):
     assert result.returncode == 0 and not result.stderr.strip(), result.stderr
 
 
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed")
+def test_the_systemd_unit_is_hardened(tmp_path):
+    unit = tmp_path / "mqtt-client.service"
+    unit.write_text(UNIT.read_text())
+    result = subprocess.run(["systemd-analyze", "security", "--offline=true", str(unit)],
+                            capture_output=True, text=True)
+    if "--offline" in result.stderr:
+        pytest.skip("this systemd-analyze cannot score a unit offline")
+    score = float(re.search(r"Overall exposure level for mqtt-client.service: ([\d.]+)", result.stdout).group(1))
+    print(f"systemd-analyze security: exposure {score}")
+    assert score <= 3.0, result.stdout
+
+
 def test_the_unit_does_not_restart_on_bad_settings():
     text = UNIT.read_text()
     assert f"RestartPreventExitStatus={system.EXIT_CONFIG}" in text and "Restart=on-failure" in text
