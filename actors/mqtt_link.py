@@ -21,11 +21,10 @@ import threading
 import time
 
 import gmqtt
+import orjson
 import pykka
 from gmqtt.mqtt.constants import MQTTv50
 from gmqtt.mqtt.handler import MqttPackageHandler
-
-import orjson
 
 from actors import __version__
 from actors.devices import DEVICE_TYPES
