@@ -244,8 +244,10 @@ class Session:
                 notify("READY=1")
 
     def _on_disconnect(self, client, packet, exc=None):
-        if client is not self.client or self._lost.is_set() or self._closing:
-            return  # a client we discarded ourselves
+        if client is not self.client or not self.connected or self._lost.is_set() or self._closing:
+            # A client we discarded ourselves, or an attempt that never got its CONNACK: the
+            # connect loop deals with that one (its timeout), it is not a lost connection.
+            return
         self.connected = False
         self._lost_at = time.monotonic()
         log.warning("lost the MQTT broker connection; reconnecting with backoff "
