@@ -6,6 +6,8 @@ use it as their index, and it is also the reading's identity, so a redelivered r
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 from peewee import AutoField, BlobField, FloatField, Model, ModelIndex, SqliteDatabase, TextField
 
 
@@ -72,6 +74,12 @@ _identity(PowerStatusLog, "ebstatus", "dgstatus")
 _identity(FingerprintLog, "user_id", "auth_status")
 
 MODELS = (TemperatureLog, PowerStatusLog, FingerprintLog, RejectedMessage)
+
+
+def utc_now() -> str:
+    """UTC in SQLite's own CURRENT_TIMESTAMP format (created_at, received_at), so sqlite3 users
+    can compare them with datetime('now')."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def open_database(path: str, busy_timeout: float) -> SqliteDatabase:

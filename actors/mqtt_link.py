@@ -30,10 +30,10 @@ from actors import __version__
 from actors.devices import DEVICE_TYPES
 from actors.messages import (Committed, Crash, Inbound, ReadingBatch, Reply, Request, Resync,
                              StatsRequest, WriterStats)
+from actors.models import utc_now
 from actors.notify import notify, watchdog_interval
 from actors.peers import Peers, Supervised
 from actors.settings import MqttSettings, StatusSettings
-from actors.writer import utc_now
 
 log = logging.getLogger(__name__)
 

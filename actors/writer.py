@@ -11,7 +11,6 @@ import logging
 import sqlite3
 import threading
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import peewee
@@ -19,17 +18,12 @@ import pykka
 
 from actors.devices import DEVICE_TYPES
 from actors.messages import Committed, Flush, StatsRequest, WriteBatch, WriterStats
-from actors.models import MODELS, RejectedMessage, insert_sql
+from actors.models import MODELS, RejectedMessage, insert_sql, utc_now
 from actors.peers import Peers, Supervised
 from actors.settings import DatabaseSettings
 
 log = logging.getLogger(__name__)
 MAX_RETRY_DELAY = 10.0
-
-
-def utc_now() -> str:
-    """UTC in SQLite's own CURRENT_TIMESTAMP format, so sqlite3 users can compare them."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _rows(batch: WriteBatch) -> int:
