@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 
 import orjson
-from peewee import Model
+from peewee import Model, Select, fn
 
 from actors.models import FingerprintLog, PowerStatusLog, TemperatureLog
 
@@ -128,6 +128,10 @@ class DeviceType:
     def day_records(self, device_id: str, date: str) -> list[dict]:
         return [self.record(row) for row in self.day_rows(device_id, date)]
 
+    def kept_past_retention(self, cutoff: str) -> set[int]:
+        """Ids of rows dated before `cutoff` that replies still need (see Power)."""
+        return set()
+
 
 class Temperature(DeviceType):
     name = "temperature"
@@ -183,6 +187,19 @@ class Power(DeviceType):
                   .order_by(m.date.desc(), m.timestamp.desc())
                   .limit(1).scalar())
         return latest or ""
+
+    def kept_past_retention(self, cutoff):
+        """Each device's latest event of each source before the cutoff: the state it set
+        carries into the days that are kept."""
+        m = self.model
+        kept = set()
+        for source in (m.ebstatus, m.dgstatus):
+            newest_first = fn.ROW_NUMBER().over(partition_by=[m.device_id],
+                                                order_by=[m.date.desc(), m.timestamp.desc(), m.id.desc()])
+            ranked = m.select(m.id, newest_first.alias("n")).where((m.date < cutoff) & (source != "")).alias("r")
+            latest = Select([ranked], [ranked.c.id]).where(ranked.c.n == 1)
+            kept.update(row[0] for row in m._meta.database.execute(latest))
+        return kept
 
 
 class Fingerprint(DeviceType):

@@ -72,6 +72,15 @@ class Flush:
 
 
 @dataclass(frozen=True, slots=True)
+class Prune:
+    """Retention actor -> writer (ask): delete rows first_id..last_id of `table`, which the
+    retention actor has archived. The answer is (rows deleted, milliseconds the delete took)."""
+    table: str
+    first_id: int
+    last_id: int
+
+
+@dataclass(frozen=True, slots=True)
 class ChildFailed:
     """A supervised actor -> its supervisor: it crashed and has stopped."""
     name: str
@@ -107,3 +116,5 @@ class WriterStats:
     max_commit_ms: float  # since the previous report
     database_bytes: int  # the database file and its WAL
     last_stored_at: tuple[tuple[str, str], ...]  # (device type, UTC time of its latest commit)
+    wal_bytes: int  # the write-ahead log alone
+    checkpoints: int  # truncating WAL checkpoints done (see readgate.py)

@@ -82,13 +82,14 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def open_database(path: str, busy_timeout: float) -> SqliteDatabase:
+def open_database(path: str, busy_timeout: float, wal_limit_mb: int = 16) -> SqliteDatabase:
     """The one database object of the process: one connection per thread, WAL, and
-    synchronous=FULL because a reading is acknowledged to the broker once committed."""
+    synchronous=FULL because a reading is acknowledged to the broker once committed. After a
+    checkpoint, SQLite truncates a WAL larger than `wal_limit_mb` back to that size."""
     db = SqliteDatabase(path, timeout=busy_timeout, pragmas={
         "journal_mode": "wal",
         "synchronous": "full",
-        "journal_size_limit": 64 * 1024 * 1024,
+        "journal_size_limit": wal_limit_mb * 2**20,
     })
     db.bind(MODELS)
     return db

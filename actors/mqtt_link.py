@@ -379,16 +379,17 @@ class Session:
                  "commit_failures": writer.commit_failures, "writer_backlog": writer.backlog,
                  "in_hand": len(self._pending),
                  "commit_ms": {"last": writer.last_commit_ms, "max": writer.max_commit_ms},
-                 "database_bytes": writer.database_bytes, "last_stored_at": dict(writer.last_stored_at)}
+                 "database_bytes": writer.database_bytes, "wal_bytes": writer.wal_bytes,
+                 "wal_checkpoints": writer.checkpoints, "last_stored_at": dict(writer.last_stored_at)}
         if self.connected:
             self.client.publish(self.stats_topic, orjson.dumps(stats), qos=0, retain=True)
         if time.monotonic() >= self._next_log:
             self._next_log = time.monotonic() + self.status_settings.log_interval
             log.info("stats: stored %s; rejected %d; requests %d (%d errors); commit failures %d; "
-                     "backlog %d rows; commit %.1f ms (max %.1f); database %.1f MiB",
+                     "backlog %d rows; commit %.1f ms (max %.1f); database %.1f MiB (WAL %.1f MiB)",
                      ", ".join(f"{k} {v}" for k, v in writer.stored), writer.rejected, self._answered,
                      self._error_replies, writer.commit_failures, writer.backlog, writer.last_commit_ms,
-                     writer.max_commit_ms, writer.database_bytes / 2**20)
+                     writer.max_commit_ms, writer.database_bytes / 2**20, writer.wal_bytes / 2**20)
 
     def _acknowledge(self, ack_ids) -> None:
         """PUBACK the messages behind these ack ids that are still in hand on this connection

@@ -45,6 +45,14 @@ class Peers:
                       name, type(message).__name__)
             return False
 
+    def ask(self, name: str, message, timeout: float):
+        """Send and wait for the answer: for the rare exchange whose sender must wait (the
+        retention actor's deletes). pykka.ActorDeadError when `name` is not running."""
+        ref = self._refs.get(name)
+        if ref is None:
+            raise pykka.ActorDeadError(name)
+        return ref.ask(message, timeout=timeout)
+
     def tell_pool(self, prefix: str, message) -> bool:
         """Round-robin over a pool of actors (the query actors)."""
         with self._lock:

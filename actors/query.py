@@ -13,6 +13,7 @@ import peewee
 from actors.devices import DEVICE_TYPES, InvalidMessage, parse_object, text_field
 from actors.messages import Reply, Request
 from actors.peers import Peers, Supervised
+from actors.readgate import ReadGate
 
 log = logging.getLogger(__name__)
 DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -58,11 +59,12 @@ def error_reply(code: str, message: str, **known) -> dict:
 
 class QueryActor(Supervised):
     def __init__(self, index: int, database: peewee.Database, peers: Peers, max_bytes: int,
-                 supervisor=None):
+                 supervisor=None, gate: ReadGate | None = None):
         super().__init__(f"query/{index}", supervisor)
         self.db = database
         self.peers = peers
         self.max_bytes = max_bytes
+        self.gate = gate or ReadGate()
 
     def on_start(self):
         self.db.connect(reuse_if_open=True)
@@ -95,7 +97,8 @@ class QueryActor(Supervised):
             log.info("bad %s request: %s", device_name, exc)
             return error_reply(exc.code, str(exc), **exc.known)
         try:
-            records = DEVICE_TYPES[device_name].day_records(device_id, date)
+            with self.gate.reading():
+                records = DEVICE_TYPES[device_name].day_records(device_id, date)
         except peewee.OperationalError as exc:
             log.error("cannot read %s data for %s on %s: %s", device_name, device_id, date, exc)
             return error_reply("unavailable", "the database cannot be read right now; try again",

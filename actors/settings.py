@@ -48,6 +48,7 @@ class DatabaseSettings:
     commit_interval: float = field(metadata=_check(0, 1))
     retry_delay: float = field(metadata=_check(0.01, 60))
     max_size_mb: int = field(metadata=_check(0))
+    checkpoint_mb: int = field(metadata=_check(1, 4096))
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,18 @@ class BackupSettings:
     dir: str = field(metadata=_check(nonempty=True))
     interval_hours: float = field(metadata=_check(0, 24 * 365))
     keep: int = field(metadata=_check(1, 10_000))
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    # days of readings each table keeps; 0 keeps everything (one key per device type, `{name}_days`)
+    temperature_days: int = field(metadata=_check(0, 100_000))
+    power_days: int = field(metadata=_check(0, 100_000))
+    fingerprint_days: int = field(metadata=_check(0, 100_000))
+    rejected_days: int = field(metadata=_check(0, 100_000))
+    archive_dir: str = field(metadata=_check(nonempty=True))
+    interval_hours: float = field(metadata=_check(0.01, 24 * 365))
+    batch_rows: int = field(metadata=_check(1, 100_000))
 
 
 @dataclass(frozen=True)
@@ -95,15 +108,15 @@ class Settings:
     queries: QuerySettings
     limits: LimitsSettings
     backup: BackupSettings
+    retention: RetentionSettings
     status: StatusSettings
     logging: LoggingSettings
     supervisor: SupervisorSettings
 
 
 SECTIONS = {"mqtt": MqttSettings, "database": DatabaseSettings, "queries": QuerySettings,
-            "limits": LimitsSettings, "backup": BackupSettings, "status": StatusSettings,
-            "logging": LoggingSettings,
-            "supervisor": SupervisorSettings}
+            "limits": LimitsSettings, "backup": BackupSettings, "retention": RetentionSettings,
+            "status": StatusSettings, "logging": LoggingSettings, "supervisor": SupervisorSettings}
 
 # The seed's environment variables and ours, each overriding one key.
 ENVIRONMENT = {

@@ -1,5 +1,5 @@
-"""The supervisor: starts the children in dependency order (writer, query pool, backup, one
-ingest actor per device type, MQTT link), stops them in reverse, and restarts a child that crashes
+"""The supervisor: starts the children in dependency order (writer, query pool, backup,
+retention, one ingest actor per device type, MQTT link), stops them in reverse, and restarts a child that crashes
 (one_for_one). More than `max_restarts` crashes within `restart_window` seconds ends the
 process with exit code 1: systemd's Restart=on-failure is the level above."""
 
@@ -21,6 +21,8 @@ from actors.models import open_database
 from actors.mqtt_link import MqttLink
 from actors.peers import Peers
 from actors.query import QueryActor
+from actors.readgate import ReadGate
+from actors.retention import RetentionActor
 from actors.settings import Settings
 from actors.writer import WriterActor
 
@@ -48,13 +50,14 @@ class Supervisor(pykka.ThreadingActor):
 
     def child_specs(self) -> list[ChildSpec]:
         s, peers = self.settings, self.peers
-        self._db = open_database(s.database.path, s.database.busy_timeout)
-        db = self._db
-        specs = [ChildSpec("writer", lambda sup: WriterActor.start(db, s.database, peers, sup))]
+        self._db = open_database(s.database.path, s.database.busy_timeout, s.database.checkpoint_mb)
+        db, gate = self._db, ReadGate()
+        specs = [ChildSpec("writer", lambda sup: WriterActor.start(db, s.database, peers, sup, gate))]
         specs += [ChildSpec(f"query/{i}", lambda sup, i=i: QueryActor.start(
-                      i, db, peers, max_bytes=s.limits.max_request_bytes, supervisor=sup))
+                      i, db, peers, max_bytes=s.limits.max_request_bytes, supervisor=sup, gate=gate))
                   for i in range(s.queries.pool_size)]
         specs += [ChildSpec("backup", lambda sup: BackupActor.start(s.database.path, s.backup, sup))]
+        specs += [ChildSpec("retention", lambda sup: RetentionActor.start(db, s.retention, peers, sup, gate))]
         specs += [ChildSpec(f"ingest/{d.name}", lambda sup, d=d: IngestActor.start(
                       d, peers, max_bytes=s.limits.max_reading_bytes, supervisor=sup))
                   for d in DEVICE_TYPES.values()]

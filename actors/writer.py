@@ -2,8 +2,11 @@
 
 Batches from the ingest actors pile up while a transaction is running; the next transaction
 takes all of them (group commit: it waits up to `commit_interval` for more, at most `max_batch`
-rows), and only once it has committed are their MQTT acknowledgements released. A failed commit is rolled back and retried with backoff;
-nothing is acknowledged until it is durable."""
+rows), and only once it has committed are their MQTT acknowledgements released. A failed commit
+is rolled back and retried with backoff; nothing is acknowledged until it is durable.
+
+It also deletes what the retention actor has archived (Prune, one small transaction at a time)
+and keeps the WAL bounded (a truncating checkpoint once it passes `checkpoint_mb`)."""
 
 from __future__ import annotations
 
@@ -17,13 +20,17 @@ import peewee
 import pykka
 
 from actors.devices import DEVICE_TYPES
-from actors.messages import Committed, Flush, StatsRequest, WriteBatch, WriterStats
+from actors.messages import Committed, Flush, Prune, StatsRequest, WriteBatch, WriterStats
 from actors.models import MODELS, RejectedMessage, insert_sql, utc_now
 from actors.peers import Peers, Supervised
+from actors.readgate import ReadGate
 from actors.settings import DatabaseSettings
 
 log = logging.getLogger(__name__)
 MAX_RETRY_DELAY = 10.0
+CHECKPOINT_WAIT = 0.25  # longest a checkpoint waits for readers (and so holds up new readings)
+CHECKPOINT_RETRY = 5.0  # after a checkpoint that readers kept from finishing
+TABLES = {m._meta.table_name: m for m in MODELS}
 
 
 def _rows(batch: WriteBatch) -> int:
@@ -32,11 +39,17 @@ def _rows(batch: WriteBatch) -> int:
 
 class WriterActor(Supervised):
     def __init__(self, database: peewee.SqliteDatabase, settings: DatabaseSettings, peers: Peers,
-                 supervisor=None):
+                 supervisor=None, gate: ReadGate | None = None):
         super().__init__("writer", supervisor)
         self.db = database
         self.settings = settings
         self.peers = peers
+        self.gate = gate or ReadGate()
+        self._wal = Path(settings.path + "-wal")
+        self._next_checkpoint = 0.0
+        self._checkpoint_blocked_since: float | None = None
+        self._checkpoint_warned = False
+        self._checkpoints = 0
         self._pending: list[WriteBatch] = []
         self._pending_rows = 0
         self._flush_queued = False
@@ -125,6 +138,8 @@ class WriterActor(Supervised):
                 self.actor_ref.tell(Flush())
                 return
             self.commit_pending()
+        elif isinstance(message, Prune):
+            return self._prune(message)
         elif isinstance(message, StatsRequest):
             self.peers.tell("link", self._stats())
         else:
@@ -160,15 +175,73 @@ class WriterActor(Supervised):
             self._pending_rows -= size
             self._recovered()
             self.peers.tell("link", Committed(tuple(a for b in taken for a in b.ack_ids)))
+        self._checkpoint_if_due()
 
     def _stats(self) -> WriterStats:
-        path = Path(self.settings.path)
-        size = sum(p.stat().st_size for p in (path, path.with_name(path.name + "-wal")) if p.exists())
+        wal = self._wal_bytes()
         stats = WriterStats(tuple(self._stored.items()), self._rejected, self._pending_rows,
                             self._commit_failures, round(self._last_commit_ms, 2),
-                            round(self._max_commit_ms, 2), size, tuple(self._last_stored_at.items()))
+                            round(self._max_commit_ms, 2), Path(self.settings.path).stat().st_size + wal,
+                            tuple(self._last_stored_at.items()), wal, self._checkpoints)
         self._max_commit_ms = 0.0
         return stats
+
+    def _wal_bytes(self) -> int:
+        try:
+            return self._wal.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def _checkpoint_if_due(self) -> None:
+        """SQLite checkpoints the WAL by itself after commits, but can restart it from the
+        beginning only when no reader is using it; the gate makes such a moment."""
+        if time.monotonic() < self._next_checkpoint or self._wal_bytes() < self.settings.checkpoint_mb * 2**20:
+            return
+        conn = self.db.connection()
+        started = time.monotonic()
+        with self.gate.closed(CHECKPOINT_WAIT):
+            conn.execute(f"PRAGMA busy_timeout = {int(CHECKPOINT_WAIT * 1000)}")  # outside readers
+            try:
+                busy, wal_pages, copied = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            except sqlite3.OperationalError as exc:  # e.g. the disk is full
+                busy, wal_pages, copied = 1, -1, str(exc)
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {int(self.settings.busy_timeout * 1000)}")
+        if not busy:
+            self._checkpoints += 1
+            log.debug("WAL checkpointed and truncated in %.0f ms (%d pages)",
+                      (time.monotonic() - started) * 1000, wal_pages)
+            if self._checkpoint_warned:
+                log.warning("the WAL has been checkpointed again")
+            self._checkpoint_blocked_since, self._checkpoint_warned = None, False
+            return
+        self._next_checkpoint = time.monotonic() + CHECKPOINT_RETRY
+        log.debug("WAL checkpoint incomplete (%s of %s pages copied); retrying in %g s",
+                  copied, wal_pages, CHECKPOINT_RETRY)
+        if self._checkpoint_blocked_since is None:
+            self._checkpoint_blocked_since = started
+        elif started - self._checkpoint_blocked_since > 60 and not self._checkpoint_warned:
+            self._checkpoint_warned = True
+            log.warning("the WAL is %.0f MiB and has not been checkpointed for %.0f s: a reader outside "
+                        "the service (a sqlite3 session with an open transaction?) is holding it",
+                        self._wal_bytes() / 2**20, started - self._checkpoint_blocked_since)
+
+    def _prune(self, prune: Prune) -> tuple[int, float]:
+        """Delete archived rows in one short transaction: new readings wait at most this long."""
+        model = TABLES[prune.table]
+        query = model.delete().where(model.id.between(prune.first_id, prune.last_id))
+        sql, params = self.db.get_sql_context().sql(query).query()
+        conn = self.db.connection()
+        started = time.perf_counter()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            deleted = conn.execute(sql, params).rowcount
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return deleted, (time.perf_counter() - started) * 1000
 
     def _write(self, batches: list[WriteBatch]) -> None:
         started = time.perf_counter()

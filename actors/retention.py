@@ -1,0 +1,198 @@
+"""Retention: rows older than their table's `*_days` setting are archived, then deleted.
+
+Once a day (and at start-up) this actor reads each expired day of a table over its own read
+connection and writes it to one gzip-compressed CSV file (header row; ids kept), made durable
+before anything is deleted. The deletes themselves go to the writer, the only actor that writes,
+as small id ranges (Prune) asked one at a time, so new readings wait at most for one of them."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Callable, Iterable
+
+import peewee
+import pykka
+from peewee import fn
+
+from actors.devices import DEVICE_TYPES
+from actors.messages import Prune
+from actors.models import RejectedMessage
+from actors.peers import Peers, Supervised
+from actors.readgate import ReadGate
+from actors.settings import RetentionSettings
+
+log = logging.getLogger(__name__)
+PRUNE_TIMEOUT = 120.0  # a delete waits behind the writer's queue, and a locked database retries
+RETRY_AFTER_FAILURE = 600.0
+
+
+@dataclass(frozen=True)
+class ExpiringTable:
+    model: type[peewee.Model]
+    days: int
+    day: peewee.Node  # the row's date, YYYY-MM-DD
+    kept: Callable[[str], set[int]]  # ids dated before the cutoff that must stay
+
+    @property
+    def name(self) -> str:
+        return self.model._meta.table_name
+
+
+def expiring_tables(settings: RetentionSettings) -> list[ExpiringTable]:
+    tables = [ExpiringTable(d.model, getattr(settings, f"{d.name}_days"), d.model.date, d.kept_past_retention)
+              for d in DEVICE_TYPES.values()]
+    tables.append(ExpiringTable(RejectedMessage, settings.rejected_days,
+                                fn.SUBSTR(RejectedMessage.received_at, 1, 10), lambda cutoff: set()))
+    return [t for t in tables if t.days > 0]
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionNow:
+    """A timer -> the retention actor: time for a pass."""
+
+
+class RetentionActor(Supervised):
+    def __init__(self, database: peewee.Database, settings: RetentionSettings, peers: Peers,
+                 supervisor=None, gate: ReadGate | None = None):
+        super().__init__("retention", supervisor)
+        self.db = database
+        self.settings = settings
+        self.peers = peers
+        self.gate = gate or ReadGate()
+        self.tables = expiring_tables(settings)
+        self._timer: threading.Timer | None = None
+
+    def on_start(self):
+        if not self.tables:
+            return  # keep everything: nothing to do, ever
+        self.db.connect(reuse_if_open=True)
+        self.db.execute_sql("PRAGMA query_only = 1")  # this thread's connection only reads
+        log.info("retention: %s; archive in %s", ", ".join(f"{t.name} {t.days} days" for t in self.tables),
+                 Path(self.settings.archive_dir).resolve())
+        self.actor_ref.tell(RetentionNow())
+
+    def on_stop(self):
+        if self._timer is not None:
+            self._timer.cancel()
+        self.db.close()
+
+    def on_failure(self, exception_type, exception_value, traceback):
+        self.on_stop()
+        super().on_failure(exception_type, exception_value, traceback)
+
+    def on_receive(self, message):
+        if not isinstance(message, RetentionNow):
+            log.warning("retention actor ignored an unexpected message: %r", message)
+            return
+        delay = self.settings.interval_hours * 3600
+        try:
+            self.run_pass(datetime.now(timezone.utc).date())
+        except (OSError, peewee.DatabaseError, pykka.ActorDeadError, pykka.Timeout) as exc:
+            delay = min(delay, RETRY_AFTER_FAILURE)
+            log.error("retention pass stopped: %s; trying again in %.0f min (what was archived "
+                      "and not yet deleted is archived again then, without duplicates)", exc or type(exc).__name__,
+                      delay / 60)
+        self._timer = threading.Timer(delay, self._due)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _due(self) -> None:
+        try:
+            self.actor_ref.tell(RetentionNow())
+        except pykka.ActorDeadError:
+            pass
+
+    def run_pass(self, today: date) -> None:
+        for table in self.tables:
+            started = time.monotonic()
+            cutoff = (today - timedelta(days=table.days)).isoformat()
+            days, rows, longest = self.expire(table, cutoff)
+            if days:
+                log.info("retention: %s: %d rows of %d days before %s archived and deleted in %.1f s "
+                         "(longest delete %.0f ms)", table.name, rows, len(days), cutoff,
+                         time.monotonic() - started, longest)
+
+    def expire(self, table: ExpiringTable, cutoff: str) -> tuple[list[str], int, float]:
+        """Archive then delete every row of `table` dated before `cutoff`; returns the days,
+        the number of rows deleted, and the longest delete in ms."""
+        m = table.model
+        with self.gate.reading():
+            # The table's newest row always stays: SQLite gives a new row the largest id + 1, so
+            # deleting it would hand its id out again, and an id must name one row for good.
+            kept = table.kept(cutoff) | {m.select(fn.MAX(m.id)).scalar()}
+            # The ids of a day are nearly contiguous: reading a day by its id range spares a
+            # full scan per day (the tables have no index that starts with the date).
+            days = list(self.db.execute(m.select(table.day, fn.MIN(m.id), fn.MAX(m.id))
+                                        .where(table.day < cutoff).group_by(table.day).order_by(table.day)))
+        deleted, longest = 0, 0.0
+        for day, first, last in days:
+            with self.gate.reading():
+                rows = self.db.execute(m.select().where(m.id.between(first, last) & (table.day == day))
+                                       .order_by(m.id).tuples())
+                runs = archive_day(self.archive_path(table.name, day), m._meta.sorted_field_names, rows, kept)
+            for start, end in runs:
+                for low in range(start, end + 1, self.settings.batch_rows):
+                    n, ms = self.peers.ask("writer", Prune(table.name, low, min(end, low + self.settings.batch_rows - 1)),
+                                           PRUNE_TIMEOUT)
+                    deleted += n
+                    longest = max(longest, ms)
+        return [d for d, _, _ in days], deleted, longest
+
+    def archive_path(self, table: str, day: str) -> Path:
+        return Path(self.settings.archive_dir).resolve() / table / day[:4] / f"{table}-{day}.csv.gz"
+
+
+def archive_day(path: Path, columns: Iterable[str], rows: Iterable[tuple], kept: set[int]) -> list[tuple[int, int]]:
+    """Write `rows` (id first, in id order; minus the `kept` ids) into the day's archive, merged
+    with what an earlier pass archived there (a row is never written twice), durably. Returns
+    the archived ids as runs of consecutive ids (first, last): what may now be deleted."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    runs: list[list[int]] = []
+    with gzip.open(partial, "wt", newline="", encoding="utf-8") as out:
+        writer = csv.writer(out)
+        writer.writerow(columns)
+        archived = set()
+        if path.exists():  # rows of this day that arrived after it was archived, or a pass cut short
+            with gzip.open(path, "rt", newline="", encoding="utf-8") as old:
+                reader = csv.reader(old)
+                next(reader, None)
+                for row in reader:
+                    archived.add(int(row[0]))
+                    writer.writerow(row)
+        for row in rows:
+            row_id = row[0]
+            if row_id in kept:
+                continue
+            if row_id not in archived:
+                writer.writerow([_csv_value(v) for v in row])
+            if runs and runs[-1][1] == row_id - 1:
+                runs[-1][1] = row_id
+            else:
+                runs.append([row_id, row_id])
+    if not runs:  # only kept rows: the archive stays as it was
+        partial.unlink()
+        return []
+    with open(partial, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(partial, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the rename itself survives a power cut
+    finally:
+        os.close(directory)
+    return [(first, last) for first, last in runs]
+
+
+def _csv_value(value):
+    if isinstance(value, bytes):  # a rejected payload: as text, undecodable bytes as \xNN
+        return value.decode("utf-8", "backslashreplace")
+    return value
