@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import peewee
 import pykka
@@ -32,6 +32,7 @@ from actors.settings import RetentionSettings
 log = logging.getLogger(__name__)
 PRUNE_TIMEOUT = 120.0  # a delete waits behind the writer's queue, and a locked database retries
 RETRY_AFTER_FAILURE = 600.0
+READ_ROWS = 10_000
 
 
 @dataclass(frozen=True)
@@ -134,10 +135,8 @@ class RetentionActor(Supervised):
                                         .where(table.day < cutoff).group_by(table.day).order_by(table.day)))
         deleted, longest = 0, 0.0
         for day, first, last in days:
-            with self.gate.reading():
-                rows = self.db.execute(m.select().where(m.id.between(first, last) & (table.day == day))
-                                       .order_by(m.id).tuples())
-                runs = archive_day(self.archive_path(table.name, day), m._meta.sorted_field_names, rows, kept)
+            rows = self._day_rows(table, day, first, last)
+            runs = archive_day(self.archive_path(table.name, day), m._meta.sorted_field_names, rows, kept)
             for start, end in runs:
                 for low in range(start, end + 1, self.settings.batch_rows):
                     n, ms = self.peers.ask("writer", Prune(table.name, low, min(end, low + self.settings.batch_rows - 1)),
@@ -145,6 +144,20 @@ class RetentionActor(Supervised):
                     deleted += n
                     longest = max(longest, ms)
         return [d for d, _, _ in days], deleted, longest
+
+    def _day_rows(self, table: ExpiringTable, day: str, first: int, last: int) -> Iterator[tuple]:
+        """The day's rows in id order, read READ_ROWS at a time: each read is short, so a WAL
+        checkpoint never waits long for this reader."""
+        m = table.model
+        after = first - 1
+        while True:
+            with self.gate.reading():
+                chunk = list(self.db.execute(m.select().where(m.id.between(after + 1, last) & (table.day == day))
+                                             .order_by(m.id).limit(READ_ROWS).tuples()))
+            yield from chunk
+            if len(chunk) < READ_ROWS:
+                return
+            after = chunk[-1][0]
 
     def archive_path(self, table: str, day: str) -> Path:
         return Path(self.settings.archive_dir).resolve() / table / day[:4] / f"{table}-{day}.csv.gz"

@@ -12,7 +12,10 @@ It starts its own Mosquitto with deploy/mosquitto.conf's settings and fresh data
 2. replies: a database of --rows rows written directly, --apps apps asking for random device-days
    of 1,440 readings (about one request per app per second): p50/p99 request->reply; and one
    device-day of 86,400 readings;
-3. peak RSS during ingest, and the time from start to the first reply on the big database.
+3. peak RSS during ingest, and the time from start to the first reply on the big database;
+4. retention on that database: the service restarted with a retention that expires about half
+   of it (archived, then deleted) while a device sends 100 QoS 1 readings/s; the longest delete
+   transaction, and the longest any reading waited for its acknowledgement during the pass.
 Prints one table."""
 
 from __future__ import annotations
@@ -31,8 +34,9 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,7 +106,7 @@ def start(cmd: list[str], env: dict, output: Path, ready: str) -> subprocess.Pop
 
 def service_env(port: int, db: Path) -> dict:
     return {"MQTT_BROKER_HOST": "127.0.0.1", "MQTT_BROKER_PORT": str(port), "DATABASE_PATH": str(db),
-            "MQTT_CLIENT_ID": f"bench-{random.randrange(10**6)}", "LOG_FILE": "", "LOG_LEVEL": "INFO"}
+            "MQTT_CLIENT_ID": f"bench-{random.randrange(10**6)}", "LOG_FILE": "", "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO")}
 
 
 def ingest(name: str, proc: subprocess.Popen, port: int, db: Path, readings: int) -> dict:
@@ -292,6 +296,77 @@ def replies(port: int, db: Path, workdir: Path, rows: int, apps: int, seconds: f
             "size_mib": db.stat().st_size / 2**20}
 
 
+# -- retention on a big database -----------------------------------------------------------------
+
+class StoredWatcher(threading.Thread):
+    """Polls the database every 2 ms for new rows: when each reading (by its timestamp) became
+    visible, seen from outside. (A QoS 1 PUBACK to a device comes from the broker, not from
+    the service, so it says nothing about a pause in the service.)"""
+
+    def __init__(self, db: Path):
+        super().__init__(daemon=True)
+        self.db = db
+        self.visible: dict[str, float] = {}  # timestamp -> when it was first seen
+        self.stop = threading.Event()
+
+    def run(self):
+        con = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
+        last = con.execute("SELECT MAX(id) FROM temperature_logs").fetchone()[0] or 0
+        while not self.stop.wait(0.002):
+            for row_id, timestamp in con.execute("SELECT id, timestamp FROM temperature_logs WHERE id > ?", (last,)):
+                self.visible.setdefault(timestamp, time.perf_counter())
+                last = max(last, row_id)
+        con.close()
+
+
+def retention(port: int, db: Path, workdir: Path) -> dict:
+    """Restart the service on the big database with rows before 2026-02-01 expired."""
+    keep_days = (datetime.now(timezone.utc).date() - date(2026, 2, 1)).days
+    config = workdir / "retention.toml"
+    config.write_text(f'[retention]\ntemperature_days = {keep_days}\narchive_dir = "{workdir}/archive"\n')
+    total = sqlite3.connect(db).execute("SELECT COUNT(*) FROM temperature_logs").fetchone()[0]
+    out = workdir / "service-retention.out"
+    done = re.compile(r"retention: temperature_logs: (\d+) rows of (\d+) days .* in ([\d.]+) s \(longest delete (\d+) ms\)")
+
+    async def device():
+        args = argparse.Namespace(host="127.0.0.1", port=port, username=None, password=None)
+        client, _ = await sim.connect(args, "bench-retention-device")
+        with open(out, "wb") as log:
+            proc = subprocess.Popen([PYTHON, "system.py", "--config", str(config)], cwd=ROOT, stdout=log,
+                                    stderr=subprocess.STDOUT, env={**os.environ, **service_env(port, db)})
+        watcher, sent, found, finished = StoredWatcher(db), {}, None, None
+        watcher.start()
+        # Readings all through the pass, and for 3 s after it, for comparison.
+        while finished is None or time.perf_counter() < finished + 3:
+            timestamp = datetime.now(timezone.utc).isoformat()
+            sent[timestamp] = time.perf_counter()
+            client.publish("home/temperature", json.dumps({"device_id": "bench-now", "temperature": 20.0,
+                           "humidity": 50.0, "status": "LOW", "timestamp": timestamp}), qos=1)
+            await asyncio.sleep(0.01)
+            if found is None and (found := done.search(out.read_text(errors="replace"))):
+                finished = time.perf_counter()
+            if proc.poll() is not None or len(sent) > 100 * 1800:
+                raise SystemExit(f"benchmark: the retention pass did not finish:\n{out.read_text()[-2000:]}")
+        await asyncio.sleep(1)  # the last ones stored
+        watcher.stop.set()
+        watcher.join()
+        await client.disconnect()
+        proc.terminate()
+        proc.wait(30)
+        # Readings sent before the service had subscribed never reach it (a new session).
+        timed = [(at, watcher.visible[ts] - at) for ts, at in sent.items() if ts in watcher.visible]
+        return (found, sorted(lat for at, lat in timed if at < finished),
+                sorted(lat for at, lat in timed if at >= finished))
+
+    print(f"retention: expiring rows before 2026-02-01 of {total:,} while a device sends 100 readings/s ...",
+          flush=True)
+    found, latencies, after = asyncio.run(device())
+    return {"rows": int(found.group(1)), "total": total, "days": int(found.group(2)),
+            "seconds": float(found.group(3)), "longest_delete_ms": int(found.group(4)),
+            "stored_p50": latencies[len(latencies) // 2], "stored_max": latencies[-1], "readings": len(latencies),
+            "after_p50": after[len(after) // 2], "after_max": after[-1]}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -299,6 +374,7 @@ def main(argv=None) -> int:
     p.add_argument("--rows", type=int, default=5_000_000)
     p.add_argument("--apps", type=int, default=50)
     p.add_argument("--seconds", type=float, default=20, help="how long the apps keep asking")
+    p.add_argument("--retention-only", action="store_true", help="only part 4, on a new --rows database")
     p.add_argument("--baseline-subscriber", nargs=2, metavar=("PORT", "DB"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.baseline_subscriber:
@@ -308,6 +384,16 @@ def main(argv=None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="benchmark-"))
     broker = Mosquitto(workdir)
     try:
+        if args.retention_only:
+            print(f"building a database of {args.rows:,} rows ...", flush=True)
+            build_big_database(workdir / "big.db", args.rows)
+            expired = retention(broker.port, workdir / "big.db", workdir)
+            print(f"retention pass: {expired['rows']:,} of {expired['total']:,} rows ({expired['days']} days) "
+                  f"in {expired['seconds']:.0f} s; longest delete {expired['longest_delete_ms']} ms; "
+                  f"{expired['readings']:,} readings sent meanwhile, stored after p50 "
+                  f"{expired['stored_p50'] * 1000:.1f} ms, max {expired['stored_max'] * 1000:.1f} ms (after the "
+                  f"pass: p50 {expired['after_p50'] * 1000:.1f} ms, max {expired['after_max'] * 1000:.1f} ms)")
+            return 0
         print(f"ingest: {args.readings:,} QoS 1 readings into the service ...", flush=True)
         db = workdir / "service.db"
         proc = start([PYTHON, "system.py"], service_env(broker.port, db), workdir / "service.out",
@@ -323,9 +409,10 @@ def main(argv=None) -> int:
         proc.kill()
         proc.wait()
         big = replies(broker.port, workdir / "big.db", workdir, args.rows, args.apps, args.seconds)
+        expired = retention(broker.port, workdir / "big.db", workdir)
     finally:
         broker.stop()
-    shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(workdir, ignore_errors=True)
 
     r = big["report"]
     ms = lambda s: f"{s * 1000:.1f} ms"  # noqa: E731
@@ -340,6 +427,11 @@ def main(argv=None) -> int:
         ("86,400-reading day, median of 5 (max)", f"{ms(big['busy_median'])} ({ms(big['busy_max'])})", "",
          "target ≤ 300 ms"),
         ("start to first reply", f"{big['startup']:.2f} s", "", f"{args.rows:,} rows, {big['size_mib']:.0f} MiB"),
+        ("retention pass, longest delete", f"{expired['longest_delete_ms']} ms", "",
+         f"{expired['rows']:,} of {expired['total']:,} rows, {expired['days']} days, {expired['seconds']:.0f} s"),
+        ("retention pass, reading stored p50 / max", f"{ms(expired['stored_p50'])} / {ms(expired['stored_max'])}", "",
+         f"{expired['readings']:,} readings during the pass (after it: {ms(expired['after_p50'])} / "
+         f"{ms(expired['after_max'])}); target: a few hundred ms"),
     ]
     print(f"\nbenchmark on {platform.node()}: {os.cpu_count()} cores, Python {platform.python_version()}, "
           f"SQLite {sqlite3.sqlite_version}, {args.readings:,} readings")

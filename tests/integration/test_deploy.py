@@ -17,8 +17,8 @@ UNIT = ROOT / "deploy" / "mqtt-client.service"
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed")
 def test_the_systemd_unit_verifies_cleanly(tmp_path):
     # Point the unit at this checkout (verify insists the ExecStart binary exists).
-    text = UNIT.read_text().replace("/home/ubuntu/mqtt-client", str(ROOT))
-    text = re.sub(r"^(User|Group)=ubuntu$", r"\1=root", text, flags=re.M)
+    text = UNIT.read_text().replace("/opt/mqtt-client", str(ROOT))
+    text = re.sub(r"^(User|Group)=mqtt-client$", r"\1=root", text, flags=re.M)
     unit = tmp_path / "mqtt-client.service"
     unit.write_text(text)
     result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
