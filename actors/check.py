@@ -7,12 +7,14 @@ import asyncio
 import logging
 import os
 import sqlite3
+import ssl
 from pathlib import Path
 
 import gmqtt
 from gmqtt.mqtt.constants import MQTTv50
 
 from actors.settings import Settings
+from actors.tls import explain, tls_context
 
 
 class CheckFailed(Exception):
@@ -65,13 +67,17 @@ def check_broker(settings: Settings) -> str:
         client = gmqtt.Client(f"{s.client_id}-check", clean_session=True, session_expiry_interval=0)
         if s.username:
             client.set_auth_credentials(s.username, s.password or None)
-        await asyncio.wait_for(client.connect(s.host, s.port, version=MQTTv50), s.connect_timeout)
+        await asyncio.wait_for(client.connect(s.host, s.port, ssl=tls_context(s) or False, version=MQTTv50),
+                               s.connect_timeout)
         await client.disconnect()
 
     try:
         asyncio.run(connect())
     except gmqtt.MQTTConnectError as exc:
         raise CheckFailed(f"{s.host}:{s.port} refused the connection: {exc}") from None
+    except ssl.SSLError as exc:
+        raise CheckFailed(f"{s.host}:{s.port}: {explain(exc, s)}") from None
     except (OSError, asyncio.TimeoutError) as exc:
         raise CheckFailed(f"cannot reach {s.host}:{s.port}: {exc or 'no answer'}") from None
-    return f"{s.host}:{s.port} accepts our MQTT 5 connection" + (f" as {s.username}" if s.username else "")
+    return (f"{s.host}:{s.port} accepts our MQTT 5 connection" + (" over TLS" if s.tls else "")
+            + (f" as {s.username}" if s.username else ""))

@@ -16,6 +16,8 @@ import asyncio
 import itertools
 import logging
 import random
+import re
+import ssl
 import struct
 import threading
 import time
@@ -33,12 +35,16 @@ from actors.messages import (Committed, Crash, Inbound, ReadingBatch, Reply, Req
 from actors.models import utc_now
 from actors.notify import notify, watchdog_interval
 from actors.peers import Peers, Supervised
-from actors.settings import MqttSettings, StatusSettings
+from actors.query import error_reply
+from actors.ratelimit import RateLimiter
+from actors.settings import AppsSettings, MqttSettings, StatusSettings
+from actors.tls import explain, tls_context
 
 log = logging.getLogger(__name__)
 
 # CONNACK refusals that waiting will not fix: bad credentials, not authorized, banned, bad
 # client id, unsupported protocol. The link fails; past the restart limit, so does the process.
+APP_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # the last level of a request topic
 PERMANENT_REFUSALS = {4, 5, 132, 133, 134, 135, 138, 140}
 
 
@@ -108,7 +114,7 @@ class OneConnectionClient(gmqtt.Client):
 class Session:
     """Lives in the asyncio loop: the gmqtt client, and the acknowledgements it owes."""
 
-    def __init__(self, settings: MqttSettings, status: StatusSettings, peers: Peers):
+    def __init__(self, settings: MqttSettings, status: StatusSettings, peers: Peers, apps: AppsSettings):
         self.settings = settings
         self.status_settings = status
         self.peers = peers
@@ -141,6 +147,9 @@ class Session:
         self._reading_topics = {d.reading_topic: d.name for d in DEVICE_TYPES.values()}
         self._request_stems = {d.request_stem: d.name for d in DEVICE_TYPES.values()}
         self._topics = [*self._reading_topics, *(f"{stem}/+" for stem in self._request_stems)]
+        self._tls = tls_context(settings)
+        self._limiter = RateLimiter(apps.rate, apps.burst)
+        self._limited: set[str] = set()  # apps over their rate now: logged once per episode
 
     # -- connection ---------------------------------------------------------------------
 
@@ -170,19 +179,23 @@ class Session:
             client = self._new_client()
             self.client = client
             try:
-                await asyncio.wait_for(client.connect(s.host, s.port, keepalive=s.keepalive,
+                await asyncio.wait_for(client.connect(s.host, s.port, ssl=self._tls or False, keepalive=s.keepalive,
                                                       version=MQTTv50), s.connect_timeout)
                 return True
             except gmqtt.MQTTConnectError as exc:
                 if exc.args and exc.args[0] in PERMANENT_REFUSALS:
                     raise RuntimeError(f"the broker at {s.host}:{s.port} refused us: {exc}") from None
                 reason = str(exc)
+            except ssl.SSLError as exc:  # retried too: a certificate may be renewed meanwhile
+                reason = explain(exc, s)
             except (OSError, asyncio.TimeoutError) as exc:
                 reason = str(exc) or "no answer"
             if not failing:
                 log.warning("cannot connect to the MQTT broker at %s:%s (%s); retrying with backoff",
                             s.host, s.port, reason)
                 failing = True
+            else:
+                log.debug("connection attempt failed again: %s", reason)
             self.client = None
             await self._discard(client)
             await self._pause(self.backoff.next())
@@ -222,8 +235,8 @@ class Session:
         s = self.settings
         session = "resumed" if session_present else "new"
         if self._lost_at is None:
-            log.info("connected to the MQTT broker at %s:%s as %s (session %s)", s.host, s.port,
-                     s.client_id, session)
+            log.info("connected to the MQTT broker at %s:%s%s as %s (session %s)", s.host, s.port,
+                     " over TLS" if self._tls else "", s.client_id, session)
         else:
             log.warning("reconnected to the MQTT broker after %.1f s (session %s)",
                         time.monotonic() - self._lost_at, session)
@@ -297,8 +310,20 @@ class Session:
         else:
             stem, _, app_id = topic.rpartition("/")
             device = self._request_stems.get(stem)
-            if device is None or not app_id:
-                log.warning("ignored a message on unexpected topic %r", topic)
+            if device is None or not APP_ID.fullmatch(app_id):
+                if device is None:
+                    log.warning("ignored a message on unexpected topic %r", topic)
+                else:  # its reply topic would not be a plain name of one app
+                    log.warning("ignored a request on %r: an app id is 1-64 letters, digits, '_' or '-'", topic)
+                if packet_id is not None:
+                    client.acknowledge((packet_id,))
+                return
+            if not self._within_rate(app_id):
+                body = error_reply("rate_limited", f"more than {self._limiter.rate:g} requests per second "
+                                                   f"(bursts of {self._limiter.burst}); slow down")
+                reply = f"{DEVICE_TYPES[device].reply_stem}/{app_id}"
+                self._publish(reply, orjson.dumps(body))
+                self._error_replies += 1
                 if packet_id is not None:
                     client.acknowledge((packet_id,))
                 return
@@ -307,6 +332,18 @@ class Session:
         if len(self._pending) >= self.settings.receive_maximum:
             self._hold_back(True)  # again each time: asyncio's StreamReader may have resumed it
         self.peak_in_hand = max(self.peak_in_hand, len(self._pending))
+
+    def _within_rate(self, app_id: str) -> bool:
+        if self._limiter.allow(app_id):
+            if app_id in self._limited:
+                self._limited.discard(app_id)
+                log.info("app %s is within its request rate again", app_id)
+            return True
+        if app_id not in self._limited:
+            self._limited.add(app_id)
+            log.warning("app %s asks more than %g requests/s: its requests get rate_limited replies",
+                        app_id, self._limiter.rate)
+        return False
 
     def _hold_back(self, pause: bool) -> None:
         """Mosquitto 2.0.11 keeps sending past our Receive Maximum once acknowledgements flow
@@ -428,9 +465,11 @@ class LoopHandle:
 
 
 class MqttLink(Supervised):
-    def __init__(self, settings: MqttSettings, status: StatusSettings, peers: Peers, supervisor=None):
+    def __init__(self, settings: MqttSettings, status: StatusSettings, apps: AppsSettings, peers: Peers,
+                 supervisor=None):
         super().__init__("link", supervisor)
         self.settings = settings
+        self.apps = apps
         self.status_settings = status
         self.peers = peers
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -486,7 +525,7 @@ class MqttLink(Supervised):
     async def _main(self, ready: threading.Event) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop_event = asyncio.Event()
-        self._session = Session(self.settings, self.status_settings, self.peers)
+        self._session = Session(self.settings, self.status_settings, self.peers, self.apps)
         ready.set()
         await self._session.run(self._stop_event)
 

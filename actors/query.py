@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import re
 from datetime import date as Date
+from fnmatch import fnmatchcase
 
 import orjson
 import peewee
@@ -59,12 +60,13 @@ def error_reply(code: str, message: str, **known) -> dict:
 
 class QueryActor(Supervised):
     def __init__(self, index: int, database: peewee.Database, peers: Peers, max_bytes: int,
-                 supervisor=None, gate: ReadGate | None = None):
+                 supervisor=None, gate: ReadGate | None = None, readable: dict | None = None):
         super().__init__(f"query/{index}", supervisor)
         self.db = database
         self.peers = peers
         self.max_bytes = max_bytes
         self.gate = gate or ReadGate()
+        self.readable = readable or {}  # app-id glob -> device-id globs; empty: all may read all
 
     def on_start(self):
         self.db.connect(reuse_if_open=True)
@@ -82,11 +84,18 @@ class QueryActor(Supervised):
             log.warning("%s ignored an unexpected message: %r", self.name, message)
             return
         device = DEVICE_TYPES[message.device]
-        body = self.answer(message.device, message.payload)
+        body = self.answer(message.device, message.payload, message.app_id)
         topic = f"{device.reply_stem}/{message.app_id}"
         self.peers.tell("link", Reply(message.ack_id, topic, orjson.dumps(body), error="error" in body))
 
-    def answer(self, device_name: str, payload: bytes) -> dict:
+    def may_read(self, app_id: str, device_id: str) -> bool:
+        """Globs match literally otherwise: fnmatchcase, so case matters and '/' is no separator."""
+        if not self.readable:
+            return True
+        return any(fnmatchcase(app_id, apps) and any(fnmatchcase(device_id, d) for d in devices)
+                   for apps, devices in self.readable.items())
+
+    def answer(self, device_name: str, payload: bytes, app_id: str = "") -> dict:
         if len(payload) > self.max_bytes:
             log.info("refused a %s request of %d bytes", device_name, len(payload))
             return error_reply("too_large", f"the request is {len(payload)} bytes, over the "
@@ -96,6 +105,10 @@ class QueryActor(Supervised):
         except RequestError as exc:
             log.info("bad %s request: %s", device_name, exc)
             return error_reply(exc.code, str(exc), **exc.known)
+        if not self.may_read(app_id, device_id):
+            log.warning("app %s may not read device %s (apps.readable); answered forbidden", app_id, device_id)
+            return error_reply("forbidden", f"this app may not read device {device_id!r}",
+                               device_id=device_id, date=date)
         try:
             with self.gate.reading():
                 records = DEVICE_TYPES[device_name].day_records(device_id, date)

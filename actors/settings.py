@@ -27,10 +27,15 @@ def _check(minimum=None, maximum=None, choices=None, nonempty=False):
 @dataclass(frozen=True)
 class MqttSettings:
     host: str = field(metadata=_check(nonempty=True))
-    port: int = field(metadata=_check(1, 65535))
+    port: int = field(metadata=_check(0, 65535))  # 0: 1883, or 8883 with TLS (resolved on loading)
     client_id: str = field(metadata=_check(nonempty=True))
     username: str = field(metadata=_check())
     password: str = field(metadata=_check(), repr=False)
+    tls: bool = field(metadata=_check())
+    tls_ca_file: str = field(metadata=_check())
+    tls_cert_file: str = field(metadata=_check())
+    tls_key_file: str = field(metadata=_check())
+    tls_insecure: bool = field(metadata=_check())
     keepalive: int = field(metadata=_check(5, 3600))
     session_expiry: int = field(metadata=_check(3600, 0xFFFFFFFF))
     receive_maximum: int = field(metadata=_check(1, 65535))
@@ -60,6 +65,13 @@ class QuerySettings:
 class LimitsSettings:
     max_reading_bytes: int = field(metadata=_check(64, 16 * 1024 * 1024))
     max_request_bytes: int = field(metadata=_check(64, 16 * 1024 * 1024))
+
+
+@dataclass(frozen=True)
+class AppsSettings:
+    rate: float = field(metadata=_check(0, 10_000))  # requests/s per app on average; 0 = no limit
+    burst: int = field(metadata=_check(1, 100_000))  # ... and at once
+    readable: dict = field(metadata=_check())  # app-id glob -> device-id globs; empty = all
 
 
 @dataclass(frozen=True)
@@ -107,6 +119,7 @@ class Settings:
     database: DatabaseSettings
     queries: QuerySettings
     limits: LimitsSettings
+    apps: AppsSettings
     backup: BackupSettings
     retention: RetentionSettings
     status: StatusSettings
@@ -115,7 +128,7 @@ class Settings:
 
 
 SECTIONS = {"mqtt": MqttSettings, "database": DatabaseSettings, "queries": QuerySettings,
-            "limits": LimitsSettings, "backup": BackupSettings, "retention": RetentionSettings,
+            "limits": LimitsSettings, "apps": AppsSettings, "backup": BackupSettings, "retention": RetentionSettings,
             "status": StatusSettings, "logging": LoggingSettings, "supervisor": SupervisorSettings}
 
 # The seed's environment variables and ours, each overriding one key.
@@ -125,6 +138,10 @@ ENVIRONMENT = {
     "MQTT_CLIENT_ID": ("mqtt", "client_id"),
     "MQTT_USERNAME": ("mqtt", "username"),
     "MQTT_PASSWORD": ("mqtt", "password"),
+    "MQTT_TLS": ("mqtt", "tls"),
+    "MQTT_TLS_CA_FILE": ("mqtt", "tls_ca_file"),
+    "MQTT_TLS_CERT_FILE": ("mqtt", "tls_cert_file"),
+    "MQTT_TLS_KEY_FILE": ("mqtt", "tls_key_file"),
     "DATABASE_PATH": ("database", "path"),
     "LOG_FILE": ("logging", "file"),
     "LOG_LEVEL": ("logging", "level"),
@@ -180,6 +197,12 @@ def _overlay(base: dict, extra: dict, source: str) -> None:
 
 
 def _from_env(variable: str, text: str, kind: str) -> Any:
+    if kind == "bool":
+        if text.strip().lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.strip().lower() in ("0", "false", "no", "off", ""):
+            return False
+        raise SettingsError(f"{variable}={text!r}: expected true or false")
     if kind == "int":
         try:
             return int(text)
@@ -213,15 +236,29 @@ def _build(raw: dict) -> Settings:
                 raise SettingsError(f"setting {section}.{name} is missing")
             kwargs[name] = _validate(f"{section}.{name}", values[name], f)
         built[section] = cls(**kwargs)
-    settings = Settings(**built)
-    if settings.mqtt.reconnect_min_delay > settings.mqtt.reconnect_max_delay:
+    mqtt = built["mqtt"]
+    if mqtt.reconnect_min_delay > mqtt.reconnect_max_delay:
         raise SettingsError("mqtt.reconnect_min_delay must not exceed mqtt.reconnect_max_delay")
-    return settings
+    if bool(mqtt.tls_cert_file) != bool(mqtt.tls_key_file):
+        raise SettingsError("mqtt.tls_cert_file and mqtt.tls_key_file go together: set both or neither")
+    if (mqtt.tls_ca_file or mqtt.tls_cert_file or mqtt.tls_insecure) and not mqtt.tls:
+        raise SettingsError("mqtt.tls_* settings are set but mqtt.tls is false (MQTT_TLS)")
+    for name in ("tls_ca_file", "tls_cert_file", "tls_key_file"):
+        path = getattr(mqtt, name)
+        if path and not os.access(path, os.R_OK):
+            raise SettingsError(f"mqtt.{name}: cannot read {path}")
+    if not mqtt.port:
+        built["mqtt"] = dataclasses.replace(mqtt, port=8883 if mqtt.tls else 1883)
+    return Settings(**built)
 
 
 def _validate(name: str, value: Any, f: dataclasses.Field) -> Any:
     kind = f.type  # a string, thanks to `from __future__ import annotations`
     check = f.metadata
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise SettingsError(f"{name} must be true or false, not {value!r}")
+        return value
     if kind == "int":
         if isinstance(value, bool) or not isinstance(value, int):
             raise SettingsError(f"{name} must be a whole number, not {value!r}")
@@ -229,6 +266,11 @@ def _validate(name: str, value: Any, f: dataclasses.Field) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise SettingsError(f"{name} must be a number, not {value!r}")
         value = float(value)
+    elif kind == "dict":  # a table of glob -> list of globs
+        if not isinstance(value, dict) or not all(
+                isinstance(v, list) and all(isinstance(g, str) and g for g in v) for v in value.values()):
+            raise SettingsError(f"{name} must be a table like {{ \"app-*\" = [\"sensor-*\"] }}, not {value!r}")
+        return {key: tuple(globs) for key, globs in value.items()}
     elif not isinstance(value, str):
         raise SettingsError(f"{name} must be a string, not {value!r}")
     if check["nonempty"] and not value.strip():

@@ -54,14 +54,15 @@ class Supervisor(pykka.ThreadingActor):
         db, gate = self._db, ReadGate()
         specs = [ChildSpec("writer", lambda sup: WriterActor.start(db, s.database, peers, sup, gate))]
         specs += [ChildSpec(f"query/{i}", lambda sup, i=i: QueryActor.start(
-                      i, db, peers, max_bytes=s.limits.max_request_bytes, supervisor=sup, gate=gate))
+                      i, db, peers, max_bytes=s.limits.max_request_bytes, supervisor=sup, gate=gate,
+                      readable=s.apps.readable))
                   for i in range(s.queries.pool_size)]
         specs += [ChildSpec("backup", lambda sup: BackupActor.start(s.database.path, s.backup, sup))]
         specs += [ChildSpec("retention", lambda sup: RetentionActor.start(db, s.retention, peers, sup, gate))]
         specs += [ChildSpec(f"ingest/{d.name}", lambda sup, d=d: IngestActor.start(
                       d, peers, max_bytes=s.limits.max_reading_bytes, supervisor=sup))
                   for d in DEVICE_TYPES.values()]
-        specs += [ChildSpec("link", lambda sup: MqttLink.start(s.mqtt, s.status, peers, sup))]
+        specs += [ChildSpec("link", lambda sup: MqttLink.start(s.mqtt, s.status, s.apps, peers, sup))]
         return specs
 
     def on_start(self):

@@ -46,12 +46,15 @@ def wait_until(predicate, timeout=15.0, interval=0.05, what="condition"):
 class Broker:
     """A Mosquitto process on a free loopback port, started and stopped by the test."""
 
-    def __init__(self, workdir: Path, persistence: bool = False):
+    def __init__(self, workdir: Path, persistence: bool = False, extra: tuple[str, ...] = ()):
+        """`extra`: more configuration lines for the listener, e.g. password_file, acl_file;
+        with a password_file anonymous clients are refused."""
         self.port = free_port()
         self.workdir = workdir
         self.conf = workdir / f"mosquitto-{self.port}.conf"
+        anonymous = "false" if any(line.startswith("password_file") for line in extra) else "true"
         # `user`: started as root, mosquitto would switch to a user that cannot write here.
-        lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true", f"user {getpass.getuser()}",
+        lines = [f"listener {self.port} 127.0.0.1", *extra, f"allow_anonymous {anonymous}", f"user {getpass.getuser()}",
                  "max_queued_messages 200000", "set_tcp_nodelay true", "log_type error", "log_type warning", "log_type notice",
                  f"log_dest file {workdir}/mosquitto-{self.port}.log"]
         if persistence:
@@ -84,10 +87,13 @@ class Broker:
 class MqttClient:
     """A paho client that plays devices and apps; collects what it receives."""
 
-    def __init__(self, port: int, client_id: str | None = None):
+    def __init__(self, port: int, client_id: str | None = None, username: str | None = None,
+                 password: str | None = None):
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
                                   client_id=client_id or f"test-{uuid.uuid4().hex[:8]}",
                                   protocol=mqtt.MQTTv311)
+        if username is not None:
+            self.client.username_pw_set(username, password)
         self.client.max_inflight_messages_set(100)
         self.messages: queue.Queue = queue.Queue()
         self.client.on_message = lambda c, u, msg: self.messages.put((msg.topic, msg.payload))
@@ -146,11 +152,11 @@ class Service:
         self.proc = None
 
     def start(self, *args):
-        env = {**os.environ, "MQTT_BROKER_HOST": "127.0.0.1", "MQTT_BROKER_PORT": str(self.broker.port),
+        inherited = {k: v for k, v in os.environ.items() if k not in ("MQTT_USERNAME", "MQTT_PASSWORD")}
+        env = {**inherited, "MQTT_BROKER_HOST": "127.0.0.1", "MQTT_BROKER_PORT": str(self.broker.port),
                "MQTT_CLIENT_ID": self.client_id, "DATABASE_PATH": str(self.db_path),
                "LOG_FILE": str(self.log_path), "LOG_LEVEL": "INFO", **self.extra_env}
-        env.pop("MQTT_USERNAME", None)
-        env.pop("MQTT_PASSWORD", None)
+        self.env = env
         with open(self.output, "wb") as out:  # each run's output on its own
             self.proc = subprocess.Popen([sys.executable, self.script, *args], cwd=ROOT, env=env,
                                          stdout=out, stderr=subprocess.STDOUT)

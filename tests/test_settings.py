@@ -50,7 +50,9 @@ def test_bad_settings_stop_start_up_naming_the_key(tmp_path, text, named):
 
 @pytest.mark.parametrize("variable, value, named", [
     ("MQTT_BROKER_PORT", "eighteen", "MQTT_BROKER_PORT='eighteen': expected a whole number"),
-    ("MQTT_BROKER_PORT", "0", "mqtt.port must be at least 1"),
+    ("MQTT_BROKER_PORT", "70000", "mqtt.port must be at most 65535"),
+    ("MQTT_TLS", "maybe", "MQTT_TLS='maybe': expected true or false"),
+    ("MQTT_TLS_CA_FILE", "/nonexistent/ca.pem", "mqtt.tls_* settings are set but mqtt.tls is false"),
     ("LOG_LEVEL", "chatty", "logging.level must be one of"),
     ("MQTT_CLIENT_ID", "", "mqtt.client_id must not be empty"),
 ])

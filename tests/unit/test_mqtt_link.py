@@ -31,7 +31,7 @@ def link_factory(broker, caplog):
 
     def start():
         """A new link, once its subscriptions are acknowledged."""
-        link = MqttLink.start(settings, loaded.status, peers)
+        link = MqttLink.start(settings, loaded.status, loaded.apps, peers)
         links.append(link)
         wait_until(lambda: caplog.text.count("taking readings and requests") == len(links))
         return link, link.proxy().address().get()
