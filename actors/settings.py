@@ -148,6 +148,10 @@ ENVIRONMENT = {
 }
 
 
+# Never in a settings file (which may be in a repository or readable by others).
+SECRETS = {("mqtt", "password"): "MQTT_PASSWORD"}
+
+
 def load_settings(config_path: str | Path | None = None,
                   environ: Mapping[str, str] | None = None) -> Settings:
     """Read the defaults, overlay `config_path` and the environment, and validate it all."""
@@ -193,6 +197,9 @@ def _overlay(base: dict, extra: dict, source: str) -> None:
             if key not in known:
                 raise _unknown(f"setting in {source}:", f"{section}.{key}",
                                [f"{section}.{k}" for k in known])
+            if (section, key) in SECRETS and value:
+                raise SettingsError(f"{section}.{key} in {source}: secrets come from the environment "
+                                    f"only ({SECRETS[section, key]}, e.g. in /etc/mqtt-client/mqtt-client.env)")
             base[section][key] = value
 
 

@@ -4,7 +4,7 @@
 # missing, replaces the code and the unit, and never touches your settings, secrets or data.
 #
 #   sudo deploy/install.sh                 install or upgrade, enable and (re)start the service
-#   sudo deploy/install.sh --with-broker   also install Mosquitto with deploy/mosquitto.conf
+#   sudo deploy/install.sh --with-broker   also install Mosquitto with deploy/mosquitto/mqtt-client.conf
 #   sudo deploy/install.sh --uninstall     remove the code and the unit; keep config, data, logs
 #   sudo deploy/install.sh --uninstall --purge   ... and remove those and the user too
 #   deploy/install.sh --dry-run [...]      print every action, change nothing
@@ -146,7 +146,7 @@ install_service() {
 
   # 6. the broker, when asked for: Debian's Mosquitto with our settings as a drop-in
   if [ "$WITH_BROKER" = 1 ]; then
-    run install -D -m 0644 "$SRC/deploy/mosquitto.conf" "$BROKER_CONF"
+    run install -D -m 0644 "$SRC/deploy/mosquitto/mqtt-client.conf" "$BROKER_CONF"
     if on_system; then
       run systemctl enable mosquitto.service
       run systemctl restart mosquitto.service

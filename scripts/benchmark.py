@@ -4,7 +4,7 @@
     .venv/bin/python scripts/benchmark.py                 # everything (a few minutes)
     .venv/bin/python scripts/benchmark.py --rows 500000   # a smaller database for the reply part
 
-It starts its own Mosquitto with deploy/mosquitto.conf's settings and fresh databases, then:
+It starts its own Mosquitto with deploy/mosquitto/mqtt-client.conf's settings and fresh databases, then:
 1. ingest: --readings QoS 1 readings sent as fast as possible (scripts/simulate_devices.py,
    which verifies every one) to the service, then to a baseline subscriber: gmqtt acknowledging
    on receipt, sqlite3 executemany, a commit every 500 rows or 50 ms, synchronous=NORMAL;
@@ -75,7 +75,7 @@ def peak_rss_mib(pid: int) -> float:
 class Mosquitto:
     def __init__(self, workdir: Path):
         self.port = free_port()
-        conf = (ROOT / "deploy" / "mosquitto.conf").read_text().replace("listener 1883 ", f"listener {self.port} ")
+        conf = (ROOT / "deploy" / "mosquitto" / "mqtt-client.conf").read_text().replace("listener 1883 ", f"listener {self.port} ")
         conf += f"\npersistence_location {workdir}/\nuser {getpass.getuser()}\n"
         path = workdir / "mosquitto.conf"
         path.write_text(conf)

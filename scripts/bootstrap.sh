@@ -34,9 +34,9 @@ requirements=requirements.txt
 if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then
   echo "bootstrap: installing Mosquitto"
   apt_install mosquitto
-  # Our recommended broker settings (deploy/mosquitto.conf) for the broker apt just installed.
+  # Our recommended broker settings (deploy/mosquitto/mqtt-client.conf) for the broker apt just installed.
   if [ -d /etc/mosquitto/conf.d ]; then
-    $SUDO cp deploy/mosquitto.conf /etc/mosquitto/conf.d/mqtt-client.conf
+    $SUDO cp deploy/mosquitto/mqtt-client.conf /etc/mosquitto/conf.d/mqtt-client.conf
     $SUDO systemctl restart mosquitto 2>/dev/null || true
   fi
 fi

@@ -65,3 +65,13 @@ def test_bad_environment_values_name_the_variable_or_key(variable, value, named)
 def test_a_missing_config_file_is_reported(tmp_path):
     with pytest.raises(SettingsError, match="cannot read settings file"):
         load_settings(tmp_path / "nope.toml", environ={})
+
+
+def test_a_password_in_a_settings_file_is_refused_and_the_environment_is_the_way(tmp_path):
+    path = tmp_path / "site.toml"
+    path.write_text('[mqtt]\nusername = "svc"\npassword = "hunter2"\n')
+    with pytest.raises(SettingsError, match="secrets come from the environment only .MQTT_PASSWORD"):
+        load_settings(path, environ={})
+    path.write_text('[mqtt]\nusername = "svc"\n')
+    settings = load_settings(path, environ={"MQTT_PASSWORD": "hunter2"})
+    assert settings.mqtt.password == "hunter2" and "hunter2" not in repr(settings)

@@ -49,7 +49,7 @@ def test_the_recommended_broker_settings_work_as_a_debian_drop_in(tmp_path):
     port = free_port()
     conf_d = tmp_path / "conf.d"
     conf_d.mkdir()
-    drop_in = (ROOT / "deploy" / "mosquitto.conf").read_text().replace("listener 1883 ", f"listener {port} ")
+    drop_in = (ROOT / "deploy" / "mosquitto" / "mqtt-client.conf").read_text().replace("listener 1883 ", f"listener {port} ")
     (conf_d / "mqtt-client.conf").write_text(drop_in)
     main = tmp_path / "mosquitto.conf"
     main.write_text(f"persistence true\npersistence_location {tmp_path}/\nlog_dest stderr\n"

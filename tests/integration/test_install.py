@@ -83,7 +83,7 @@ def test_it_installs_the_layout_with_a_system_user_and_private_secrets(system_ro
     unit = system_root / "etc" / "systemd" / "system" / "mqtt-client.service"
     assert unit.read_text() == (ROOT / "deploy" / "mqtt-client.service").read_text()
     assert (system_root / "etc" / "mosquitto" / "conf.d" / "mqtt-client.conf").read_text() == \
-        (ROOT / "deploy" / "mosquitto.conf").read_text()
+        (ROOT / "deploy" / "mosquitto" / "mqtt-client.conf").read_text()
 
 
 def test_the_installed_venv_runs_the_service_against_a_broker(system_root, broker):
