@@ -28,7 +28,7 @@ if [ ! -x .venv/bin/python ]; then
   fi
 fi
 requirements=requirements.txt
-[ "${1:-}" = "--dev" ] && requirements=requirements-dev.txt
+[ "${1:-}" = "--dev" ] && requirements="requirements-dev.txt"
 .venv/bin/python -m pip install -q --disable-pip-version-check -r "$requirements"
 
 if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then
