@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 
 import orjson
-from peewee import Model, Select, fn
+from peewee import Model, Select, Tuple, fn
 
 from actors.models import FingerprintLog, PowerStatusLog, TemperatureLog
 
@@ -114,19 +114,51 @@ class DeviceType:
         """A stored row (*value_columns, timestamp) as one record of a reply."""
         raise NotImplementedError
 
-    def day_rows(self, device_id: str, date: str):
-        """The device's rows of that day in time order, through the index's own order. The query
-        is peewee's; the rows come straight from the cursor, which for a busy day (86,400 rows)
-        is over twice as fast as peewee converting each one."""
+    def rows(self, device_id: str, date: str, after: tuple | None = None, start: str | None = None,
+             end: str | None = None, limit: int | None = None) -> list[tuple]:
+        """The device-day's rows (*value_columns, timestamp) in the index's own order: by time,
+        then values. `after` is a row's key (see key()): only the rows past it (paging).
+        `start` / `end` are times of day (HH:MM:SS), both included; `end` with its fractions
+        and offsets. The query is peewee's; rows come straight from the cursor, over twice as
+        fast for a busy day (86,400 rows) as peewee making objects of them."""
         m = self.model
         values = [getattr(m, c) for c in self.value_columns]
-        query = (m.select(*values, m.timestamp)
-                 .where((m.device_id == device_id) & (m.date == date))
-                 .order_by(m.timestamp, *values))
-        return m._meta.database.execute(query)
+        where = (m.device_id == device_id) & (m.date == date)
+        if start:
+            where &= m.timestamp >= f"{date}T{start}"
+        if end:
+            where &= m.timestamp < f"{date}T{end}\uffff"
+        if after:
+            where &= Tuple(m.timestamp, *values) > Tuple(*after)
+        query = m.select(*values, m.timestamp).where(where).order_by(m.timestamp, *values)
+        if limit:
+            query = query.limit(limit)
+        return list(m._meta.database.execute(query))
 
-    def day_records(self, device_id: str, date: str) -> list[dict]:
-        return [self.record(row) for row in self.day_rows(device_id, date)]
+    def latest_row(self, device_id: str) -> tuple | None:
+        """The device's most recent row, by its own date and time."""
+        m = self.model
+        values = [getattr(m, c) for c in self.value_columns]
+        query = (m.select(*values, m.timestamp).where(m.device_id == device_id)
+                 .order_by(m.date.desc(), m.timestamp.desc(), *(v.desc() for v in values)).limit(1))
+        return next(iter(m._meta.database.execute(query)), None)
+
+    @staticmethod
+    def key(row: tuple) -> tuple:
+        """A row's place in the index order: (timestamp, *values)."""
+        return (row[-1], *row[:-1])
+
+    def state_before(self, device_id: str, date: str, before: str | None) -> tuple:
+        """What records carry forward from earlier rows (see Power); `before` is a timestamp
+        of that day, None for its start."""
+        return ()
+
+    def records(self, rows: list[tuple], state: tuple) -> list[dict]:
+        return [self.record(row) for row in rows]
+
+    def state_after(self, record: dict) -> tuple:
+        """The carried state once `record` is sent: where the next page starts from."""
+        return ()
 
     def kept_past_retention(self, cutoff: str) -> set[int]:
         """Ids of rows dated before `cutoff` that replies still need (see Power)."""
@@ -171,19 +203,28 @@ class Power(DeviceType):
         ebstatus, dgstatus, timestamp = row
         return {"ebstatus": ebstatus, "dgstatus": dgstatus, "timestamp": timestamp}
 
-    def day_records(self, device_id, date):
-        eb, dg = self._state_before(device_id, date, "ebstatus"), self._state_before(device_id, date, "dgstatus")
+    def state_before(self, device_id, date, before):
+        return tuple(self._latest_before(device_id, date, before, c) for c in ("ebstatus", "dgstatus"))
+
+    def records(self, rows, state):
+        eb, dg = state
         records = []
-        for ebstatus, dgstatus, timestamp in self.day_rows(device_id, date):
+        for ebstatus, dgstatus, timestamp in rows:
             eb, dg = ebstatus or eb, dgstatus or dg
             records.append(self.record((eb, dg, timestamp)))
         return records
 
-    def _state_before(self, device_id: str, date: str, column: str) -> str:
+    def state_after(self, record):
+        return record["ebstatus"], record["dgstatus"]
+
+    def _latest_before(self, device_id: str, date: str, before: str | None, column: str) -> str:
         m = self.model
         field = getattr(m, column)
+        earlier = m.date < date
+        if before:
+            earlier |= (m.date == date) & (m.timestamp < before)
         latest = (m.select(field)
-                  .where((m.device_id == device_id) & (m.date < date) & (field != ""))
+                  .where((m.device_id == device_id) & earlier & (field != ""))
                   .order_by(m.date.desc(), m.timestamp.desc())
                   .limit(1).scalar())
         return latest or ""

@@ -49,11 +49,13 @@ class Committed:
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """MQTT link -> query actor: an app asks for one device-day."""
+    """MQTT link -> query actor: an app asks for a device-day (or the latest reading)."""
     ack_id: int
     device: str
     app_id: str
     payload: bytes
+    reply_topic: str  # the app's own reply topic, or the MQTT 5 Response Topic it gave (checked)
+    correlation: bytes | None = None  # MQTT 5 Correlation Data, echoed in the reply
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +65,7 @@ class Reply:
     topic: str
     payload: bytes
     error: bool = False  # an error reply (counted in the stats)
+    correlation: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)

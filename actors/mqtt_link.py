@@ -35,7 +35,7 @@ from actors.messages import (Committed, Crash, Inbound, ReadingBatch, Reply, Req
 from actors.models import utc_now
 from actors.notify import notify, watchdog_interval
 from actors.peers import Peers, Supervised
-from actors.query import error_reply
+from actors.query import error_reply, request_id_of
 from actors.ratelimit import RateLimiter
 from actors.settings import AppsSettings, MqttSettings, StatusSettings
 from actors.tls import explain, tls_context
@@ -307,31 +307,45 @@ class Session:
             if not self._flush_scheduled:
                 self._flush_scheduled = True
                 self._loop.call_soon(self._flush)
-        else:
-            stem, _, app_id = topic.rpartition("/")
-            device = self._request_stems.get(stem)
-            if device is None or not APP_ID.fullmatch(app_id):
-                if device is None:
-                    log.warning("ignored a message on unexpected topic %r", topic)
-                else:  # its reply topic would not be a plain name of one app
-                    log.warning("ignored a request on %r: an app id is 1-64 letters, digits, '_' or '-'", topic)
-                if packet_id is not None:
-                    client.acknowledge((packet_id,))
-                return
-            if not self._within_rate(app_id):
-                body = error_reply("rate_limited", f"more than {self._limiter.rate:g} requests per second "
-                                                   f"(bursts of {self._limiter.burst}); slow down")
-                reply = f"{DEVICE_TYPES[device].reply_stem}/{app_id}"
-                self._publish(reply, orjson.dumps(body))
-                self._error_replies += 1
-                if packet_id is not None:
-                    client.acknowledge((packet_id,))
-                return
-            self.peers.tell_pool("query", Request(ack_id, device, app_id, payload))
+        elif not self._request(ack_id, topic, payload, properties):
+            if packet_id is not None:
+                client.acknowledge((packet_id,))  # answered here, or refused: nothing to wait for
+            return
         self._pending[ack_id] = packet_id
         if len(self._pending) >= self.settings.receive_maximum:
             self._hold_back(True)  # again each time: asyncio's StreamReader may have resumed it
         self.peak_in_hand = max(self.peak_in_hand, len(self._pending))
+
+    def _request(self, ack_id: int, topic: str, payload: bytes, properties: dict) -> bool:
+        """Hand a request to the query pool (True), or refuse it here (False)."""
+        stem, _, app_id = topic.rpartition("/")
+        device = self._request_stems.get(stem)
+        if device is None:
+            log.warning("ignored a message on unexpected topic %r", topic)
+            return False
+        if not APP_ID.fullmatch(app_id):  # its reply topic would not be a plain name of one app
+            log.warning("ignored a request on %r: an app id is 1-64 letters, digits, '_' or '-'", topic)
+            return False
+        reply_topic = f"{DEVICE_TYPES[device].reply_stem}/{app_id}"
+        correlation = _property(properties, "correlation_data")
+        if (asked := _property(properties, "response_topic")) is not None:
+            # MQTT 5 request/response: only inside this app's own reply topics.
+            if not any(asked == f"{d.reply_stem}/{app_id}" or asked.startswith(f"{d.reply_stem}/{app_id}/")
+                       for d in DEVICE_TYPES.values()) or "+" in asked or "#" in asked:
+                log.warning("ignored a request on %r: its response topic %r is not one of app %s's "
+                            "reply topics (home/data<type>/%s[/...])", topic, asked, app_id, app_id)
+                return False
+            reply_topic = asked
+        if not self._within_rate(app_id):
+            body = error_reply("rate_limited", f"more than {self._limiter.rate:g} requests per second "
+                                               f"(bursts of {self._limiter.burst}); slow down")
+            if (request_id := request_id_of(_loads(payload))) is not None:
+                body["request_id"] = request_id
+            self._publish(reply_topic, orjson.dumps(body), correlation)
+            self._error_replies += 1
+            return False
+        self.peers.tell_pool("query", Request(ack_id, device, app_id, payload, reply_topic, correlation))
+        return True
 
     def _within_rate(self, app_id: str) -> bool:
         if self._limiter.allow(app_id):
@@ -370,7 +384,7 @@ class Session:
         if isinstance(message, Committed):
             self._acknowledge(message.ack_ids)
         elif isinstance(message, Reply):
-            if self._publish(message.topic, message.payload):
+            if self._publish(message.topic, message.payload, message.correlation):
                 self._acknowledge((message.ack_id,))
                 self._answered += 1
                 self._error_replies += message.error
@@ -379,7 +393,7 @@ class Session:
         else:
             log.warning("MQTT link ignored an unexpected message: %r", message)
 
-    def _publish(self, topic: str, payload: bytes) -> bool:
+    def _publish(self, topic: str, payload: bytes, correlation: bytes | None = None) -> bool:
         if not self.connected:
             return False  # the request was not acknowledged: the broker delivers it again
         if self.max_packet and len(payload) + len(topic) + 16 > self.max_packet:
@@ -389,7 +403,10 @@ class Session:
                        b'"the reply exceeds the broker\'s maximum packet size"}}')
         # QoS 0: an answer is only useful to an app that is connected now; an app that missed
         # it asks again. QoS 0 also keeps replies clear of gmqtt's packet-id limits.
-        self.client.publish(topic, payload, qos=0)
+        if correlation is None:
+            self.client.publish(topic, payload, qos=0)
+        else:
+            self.client.publish(topic, payload, qos=0, correlation_data=correlation)
         return True
 
     # -- status and stats -------------------------------------------------------------------
@@ -528,6 +545,19 @@ class MqttLink(Supervised):
         self._session = Session(self.settings, self.status_settings, self.peers, self.apps)
         ready.set()
         await self._session.run(self._stop_event)
+
+
+def _property(properties: dict, name: str):
+    """An MQTT 5 property of a received message (gmqtt gives lists), or None."""
+    value = (properties or {}).get(name)
+    return value[0] if isinstance(value, list) and value else value
+
+
+def _loads(payload: bytes):
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
 
 
 async def _first_of(*events: asyncio.Event) -> None:

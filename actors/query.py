@@ -1,57 +1,157 @@
-"""A query actor: answers an app's request for one device-day over its own read-only
-connection. Several run side by side (a pool); WAL lets them read while the writer writes."""
+"""A query actor: answers an app's request for a device-day (or its latest reading) over its own
+read-only connection. Several run side by side (a pool); WAL lets them read while the writer
+writes.
+
+A request the seed describes ({"device_id", "date"}) gets the seed's reply, whole, as long as
+it fits `queries.max_reply_bytes`; a larger day, or a request with `limit`, gets a page and a
+`next` cursor. A cursor is the last record's place in the index order (and, for power, the
+state carried to it), so pages neither skip nor repeat records while new readings arrive."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import re
+from dataclasses import dataclass, field
 from datetime import date as Date
+from datetime import time as Time
 from fnmatch import fnmatchcase
+from itertools import accumulate
 
 import orjson
 import peewee
 
-from actors.devices import DEVICE_TYPES, InvalidMessage, parse_object, text_field
+from actors.devices import DEVICE_TYPES, DeviceType, InvalidMessage, parse_object, text_field
 from actors.messages import Reply, Request
 from actors.peers import Peers, Supervised
 from actors.readgate import ReadGate
 
 log = logging.getLogger(__name__)
 DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+TIME = re.compile(r"\d{2}:\d{2}:\d{2}")
+MAX_REQUEST_ID = 128
+SMALLEST_RECORD = 50  # bytes of JSON: bounds how many rows a page can need
+
+
+@dataclass(frozen=True)
+class QueryRules:
+    max_request_bytes: int = 4096
+    max_reply_bytes: int = 100_000
+    max_page_records: int = 1000  # the most a `limit` may ask for
+    readable: dict = field(default_factory=dict)  # app-id glob -> device-id globs; empty: all
+
+
+@dataclass(frozen=True)
+class Ask:
+    """A parsed request."""
+    device_id: str
+    date: str | None = None  # None with latest
+    latest: bool = False
+    limit: int | None = None
+    after: tuple | None = None  # from the cursor: the last record sent ...
+    state: tuple = ()  # ... and what records carry past it
+    start: str | None = None  # "from", HH:MM:SS
+    end: str | None = None  # "to", HH:MM:SS
+    request_id: str | None = None
 
 
 class RequestError(Exception):
     def __init__(self, code: str, message: str, **known):
         super().__init__(message)
         self.code = code
-        self.known = known  # device_id / date when they were readable
+        self.known = known  # request_id / device_id / date when they were readable
 
 
-def parse_request(payload: bytes) -> tuple[str, str]:
-    """(device_id, date) of a request, or RequestError with a code for the app."""
+def request_id_of(obj) -> str | None:
+    """The request's `request_id` when it is a usable one (it is echoed in every reply)."""
+    value = obj.get("request_id") if isinstance(obj, dict) else None
+    if isinstance(value, str) and 0 < len(value) <= MAX_REQUEST_ID and not any(ord(c) < 32 for c in value):
+        return value
+    return None
+
+
+def parse_request(payload: bytes, device: DeviceType, max_limit: int) -> Ask:
+    """The request as an Ask, or RequestError with a code for the app."""
     try:
         obj = parse_object(payload)
     except InvalidMessage as exc:
         code = "invalid_json" if str(exc).startswith("not valid JSON") else "invalid_request"
         raise RequestError(code, str(exc)) from None
     known = {}
-    for name in ("device_id", "date"):
-        if name not in obj:
-            raise RequestError("missing_field", f"missing field {name!r}", **known)
-        if name == "device_id":
-            try:
-                known["device_id"] = text_field(obj, "device_id")
-            except InvalidMessage as exc:
-                raise RequestError("invalid_field", str(exc)) from None
+    if "request_id" in obj:
+        if (request_id := request_id_of(obj)) is None:
+            raise RequestError("invalid_field", f"field 'request_id' must be a string of 1 to {MAX_REQUEST_ID} "
+                                                "characters without control characters")
+        known["request_id"] = request_id
+
+    def fail(code, message):
+        raise RequestError(code, message, **known)
+
+    if "device_id" not in obj:
+        fail("missing_field", "missing field 'device_id'")
+    try:
+        known["device_id"] = text_field(obj, "device_id")
+    except InvalidMessage as exc:
+        fail("invalid_field", str(exc))
+    if "latest" in obj:
+        if obj["latest"] is not True:
+            fail("invalid_field", "field 'latest' can only be true")
+        if extra := [k for k in ("date", "limit", "cursor", "from", "to") if k in obj]:
+            fail("invalid_request", f"a latest request takes no {', '.join(repr(k) for k in extra)}")
+        return Ask(known["device_id"], latest=True, request_id=known.get("request_id"))
+    if "date" not in obj:
+        fail("missing_field", "missing field 'date'")
     value = obj["date"]
     try:
         if not isinstance(value, str) or not DATE.fullmatch(value):
             raise ValueError
         Date.fromisoformat(value)
     except ValueError:
-        raise RequestError("invalid_field", f"field 'date' must be a date as YYYY-MM-DD, got {value!r}",
-                           **known) from None
-    return known["device_id"], value
+        fail("invalid_field", f"field 'date' must be a date as YYYY-MM-DD, got {value!r}")
+    known["date"] = value
+    limit = obj.get("limit")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        fail("invalid_field", f"field 'limit' must be a whole number from 1, got {limit!r}")
+    times = {}
+    for name in ("from", "to"):
+        text = obj.get(name)
+        if text is None:
+            continue
+        try:
+            if not isinstance(text, str) or not TIME.fullmatch(text):
+                raise ValueError
+            Time.fromisoformat(text)
+        except ValueError:
+            fail("invalid_field", f"field {name!r} must be a time of day as HH:MM:SS, got {text!r}")
+        times[name] = text
+    after, state = None, ()
+    if "cursor" in obj:
+        try:
+            after, state = decode_cursor(obj["cursor"], device)
+        except ValueError:
+            fail("invalid_field", "field 'cursor' must be a `next` value from an earlier reply")
+    return Ask(known["device_id"], value, limit=min(limit, max_limit) if limit else None, after=after,
+               state=state, start=times.get("from"), end=times.get("to"), request_id=known.get("request_id"))
+
+
+def encode_cursor(key: tuple, state: tuple) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps([list(key), list(state)])).rstrip(b"=").decode()
+
+
+def decode_cursor(text, device: DeviceType) -> tuple[tuple, tuple]:
+    """(key, state) of a cursor; ValueError if it is not one of ours for this device type."""
+    try:
+        if not isinstance(text, str) or len(text) > 1024:
+            raise ValueError
+        key, state = orjson.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+    except (binascii.Error, orjson.JSONDecodeError, TypeError):
+        raise ValueError from None
+    if (not isinstance(key, list) or len(key) != 1 + len(device.value_columns) or not isinstance(key[0], str)
+            or not all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in key)
+            or not isinstance(state, list) or not all(isinstance(v, str) for v in state)):
+        raise ValueError
+    return tuple(key), tuple(state)
 
 
 def error_reply(code: str, message: str, **known) -> dict:
@@ -59,14 +159,13 @@ def error_reply(code: str, message: str, **known) -> dict:
 
 
 class QueryActor(Supervised):
-    def __init__(self, index: int, database: peewee.Database, peers: Peers, max_bytes: int,
-                 supervisor=None, gate: ReadGate | None = None, readable: dict | None = None):
+    def __init__(self, index: int, database: peewee.Database, peers: Peers, rules: QueryRules,
+                 supervisor=None, gate: ReadGate | None = None):
         super().__init__(f"query/{index}", supervisor)
         self.db = database
         self.peers = peers
-        self.max_bytes = max_bytes
+        self.rules = rules
         self.gate = gate or ReadGate()
-        self.readable = readable or {}  # app-id glob -> device-id globs; empty: all may read all
 
     def on_start(self):
         self.db.connect(reuse_if_open=True)
@@ -83,37 +182,71 @@ class QueryActor(Supervised):
         if not isinstance(message, Request):
             log.warning("%s ignored an unexpected message: %r", self.name, message)
             return
-        device = DEVICE_TYPES[message.device]
         body = self.answer(message.device, message.payload, message.app_id)
-        topic = f"{device.reply_stem}/{message.app_id}"
-        self.peers.tell("link", Reply(message.ack_id, topic, orjson.dumps(body), error="error" in body))
+        self.peers.tell("link", Reply(message.ack_id, message.reply_topic, orjson.dumps(body),
+                                      error="error" in body, correlation=message.correlation))
 
     def may_read(self, app_id: str, device_id: str) -> bool:
         """Globs match literally otherwise: fnmatchcase, so case matters and '/' is no separator."""
-        if not self.readable:
+        if not self.rules.readable:
             return True
         return any(fnmatchcase(app_id, apps) and any(fnmatchcase(device_id, d) for d in devices)
-                   for apps, devices in self.readable.items())
+                   for apps, devices in self.rules.readable.items())
 
     def answer(self, device_name: str, payload: bytes, app_id: str = "") -> dict:
-        if len(payload) > self.max_bytes:
+        device = DEVICE_TYPES[device_name]
+        if len(payload) > self.rules.max_request_bytes:
             log.info("refused a %s request of %d bytes", device_name, len(payload))
             return error_reply("too_large", f"the request is {len(payload)} bytes, over the "
-                                            f"{self.max_bytes}-byte limit")
+                                            f"{self.rules.max_request_bytes}-byte limit")
         try:
-            device_id, date = parse_request(payload)
+            ask = parse_request(payload, device, self.rules.max_page_records)
         except RequestError as exc:
             log.info("bad %s request: %s", device_name, exc)
             return error_reply(exc.code, str(exc), **exc.known)
-        if not self.may_read(app_id, device_id):
-            log.warning("app %s may not read device %s (apps.readable); answered forbidden", app_id, device_id)
-            return error_reply("forbidden", f"this app may not read device {device_id!r}",
-                               device_id=device_id, date=date)
+        known = {k: v for k, v in (("request_id", ask.request_id), ("device_id", ask.device_id),
+                                   ("date", ask.date)) if v is not None}
+        if not self.may_read(app_id, ask.device_id):
+            log.warning("app %s may not read device %s (apps.readable); answered forbidden", app_id, ask.device_id)
+            return error_reply("forbidden", f"this app may not read device {ask.device_id!r}", **known)
         try:
             with self.gate.reading():
-                records = DEVICE_TYPES[device_name].day_records(device_id, date)
+                return self.latest(device, ask) if ask.latest else self.page(device, ask)
         except peewee.OperationalError as exc:
-            log.error("cannot read %s data for %s on %s: %s", device_name, device_id, date, exc)
-            return error_reply("unavailable", "the database cannot be read right now; try again",
-                               device_id=device_id, date=date)
-        return {"device_id": device_id, "date": date, "count": len(records), "records": records}
+            log.error("cannot read %s data for %s: %s", device_name, ask.device_id, exc)
+            return error_reply("unavailable", "the database cannot be read right now; try again", **known)
+
+    def latest(self, device: DeviceType, ask: Ask) -> dict:
+        row = device.latest_row(ask.device_id)
+        date, records = None, []
+        if row is not None:
+            timestamp = row[-1]
+            date = timestamp[:10]
+            records = device.records([row], device.state_before(ask.device_id, date, timestamp))
+        return self._reply(ask, date, records)
+
+    def page(self, device: DeviceType, ask: Ask) -> dict:
+        """One page: `limit` records, or as many as fit the reply-size cap; `next` if more."""
+        fits = self.rules.max_reply_bytes // SMALLEST_RECORD
+        wanted = min(ask.limit or fits, fits)
+        rows = device.rows(ask.device_id, ask.date, ask.after, ask.start, ask.end, limit=wanted + 1)
+        state = ask.state if ask.after else device.state_before(
+            ask.device_id, ask.date, f"{ask.date}T{ask.start}" if ask.start else None)
+        records = device.records(rows[:wanted], state)
+        # The most records that keep the reply under the cap (room is left for `next`).
+        frame = len(orjson.dumps(self._reply(ask, ask.date, [], next_=encode_cursor(device.key(rows[0]), state)
+                                             if rows else None))) + 64
+        sizes = accumulate(len(orjson.dumps(r)) + 1 for r in records)
+        n = max(1, sum(1 for total in sizes if frame + total <= self.rules.max_reply_bytes)) if records else 0
+        more = len(rows) > n
+        next_ = encode_cursor(device.key(rows[n - 1]), device.state_after(records[n - 1])) if more else None
+        return self._reply(ask, ask.date, records[:n], next_)
+
+    @staticmethod
+    def _reply(ask: Ask, date: str | None, records: list[dict], next_: str | None = None) -> dict:
+        reply = {"device_id": ask.device_id, "date": date, "count": len(records), "records": records}
+        if next_ is not None:
+            reply["next"] = next_
+        if ask.request_id is not None:
+            reply["request_id"] = ask.request_id
+        return reply

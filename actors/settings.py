@@ -59,6 +59,8 @@ class DatabaseSettings:
 @dataclass(frozen=True)
 class QuerySettings:
     pool_size: int = field(metadata=_check(1, 64))
+    max_reply_bytes: int = field(metadata=_check(1024, 256 * 1024 * 1024))
+    max_page_records: int = field(metadata=_check(1, 1_000_000))
 
 
 @dataclass(frozen=True)

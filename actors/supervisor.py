@@ -20,7 +20,7 @@ from actors.messages import ChildFailed, Resync
 from actors.models import open_database
 from actors.mqtt_link import MqttLink
 from actors.peers import Peers
-from actors.query import QueryActor
+from actors.query import QueryActor, QueryRules
 from actors.readgate import ReadGate
 from actors.retention import RetentionActor
 from actors.settings import Settings
@@ -53,9 +53,9 @@ class Supervisor(pykka.ThreadingActor):
         self._db = open_database(s.database.path, s.database.busy_timeout, s.database.checkpoint_mb)
         db, gate = self._db, ReadGate()
         specs = [ChildSpec("writer", lambda sup: WriterActor.start(db, s.database, peers, sup, gate))]
-        specs += [ChildSpec(f"query/{i}", lambda sup, i=i: QueryActor.start(
-                      i, db, peers, max_bytes=s.limits.max_request_bytes, supervisor=sup, gate=gate,
-                      readable=s.apps.readable))
+        rules = QueryRules(s.limits.max_request_bytes, s.queries.max_reply_bytes, s.queries.max_page_records,
+                           s.apps.readable)
+        specs += [ChildSpec(f"query/{i}", lambda sup, i=i: QueryActor.start(i, db, peers, rules, sup, gate))
                   for i in range(s.queries.pool_size)]
         specs += [ChildSpec("backup", lambda sup: BackupActor.start(s.database.path, s.backup, sup))]
         specs += [ChildSpec("retention", lambda sup: RetentionActor.start(db, s.retention, peers, sup, gate))]

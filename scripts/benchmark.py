@@ -10,8 +10,9 @@ It starts its own Mosquitto with deploy/mosquitto/mqtt-client.conf's settings an
    on receipt, sqlite3 executemany, a commit every 500 rows or 50 ms, synchronous=NORMAL;
    stored/s from the first publish to the last commit, and CPU per 100,000 readings;
 2. replies: a database of --rows rows written directly, --apps apps asking for random device-days
-   of 1,440 readings (about one request per app per second): p50/p99 request->reply; and one
-   device-day of 86,400 readings;
+   of 1,440 readings (about one request per app per second): p50/p99 request->reply (the first
+   page when a day is over queries.max_reply_bytes); and one device-day of 86,400 readings, paged:
+   the first reply, and all pages one after the other;
 3. peak RSS during ingest, and the time from start to the first reply on the big database;
 4. retention on that database: the service restarted with a retention that expires about half
    of it (archived, then deleted) while a device sends 100 QoS 1 readings/s; the longest delete
@@ -239,17 +240,26 @@ async def temperature_app(port: int, app_id: str):
     return client, got
 
 
-async def ask_day(port: int, device: str, day: str) -> float:
-    """Seconds from publishing one request to the reply arriving."""
-    client, got = await temperature_app(port, "bench-asker")
-    started = time.perf_counter()
-    client.publish("home/gettemp/bench-asker", json.dumps({"device_id": device, "date": day}))
-    payload = await asyncio.wait_for(got, 30)
+async def ask_day(port: int, device: str, day: str) -> tuple[float, float, int]:
+    """A whole device-day, page after page: seconds to the first reply, seconds to the last, pages."""
+    app_id = f"bench-asker-{random.randrange(10**6)}"  # each its own rate limit
+    client, _ = await temperature_app(port, app_id)
+    replies: asyncio.Queue = asyncio.Queue()
+    client.on_message = lambda c, t, p, q, props: replies.put_nowait(json.loads(p)) or 0
+    started, first, body, records, pages = time.perf_counter(), None, {"device_id": device, "date": day}, 0, 0
+    while True:
+        client.publish(f"home/gettemp/{app_id}", json.dumps(body))
+        reply = await asyncio.wait_for(replies.get(), 30)
+        first = first or time.perf_counter() - started
+        assert reply["count"] == len(reply["records"]) > 0, str(reply)[:200]
+        records, pages = records + reply["count"], pages + 1
+        if "next" not in reply:
+            break
+        body["cursor"] = reply["next"]
     elapsed = time.perf_counter() - started
-    reply = json.loads(payload)
-    assert reply["count"] == len(reply["records"]) > 0, str(reply)[:200]
+    assert records == 86_400, records
     await client.disconnect()
-    return elapsed
+    return first, elapsed, pages
 
 
 def first_reply_after_start(port: int, db: Path, workdir: Path) -> tuple[subprocess.Popen, float]:
@@ -288,11 +298,13 @@ def replies(port: int, db: Path, workdir: Path, rows: int, apps: int, seconds: f
         report = asyncio.run(run())
         if report.problems:
             raise SystemExit("benchmark: wrong or missing replies:\n" + "\n".join(report.problems[:10]))
-        busy = sorted(asyncio.run(ask_day(port, *big)) for _ in range(5))
+        busy = sorted(asyncio.run(ask_day(port, *big)) for _ in range(5))  # by time to the first reply
+        whole = sorted(b[1] for b in busy)
     finally:
         proc.terminate()
         proc.wait(30)
-    return {"startup": startup, "report": report, "busy_median": busy[2], "busy_max": busy[-1],
+    return {"startup": startup, "report": report, "busy_first_median": busy[2][0], "busy_first_max": busy[-1][0],
+            "busy_median": whole[2], "busy_max": whole[-1], "busy_pages": busy[0][2],
             "size_mib": db.stat().st_size / 2**20}
 
 
@@ -424,8 +436,10 @@ def main(argv=None) -> int:
         ("ingest, peak RSS", f"{ours['peak_rss']:.0f} MiB", f"{base['peak_rss']:.0f} MiB", "target ≤ 100 MB"),
         (f"1,440-reading day, {args.apps} apps, p50", ms(r.percentile(0.5)), "", f"{r.asked:,} requests"),
         (f"1,440-reading day, {args.apps} apps, p99", ms(r.percentile(0.99)), "", "target ≤ 10 ms"),
-        ("86,400-reading day, median of 5 (max)", f"{ms(big['busy_median'])} ({ms(big['busy_max'])})", "",
-         "target ≤ 300 ms"),
+        ("86,400-reading day, first page, median of 5 (max)",
+         f"{ms(big['busy_first_median'])} ({ms(big['busy_first_max'])})", "", "target ≤ 300 ms"),
+        (f"86,400-reading day, all {big['busy_pages']} pages, median of 5 (max)",
+         f"{ms(big['busy_median'])} ({ms(big['busy_max'])})", "", "replies ≤ queries.max_reply_bytes"),
         ("start to first reply", f"{big['startup']:.2f} s", "", f"{args.rows:,} rows, {big['size_mib']:.0f} MiB"),
         ("retention pass, longest delete", f"{expired['longest_delete_ms']} ms", "",
          f"{expired['rows']:,} of {expired['total']:,} rows, {expired['days']} days, {expired['seconds']:.0f} s"),

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from actors.devices import DEVICE_TYPES, InvalidMessage
-from actors.query import RequestError, parse_request
+from actors.query import Ask, RequestError, encode_cursor, parse_request
 
 TEMP, POWER, FINGER = DEVICE_TYPES["temperature"], DEVICE_TYPES["power"], DEVICE_TYPES["fingerprint"]
 
@@ -95,8 +95,17 @@ def test_extra_fields_in_a_reading_are_ignored():
 
 
 def test_a_good_request_reads_device_and_date():
-    assert parse_request(raw({"device_id": "temp_sensor_01", "date": "2026-01-22"})) == \
-        ("temp_sensor_01", "2026-01-22")
+    assert parse_request(raw({"device_id": "temp_sensor_01", "date": "2026-01-22"}), TEMP, 1000) == \
+        Ask("temp_sensor_01", "2026-01-22")
+
+
+def test_the_optional_fields_of_a_request():
+    cursor = encode_cursor(("2026-01-22T10:00:00", 21.5, 40.0, "LOW"), ())
+    ask = parse_request(raw({"device_id": "t", "date": "2026-01-22", "limit": 5000, "cursor": cursor,
+                             "from": "08:00:00", "to": "18:30:00", "request_id": "r-1"}), TEMP, 1000)
+    assert ask == Ask("t", "2026-01-22", limit=1000, after=("2026-01-22T10:00:00", 21.5, 40.0, "LOW"),
+                      start="08:00:00", end="18:30:00", request_id="r-1")  # limit capped by the setting
+    assert parse_request(raw({"device_id": "t", "latest": True}), TEMP, 1000) == Ask("t", latest=True)
 
 
 @pytest.mark.parametrize("payload, code, known", [
@@ -109,8 +118,22 @@ def test_a_good_request_reads_device_and_date():
     (raw({"device_id": "t1", "date": "2026-02-30"}), "invalid_field", {"device_id": "t1"}),
     (raw({"device_id": "t1", "date": 20260122}), "invalid_field", {"device_id": "t1"}),
     (raw({"device_id": "t1", "date": "2026-1-2"}), "invalid_field", {"device_id": "t1"}),
+    (raw({"device_id": "t1", "date": "2026-01-22", "request_id": "r", "limit": 0}), "invalid_field",
+     {"device_id": "t1", "date": "2026-01-22", "request_id": "r"}),
+    (raw({"device_id": "t1", "date": "2026-01-22", "limit": True}), "invalid_field",
+     {"device_id": "t1", "date": "2026-01-22"}),
+    (raw({"device_id": "t1", "date": "2026-01-22", "from": "8:00"}), "invalid_field",
+     {"device_id": "t1", "date": "2026-01-22"}),
+    (raw({"device_id": "t1", "date": "2026-01-22", "to": "24:00:00"}), "invalid_field",
+     {"device_id": "t1", "date": "2026-01-22"}),
+    (raw({"device_id": "t1", "date": "2026-01-22", "cursor": "bm90IG91cnM"}), "invalid_field",
+     {"device_id": "t1", "date": "2026-01-22"}),
+    (raw({"device_id": "t1", "latest": True, "date": "2026-01-22"}), "invalid_request", {"device_id": "t1"}),
+    (raw({"device_id": "t1", "latest": "yes"}), "invalid_field", {"device_id": "t1"}),
+    (raw({"device_id": "t1", "date": "2026-01-22", "request_id": ""}), "invalid_field", {}),
+    (raw({"device_id": "t1", "date": "2026-01-22", "request_id": "x" * 129}), "invalid_field", {}),
 ])
 def test_bad_requests_carry_a_code_and_what_was_readable(payload, code, known):
     with pytest.raises(RequestError) as err:
-        parse_request(payload)
+        parse_request(payload, TEMP, 1000)
     assert err.value.code == code and err.value.known == known and str(err.value)

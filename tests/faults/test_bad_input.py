@@ -14,7 +14,7 @@ from actors.ingest import IngestActor
 from actors.messages import Inbound, ReadingBatch
 from actors.models import MODELS, open_database
 from actors.peers import Peers
-from actors.query import QueryActor
+from actors.query import QueryActor, QueryRules
 from actors.settings import load_settings
 from conftest import FakePeer, wait_until
 
@@ -119,7 +119,7 @@ def query_actor(tmp_path_factory):
     db = open_database(str(tmp_path_factory.mktemp("fuzz") / "q.db"), 5)
     db.connect()
     db.create_tables(MODELS)
-    yield QueryActor(0, db, Peers(), max_bytes=LIMITS.max_request_bytes)  # answer() called directly
+    yield QueryActor(0, db, Peers(), QueryRules(max_request_bytes=LIMITS.max_request_bytes))  # answer() called directly
     db.close()
 
 

@@ -18,7 +18,7 @@ def test_the_benchmark_runs_and_prints_every_row():
     table = result.stdout.split("benchmark on ", 1)[1]
     for row in ("ingest, readings stored/s", "ingest, CPU s per 100,000 readings", "ingest, peak RSS",
                 "1,440-reading day, 5 apps, p50", "1,440-reading day, 5 apps, p99",
-                "86,400-reading day", "start to first reply", "retention pass, longest delete",
+                "86,400-reading day, first page", "86,400-reading day, all", "start to first reply", "retention pass, longest delete",
                 "retention pass, reading stored p50 / max"):
         assert row in table, row
     assert "wrong or missing" not in result.stdout

@@ -8,7 +8,8 @@ import pytest
 from actors.messages import Reply, Request
 from actors.models import MODELS, FingerprintLog, PowerStatusLog, TemperatureLog, open_database
 from actors.peers import Peers
-from actors.query import QueryActor
+from actors.devices import DEVICE_TYPES
+from actors.query import QueryActor, QueryRules
 from conftest import FakePeer
 
 CREATED = "2026-01-22 15:00:00"
@@ -27,11 +28,11 @@ def db(tmp_path):
 def ask(db):
     peers, link = Peers(), FakePeer()
     peers.register("link", link)
-    query = QueryActor.start(0, db, peers, max_bytes=200)
+    query = QueryActor.start(0, db, peers, QueryRules(max_request_bytes=200))
 
     def ask(device, body, app_id="app1"):
         payload = body if isinstance(body, bytes) else json.dumps(body).encode()
-        query.tell(Request(42, device, app_id, payload))
+        query.tell(Request(42, device, app_id, payload, f"{DEVICE_TYPES[device].reply_stem}/{app_id}"))
         reply = link.next()
         assert isinstance(reply, Reply) and reply.ack_id == 42
         return reply.topic, json.loads(reply.payload)

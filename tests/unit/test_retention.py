@@ -130,13 +130,17 @@ def test_a_pass_cut_short_after_archiving_archives_nothing_twice(service, tmp_pa
     assert [int(r[0]) for r in service.archived("temperature_logs", day(7))[1:]] == [r[0] for r in rows]
 
 
+def day_records(device, device_id, date):
+    return device.records(device.rows(device_id, date), device.state_before(device_id, date, None))
+
+
 def test_power_replies_keep_the_state_set_before_the_cutoff(service):
     power = DEVICE_TYPES["power"]
     service.store("power", [("p1", "ON", "", f"{day(9)}T08:00:00", day(9)),   # grid on, long ago
                             ("p1", "", "ON", f"{day(8)}T09:00:00", day(8)),   # generator on
                             ("p1", "OFF", "", f"{day(7)}T10:00:00", day(7)),  # grid off: the latest EB
                             ("p1", "", "OFF", f"{day(2)}T11:00:00", day(2))])
-    expected = power.day_records("p1", day(2))
+    expected = day_records(power, "p1", day(2))
     assert expected == [{"ebstatus": "OFF", "dgstatus": "OFF", "timestamp": f"{day(2)}T11:00:00"}]
     service.retention_ref = service.start_retention()
     wait_until(lambda: service.rows("SELECT COUNT(*) FROM power_status_logs") == [(3,)], what="the pass")
@@ -144,7 +148,7 @@ def test_power_replies_keep_the_state_set_before_the_cutoff(service):
     assert service.rows("SELECT ebstatus, dgstatus, date FROM power_status_logs ORDER BY date") == \
         [("", "ON", day(8)), ("OFF", "", day(7)), ("", "OFF", day(2))]
     assert [r[2] for r in service.archived("power_status_logs", day(9))[1:]] == ["ON"]
-    assert power.day_records("p1", day(2)) == expected
+    assert day_records(power, "p1", day(2)) == expected
     service.db.close()  # this thread's connection
 
 

@@ -1,0 +1,127 @@
+#!/usr/bin/env python3
+"""Ask the service for data as a mobile app would, and print the reply.
+
+    .venv/bin/python scripts/request.py temperature temp_sensor_01 2026-01-22
+    .venv/bin/python scripts/request.py power pwr_01 2026-01-22 --all-pages --from 08:00:00 --to 18:00:00
+    .venv/bin/python scripts/request.py fingerprint door_01 --latest --json
+
+It connects as app `--app-id` (its reply topic is home/data<type>/<app id>), sends one request with
+a request_id, and prints the records as a table (or the reply as JSON). With --all-pages it asks
+for every page of a day too big for one reply. Exit code: 0 with a reply, 1 for an error reply or
+no reply in time."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import ssl
+import sys
+import uuid
+
+import gmqtt
+from gmqtt.mqtt.constants import MQTTv50
+
+STEMS = {"temperature": "temp", "power": "power", "fingerprint": "fingerprint"}
+
+
+def table(records: list[dict]) -> str:
+    if not records:
+        return "(no records)"
+    columns = list(records[0])
+    cells = [[str(r.get(c, "")) for c in columns] for r in records]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+async def ask(args) -> list[dict]:
+    """The replies: one, or every page with --all-pages."""
+    stem = STEMS[args.kind]
+    replies: asyncio.Queue = asyncio.Queue()
+    subscribed = asyncio.Event()
+    client = gmqtt.Client(f"{args.app_id}-{uuid.uuid4().hex[:6]}")
+    client.on_message = lambda c, topic, payload, qos, props: replies.put_nowait(json.loads(payload)) or 0
+    client.on_subscribe = lambda *a: subscribed.set()
+    if args.username:
+        client.set_auth_credentials(args.username, args.password or None)
+    context = None
+    if args.tls:
+        context = ssl.create_default_context(cafile=args.ca_file)
+    await client.connect(args.host, args.port or (8883 if args.tls else 1883), ssl=context or False,
+                         version=MQTTv50)
+    client.subscribe(f"home/data{stem}/{args.app_id}", qos=1)
+    await subscribed.wait()
+    body = {"device_id": args.device_id}
+    if args.latest:
+        body["latest"] = True
+    else:
+        body["date"] = args.date
+        for name, value in (("limit", args.limit), ("from", args.start), ("to", args.end)):
+            if value is not None:
+                body[name] = value
+    pages = []
+    try:
+        while True:
+            request_id = uuid.uuid4().hex[:12]
+            client.publish(f"home/get{stem}/{args.app_id}", json.dumps({**body, "request_id": request_id}), qos=1)
+            while (reply := await asyncio.wait_for(replies.get(), args.timeout)).get("request_id") != request_id:
+                pass  # an answer to someone else's request with our app id
+            pages.append(reply)
+            if "error" in reply or "next" not in reply or not args.all_pages:
+                return pages
+            body["cursor"] = reply["next"]
+    finally:
+        await client.disconnect()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("kind", choices=STEMS)
+    p.add_argument("device_id")
+    p.add_argument("date", nargs="?", help="YYYY-MM-DD (not with --latest)")
+    p.add_argument("--latest", action="store_true", help="the device's most recent record")
+    p.add_argument("--all-pages", action="store_true", help="follow `next` until the day is complete")
+    p.add_argument("--limit", type=int, help="records per reply")
+    p.add_argument("--from", dest="start", metavar="HH:MM:SS")
+    p.add_argument("--to", dest="end", metavar="HH:MM:SS")
+    p.add_argument("--json", action="store_true", help="print the replies as JSON, one per line")
+    p.add_argument("--app-id", default=f"cli-{uuid.uuid4().hex[:8]}")
+    p.add_argument("--host", default=os.environ.get("MQTT_BROKER_HOST", "localhost"))
+    p.add_argument("--port", type=int, default=int(os.environ.get("MQTT_BROKER_PORT", 0)) or None)
+    p.add_argument("--username", default=os.environ.get("MQTT_USERNAME"))
+    p.add_argument("--password", default=os.environ.get("MQTT_PASSWORD"), help="default: $MQTT_PASSWORD")
+    p.add_argument("--tls", action="store_true")
+    p.add_argument("--ca-file")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each reply")
+    args = p.parse_args(argv)
+    if args.latest == bool(args.date):
+        p.error("give a date, or --latest")
+    try:
+        pages = asyncio.run(ask(args))
+    except asyncio.TimeoutError:
+        print(f"no reply within {args.timeout:g} s (is the service running?)", file=sys.stderr)
+        return 1
+    except (OSError, gmqtt.MQTTConnectError) as exc:
+        print(f"cannot connect to the broker at {args.host}: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        for reply in pages:
+            print(json.dumps(reply))
+    elif "error" in pages[-1]:
+        print(f"error {pages[-1]['error']['code']}: {pages[-1]['error']['message']}", file=sys.stderr)
+    else:
+        records = [r for reply in pages for r in reply["records"]]
+        print(f"{args.kind} {args.device_id} {pages[0]['date'] or '(no data)'}: {len(records)} records"
+              + (f" in {len(pages)} replies" if len(pages) > 1 else "")
+              + ("; more: --all-pages" if "next" in pages[-1] else ""))
+        print(table(records))
+    return 1 if "error" in pages[-1] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

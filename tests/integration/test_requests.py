@@ -1,0 +1,204 @@
+"""Requests beyond the seed's, end to end against a real Mosquitto, from MQTT 5 and MQTT 3.1.1
+apps: response topics with correlation data, request ids, paging with cursors (stable while
+readings arrive), the latest reading, and a time window."""
+
+import json
+import queue
+import subprocess
+import sys
+import uuid
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from conftest import ROOT, Service, wait_until
+
+DAY = "2026-04-01"
+
+
+class Mqtt5App:
+    def __init__(self, port, app_id):
+        self.app_id = app_id
+        self.messages = queue.Queue()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{app_id}-{uuid.uuid4().hex[:6]}",
+                                  protocol=mqtt.MQTTv5)
+        self.client.on_message = lambda c, u, m: self.messages.put(m)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def subscribe(self, topic):
+        result, mid = self.client.subscribe(topic, qos=1)
+        assert result == mqtt.MQTT_ERR_SUCCESS
+
+    def ask(self, topic, body, response_topic=None, correlation=None):
+        props = Properties(PacketTypes.PUBLISH)
+        if response_topic:
+            props.ResponseTopic = response_topic
+        if correlation is not None:
+            props.CorrelationData = correlation
+        self.client.publish(topic, json.dumps(body), qos=1, properties=props).wait_for_publish(10)
+
+    def close(self):
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def temperature(n, device="t1", day=DAY):
+    return {"device_id": device, "temperature": float(n), "humidity": 50.0, "status": "LOW",
+            "timestamp": f"{day}T{n // 3600:02d}:{n // 60 % 60:02d}:{n % 60:02d}"}
+
+
+def store(service, client, readings, table="temperature_logs"):
+    before = service.query(f"SELECT COUNT(*) FROM {table}")[0][0]
+    for r in readings:
+        client.publish(f"home/{'temperature' if table == 'temperature_logs' else 'power'}", r, wait=False)
+    wait_until(lambda: service.query(f"SELECT COUNT(*) FROM {table}")[0][0] == before + len(readings),
+               what="the readings stored")
+
+
+def all_pages(client, stem, app_id, body, max_pages=1000):
+    pages = []
+    while True:
+        reply = client.request(stem, app_id, body)
+        assert "error" not in reply, reply
+        assert reply["count"] == len(reply["records"])
+        pages.append(reply)
+        if "next" not in reply:
+            return pages
+        body = {**body, "cursor": reply["next"]}
+        assert len(pages) < max_pages
+
+
+def test_an_mqtt5_request_is_answered_on_its_response_topic_with_its_correlation_data(service, broker, client):
+    service.start().wait_ready()
+    store(service, client, [temperature(60)])
+    app = Mqtt5App(broker.port, "app5")
+    try:
+        app.subscribe("home/datatemp/app5/#")
+        app.ask("home/gettemp/app5", {"device_id": "t1", "date": DAY}, "home/datatemp/app5/screen-2", b"\x00\x01c")
+        reply = app.messages.get(timeout=10)
+        assert reply.topic == "home/datatemp/app5/screen-2"
+        assert reply.properties.CorrelationData == b"\x00\x01c"
+        assert json.loads(reply.payload)["count"] == 1
+        # Outside the app's own reply topics: refused, logged, and never published.
+        for bad in ("home/datatemp/other-app", "devices/t1/set", "home/datatemp/app5/#", "home/datatempx/app5"):
+            app.ask("home/gettemp/app5", {"device_id": "t1", "date": DAY}, bad, b"x")
+        wait_until(lambda: service.log().count("is not one of app app5's reply topics") == 4)
+        app.ask("home/gettemp/app5", {"device_id": "t1", "date": DAY})  # no response topic: the seed's
+        assert app.messages.get(timeout=10).topic == "home/datatemp/app5"
+        assert app.messages.empty()
+    finally:
+        app.close()
+
+
+def test_a_request_id_is_echoed_in_replies_and_errors(service, client):
+    service.start().wait_ready()
+    client.subscribe_replies("app3")
+    reply = client.request("temp", "app3", {"device_id": "t1", "date": DAY, "request_id": "q-17"})
+    assert reply == {"device_id": "t1", "date": DAY, "count": 0, "records": [], "request_id": "q-17"}
+    error = client.request("power", "app3", {"device_id": "p1", "date": "2026-02-30", "request_id": "q-18"})
+    assert error["request_id"] == "q-18" and error["error"]["code"] == "invalid_field"
+    # Without one, the seed's reply exactly.
+    assert client.request("temp", "app3", {"device_id": "t1", "date": DAY}) == \
+        {"device_id": "t1", "date": DAY, "count": 0, "records": []}
+
+
+def test_pages_neither_skip_nor_repeat_records_while_new_readings_arrive(service, client):
+    service.start().wait_ready()
+    store(service, client, [temperature(n) for n in range(0, 3000, 10)])  # 300 readings, every 10 s
+    client.subscribe_replies("pager")
+    body = {"device_id": "t1", "date": DAY, "limit": 100}
+    first = client.request("temp", "pager", body)
+    assert first["count"] == 100 and "next" in first
+    # New readings, before and after where the pages have got to.
+    store(service, client, [temperature(5), temperature(2995), temperature(4000)])
+    rest = all_pages(client, "temp", "pager", {**body, "cursor": first["next"]})
+    stamps = [r["timestamp"] for page in [first, *rest] for r in page["records"]]
+    assert len(stamps) == len(set(stamps)) and stamps == sorted(stamps)
+    expected = {temperature(n)["timestamp"] for n in [*range(0, 3000, 10), 2995, 4000]}
+    assert set(stamps) == expected  # only the one that arrived behind the pages (00:00:05) is not there
+    assert [p["count"] for p in rest] == [100, 100, 2]
+
+
+def test_a_day_over_the_reply_size_cap_comes_in_pages_and_power_state_carries_across(broker, tmp_path, client):
+    config = tmp_path / "small.toml"
+    config.write_text("[queries]\nmax_reply_bytes = 2048\n")
+    service = Service(broker, tmp_path)
+    service.start("--config", str(config)).wait_ready()
+    try:
+        events = ["EB_ON", "DG_ON", "EB_OFF", "DG_OFF"]
+        store(service, client, [{"device_id": "p1", "status": "DG_ON", "timestamp": "2026-03-31T23:00:00"}]
+              + [{"device_id": "p1", "status": events[n % 4], "timestamp": temperature(n * 7)["timestamp"]}
+                 for n in range(200)], table="power_status_logs")
+        client.subscribe("home/datapower/big")
+        collected = []  # the size of every reply
+
+        def on_message(c, u, m):
+            collected.append(len(m.payload))
+            client.messages.put((m.topic, m.payload))
+        client.client.on_message = on_message
+        pages = all_pages(client, "power", "big", {"device_id": "p1", "date": DAY})
+        assert len(pages) > 5 and max(collected) <= 2048
+        records = [r for p in pages for r in p["records"]]
+        assert len(records) == 200
+        # Each record as a one-page reply would show it: both sources' state, carried across pages.
+        eb, dg = "", "ON"
+        for n, record in enumerate(records):
+            status = events[n % 4]
+            eb, dg = (status[3:], dg) if status.startswith("EB") else (eb, status[3:])
+            assert (record["ebstatus"], record["dgstatus"]) == (eb, dg), n
+    finally:
+        service.terminate()
+
+
+def test_the_latest_reading_of_each_device_type(service, client):
+    service.start().wait_ready()
+    store(service, client, [temperature(100), temperature(50), temperature(7, day="2026-04-02")])
+    client.publish("home/power", {"device_id": "p1", "status": "DG_ON", "timestamp": "2026-04-01T08:00:00"})
+    client.publish("home/power", {"device_id": "p1", "status": "EB_OFF", "timestamp": "2026-04-01T09:00:00"})
+    client.publish("home/fingerprint", {"device_id": "f1", "user_id": "u9", "authStatus": "FAIL",
+                                        "timestamp": "2026-03-30T07:00:00"})
+    wait_until(lambda: service.query("SELECT COUNT(*) FROM power_status_logs")[0][0] == 2
+               and service.query("SELECT COUNT(*) FROM fingerprint_logs")[0][0] == 1)
+    client.subscribe_replies("now")
+    latest = client.request("temp", "now", {"device_id": "t1", "latest": True})
+    assert latest == {"device_id": "t1", "date": "2026-04-02", "count": 1,
+                      "records": [{"temperature": 7.0, "humidity": 50.0, "status": "LOW",
+                                   "timestamp": "2026-04-02T00:00:07"}]}
+    power = client.request("power", "now", {"device_id": "p1", "latest": True, "request_id": "p"})
+    assert power["records"] == [{"ebstatus": "OFF", "dgstatus": "ON", "timestamp": "2026-04-01T09:00:00"}]
+    assert power["request_id"] == "p"
+    finger = client.request("fingerprint", "now", {"device_id": "f1", "latest": True})
+    assert finger["date"] == "2026-03-30" and finger["records"][0]["user_id"] == "u9"
+    assert client.request("temp", "now", {"device_id": "nobody", "latest": True}) == \
+        {"device_id": "nobody", "date": None, "count": 0, "records": []}
+
+
+def test_a_time_window_narrows_the_day(service, client):
+    service.start().wait_ready()
+    store(service, client, [temperature(n) for n in (3599, 3600, 3601, 7200, 7201)]
+          + [{**temperature(0), "timestamp": f"{DAY}T02:00:00.500+05:30"}])
+    client.subscribe_replies("win")
+    reply = client.request("temp", "win", {"device_id": "t1", "date": DAY, "from": "01:00:00", "to": "02:00:00"})
+    assert [r["timestamp"] for r in reply["records"]] == \
+        [f"{DAY}T01:00:00", f"{DAY}T01:00:01", f"{DAY}T02:00:00", f"{DAY}T02:00:00.500000+05:30"]
+
+
+def test_the_request_cli_prints_a_day_across_pages_the_latest_and_errors(service, broker, client):
+    service.start().wait_ready()
+    store(service, client, [temperature(n) for n in (60, 120, 180)])
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "scripts/request.py", "--port", str(broker.port), "--host", "127.0.0.1",
+                               *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    day = cli("temperature", "t1", DAY, "--limit", "2", "--all-pages")
+    assert day.returncode == 0, day.stderr
+    lines = day.stdout.splitlines()
+    assert lines[0] == f"temperature t1 {DAY}: 3 records in 2 replies"
+    assert lines[1].split() == ["temperature", "humidity", "status", "timestamp"]
+    assert [line.split()[-1] for line in lines[3:]] == [f"{DAY}T00:01:00", f"{DAY}T00:02:00", f"{DAY}T00:03:00"]
+    latest = cli("temperature", "t1", "--latest", "--json")
+    assert json.loads(latest.stdout)["records"][0]["timestamp"] == f"{DAY}T00:03:00"
+    bad = cli("temperature", "t1", "2026-02-30")
+    assert bad.returncode == 1 and "error invalid_field: field 'date'" in bad.stderr
