@@ -147,6 +147,8 @@ class Session:
         self._reading_topics = {d.reading_topic: d.name for d in DEVICE_TYPES.values()}
         self._request_stems = {d.request_stem: d.name for d in DEVICE_TYPES.values()}
         self._topics = [*self._reading_topics, *(f"{stem}/+" for stem in self._request_stems)]
+        if settings.shared_group:  # several instances share the work: each message goes to one
+            self._topics = [f"$share/{settings.shared_group}/{t}" for t in self._topics]
         self._tls = tls_context(settings)
         self._limiter = RateLimiter(apps.rate, apps.burst)
         self._limited: set[str] = set()  # apps over their rate now: logged once per episode

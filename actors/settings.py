@@ -43,6 +43,7 @@ class MqttSettings:
     reconnect_min_delay: float = field(metadata=_check(0.1, 3600))
     reconnect_max_delay: float = field(metadata=_check(0.1, 3600))
     drain_timeout: float = field(metadata=_check(0, 60))
+    shared_group: str = field(metadata=_check())
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,7 @@ ENVIRONMENT = {
     "MQTT_BROKER_HOST": ("mqtt", "host"),
     "MQTT_BROKER_PORT": ("mqtt", "port"),
     "MQTT_CLIENT_ID": ("mqtt", "client_id"),
+    "MQTT_SHARED_GROUP": ("mqtt", "shared_group"),
     "MQTT_USERNAME": ("mqtt", "username"),
     "MQTT_PASSWORD": ("mqtt", "password"),
     "MQTT_TLS": ("mqtt", "tls"),
@@ -248,6 +250,8 @@ def _build(raw: dict) -> Settings:
     mqtt = built["mqtt"]
     if mqtt.reconnect_min_delay > mqtt.reconnect_max_delay:
         raise SettingsError("mqtt.reconnect_min_delay must not exceed mqtt.reconnect_max_delay")
+    if any(c in mqtt.shared_group for c in "/+#$ "):
+        raise SettingsError(f"mqtt.shared_group must be a plain name (no / + # $ or spaces), not {mqtt.shared_group!r}")
     if bool(mqtt.tls_cert_file) != bool(mqtt.tls_key_file):
         raise SettingsError("mqtt.tls_cert_file and mqtt.tls_key_file go together: set both or neither")
     if (mqtt.tls_ca_file or mqtt.tls_cert_file or mqtt.tls_insecure) and not mqtt.tls:
