@@ -24,6 +24,7 @@ from actors.messages import Committed, Flush, Prune, StatsRequest, WriteBatch, W
 from actors.models import MODELS, RejectedMessage, insert_sql, utc_now
 from actors.peers import Peers, Supervised
 from actors.readgate import ReadGate
+from actors.schema import prepare
 from actors.settings import DatabaseSettings
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ class WriterActor(Supervised):
             self._check_soundness()
             self.db.connect(reuse_if_open=True)
             self._check_settings()
-            self.db.create_tables(MODELS, safe=True)
+            prepare(self.db)  # creates the tables, or upgrades an older schema
             if self.settings.max_size_mb:
                 pages = self.settings.max_size_mb * 1024 * 1024 // self._pragma("page_size")
                 self.db.execute_sql(f"PRAGMA max_page_count = {pages}")  # this connection only

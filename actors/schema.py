@@ -1,0 +1,90 @@
+"""Schema versions, and the upgrade of an older database in place at start-up (by the writer).
+
+Version 1 is the original program's schema, as its README describes it: the three reading tables,
+no `rejected_messages`, no identity index, timestamps as devices sent them. Version 2 is this
+service's: what models.py declares. The version lives in the `schema_version` table. An upgrade
+runs in one transaction: it either completes or leaves the file as it was."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+import peewee
+
+from actors.devices import DEVICE_TYPES
+from actors.models import MODELS, RejectedMessage
+
+log = logging.getLogger(__name__)
+SCHEMA_VERSION = 2
+
+
+class SchemaVersion(peewee.Model):
+    version = peewee.IntegerField()
+
+    class Meta:
+        table_name = "schema_version"
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was written by a newer version of the service."""
+
+
+def prepare(db: peewee.Database) -> None:
+    """Create a new database at the current version, or bring an older one up to it."""
+    SchemaVersion.bind(db)
+    with db.atomic():
+        version = current_version(db)
+        if version is None:
+            db.create_tables([*MODELS, SchemaVersion])
+        elif version > SCHEMA_VERSION:
+            raise SchemaTooNew(f"the database has schema version {version}, newer than this service's "
+                               f"({SCHEMA_VERSION}): it was written by a newer release; install that release")
+        elif version < SCHEMA_VERSION:
+            for step in range(version, SCHEMA_VERSION):
+                log.warning("upgrading the database schema from version %d to %d", step, step + 1)
+                UPGRADES[step](db)
+        db.create_tables([SchemaVersion])
+        SchemaVersion.delete().execute()
+        SchemaVersion.create(version=SCHEMA_VERSION)
+
+
+def current_version(db: peewee.Database) -> int | None:
+    """None for an empty database."""
+    tables = set(db.get_tables())
+    if "schema_version" in tables:
+        return SchemaVersion.select(peewee.fn.MAX(SchemaVersion.version)).scalar()
+    if "temperature_logs" not in tables:
+        return None
+    # Before versions were recorded: this service's first release had the identity indexes.
+    indexes = {i.name for i in db.get_indexes("temperature_logs")}
+    return 2 if "temperature_logs_identity" in indexes else 1
+
+
+def _upgrade_1_to_2(db: peewee.Database) -> None:
+    """The original schema -> ours: timestamps in canonical form (so that a day sorts in time
+    order), exact repeats of a reading removed (the same device, time and values: the first
+    kept), the identity indexes, and the rejected_messages table."""
+    for device in DEVICE_TYPES.values():
+        m = device.model
+        canonical, unreadable = 0, 0
+        for row_id, timestamp in list(m.select(m.id, m.timestamp).tuples()):
+            try:
+                moment = datetime.fromisoformat(timestamp)
+            except (TypeError, ValueError):
+                unreadable += 1
+                continue
+            if moment.isoformat() != timestamp:
+                m.update(timestamp=moment.isoformat(), date=moment.date().isoformat()).where(m.id == row_id).execute()
+                canonical += 1
+        identity = [m.device_id, m.date, m.timestamp, *(getattr(m, c) for c in device.value_columns)]
+        first = m.select(peewee.fn.MIN(m.id)).group_by(*identity)
+        repeats = m.delete().where(m.id.not_in(first)).execute()
+        m._schema.create_indexes()  # the identity index, as models.py names it
+        log.warning("%s: %d timestamps put in canonical form, %d repeated readings removed%s",
+                    m._meta.table_name, canonical, repeats,
+                    f", {unreadable} timestamps left as they were (not ISO 8601)" if unreadable else "")
+    db.create_tables([RejectedMessage])
+
+
+UPGRADES = {1: _upgrade_1_to_2}
