@@ -11,9 +11,11 @@ import ssl
 from pathlib import Path
 
 import gmqtt
+import peewee
 from gmqtt.mqtt.constants import MQTTv50
 
-from actors.settings import Settings
+from actors.models import connect_database
+from actors.settings import Settings, describe_url
 from actors.tls import explain, tls_context
 
 
@@ -22,8 +24,9 @@ class CheckFailed(Exception):
 
 
 def check_config(settings: Settings, out=print) -> bool:
+    database = describe_url(settings.database.url) if settings.database.url else settings.database.path
     out(f"ok      settings: {settings.mqtt.client_id} -> {settings.mqtt.host}:{settings.mqtt.port}, "
-        f"database {settings.database.path}")
+        f"database {database}")
     ok = True
     for name, probe in (("database", check_database), ("broker", check_broker)):
         try:
@@ -35,6 +38,8 @@ def check_config(settings: Settings, out=print) -> bool:
 
 
 def check_database(settings: Settings) -> str:
+    if settings.database.url:
+        return check_server(settings)
     path = Path(settings.database.path).resolve()
     if not path.exists():
         if not path.parent.is_dir():
@@ -56,6 +61,24 @@ def check_database(settings: Settings) -> str:
     if report != ["ok"]:
         raise CheckFailed(f"{path} is damaged: {'; '.join(report)}")
     return f"{path} ({path.stat().st_size / 2**20:.1f} MiB): quick_check ok, writable"
+
+
+def check_server(settings: Settings) -> str:
+    """PostgreSQL: reachable, and this user may create the tables (or they exist)."""
+    where = describe_url(settings.database.url)
+    db = connect_database(settings.database, 1)
+    try:
+        db.connect()
+        version = db.execute_sql("SHOW server_version").fetchone()[0]
+        tables = set(db.get_tables())
+        if "temperature_logs" not in tables and not db.execute_sql(
+                "SELECT has_schema_privilege(current_schema(), 'CREATE')").fetchone()[0]:
+            raise CheckFailed(f"{where}: this user may not create the tables in schema {db.execute_sql('SELECT current_schema()').fetchone()[0]}")
+    except peewee.DatabaseError as exc:
+        raise CheckFailed(f"cannot use {where}: {str(exc).strip()}") from None
+    finally:
+        db.close()
+    return f"{where}: PostgreSQL {version}" + (", tables present" if "temperature_logs" in tables else ", tables will be created")
 
 
 def check_broker(settings: Settings) -> str:

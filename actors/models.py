@@ -8,14 +8,16 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from peewee import AutoField, BlobField, FloatField, Model, ModelIndex, SqliteDatabase, TextField
+from peewee import AutoField, BlobField, Database, DoubleField, Model, ModelIndex, SqliteDatabase, TextField
+from playhouse.pool import PooledPostgresqlDatabase
+from playhouse.db_url import parse
 
 
 class TemperatureLog(Model):
     id = AutoField()
     device_id = TextField()
-    temperature = FloatField()
-    humidity = FloatField()
+    temperature = DoubleField()  # 8 bytes everywhere (PostgreSQL's REAL would be 4)
+    humidity = DoubleField()
     status = TextField()  # HIGH or LOW
     timestamp = TextField()  # ISO 8601, as the device sent it (normalized, see devices.py)
     date = TextField()  # YYYY-MM-DD of `timestamp`
@@ -95,6 +97,21 @@ def open_database(path: str, busy_timeout: float, wal_limit_mb: int = 16) -> Sql
     return db
 
 
+def connect_database(settings, connections: int) -> Database:
+    """The process's database: SQLite at settings.path, or PostgreSQL at settings.url with a pool
+    of up to `connections` connections (one per actor thread that uses it)."""
+    if not settings.url:
+        return open_database(settings.path, settings.busy_timeout, settings.checkpoint_mb)
+    db = PooledPostgresqlDatabase(**parse(settings.url), max_connections=connections, stale_timeout=300,
+                                  timeout=settings.busy_timeout or None)
+    db.bind(MODELS)
+    return db
+
+
+def is_sqlite(db: Database) -> bool:
+    return isinstance(db, SqliteDatabase)
+
+
 def insert_sql(model: type[Model], database) -> str:
     """INSERT OR IGNORE for one row of every column but id, built by peewee once and then
     run with executemany: ~4 µs a row against ~20 µs for insert_many with dicts."""
@@ -104,5 +121,6 @@ def insert_sql(model: type[Model], database) -> str:
     return sql
 
 
-def insert_columns(model: type[Model]) -> tuple[str, ...]:
-    return tuple(f.name for f in model._meta.sorted_fields if f.name != "id")
+def insert_fields(model: type[Model]) -> list:
+    """The fields insert_sql() writes, in its order (every one but id)."""
+    return [f for f in model._meta.sorted_fields if f.name != "id"]

@@ -24,6 +24,7 @@ import peewee
 
 from actors.devices import DEVICE_TYPES, DeviceType, InvalidMessage, parse_object, text_field
 from actors.messages import Reply, Request
+from actors.models import is_sqlite
 from actors.peers import Peers, Supervised
 from actors.readgate import ReadGate
 
@@ -169,7 +170,8 @@ class QueryActor(Supervised):
 
     def on_start(self):
         self.db.connect(reuse_if_open=True)
-        self.db.execute_sql("PRAGMA query_only = 1")  # this thread's connection only reads
+        if is_sqlite(self.db):
+            self.db.execute_sql("PRAGMA query_only = 1")  # this thread's connection only reads
 
     def on_stop(self):
         self.db.close()
@@ -210,9 +212,12 @@ class QueryActor(Supervised):
             log.warning("app %s may not read device %s (apps.readable); answered forbidden", app_id, ask.device_id)
             return error_reply("forbidden", f"this app may not read device {ask.device_id!r}", **known)
         try:
+            self.db.connect(reuse_if_open=True)
             with self.gate.reading():
                 return self.latest(device, ask) if ask.latest else self.page(device, ask)
-        except peewee.OperationalError as exc:
+        except (peewee.OperationalError, peewee.InterfaceError) as exc:
+            if not is_sqlite(self.db):
+                self.db.close()  # the server may have gone: the next request takes a fresh connection
             log.error("cannot read %s data for %s: %s", device_name, ask.device_id, exc)
             return error_reply("unavailable", "the database cannot be read right now; try again", **known)
 

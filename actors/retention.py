@@ -24,7 +24,7 @@ from peewee import fn
 
 from actors.devices import DEVICE_TYPES
 from actors.messages import Prune
-from actors.models import RejectedMessage
+from actors.models import RejectedMessage, is_sqlite
 from actors.peers import Peers, Supervised
 from actors.readgate import ReadGate
 from actors.settings import RetentionSettings
@@ -75,7 +75,8 @@ class RetentionActor(Supervised):
         if not self.tables:
             return  # keep everything: nothing to do, ever
         self.db.connect(reuse_if_open=True)
-        self.db.execute_sql("PRAGMA query_only = 1")  # this thread's connection only reads
+        if is_sqlite(self.db):
+            self.db.execute_sql("PRAGMA query_only = 1")  # this thread's connection only reads
         log.info("retention: %s; archive in %s", ", ".join(f"{t.name} {t.days} days" for t in self.tables),
                  Path(self.settings.archive_dir).resolve())
         self.actor_ref.tell(RetentionNow())

@@ -37,6 +37,8 @@ def prepare(db: peewee.Database) -> None:
         version = current_version(db)
         if version is None:
             db.create_tables([*MODELS, SchemaVersion])
+            if not isinstance(db, peewee.SqliteDatabase):
+                _byte_order_text(db)
         elif version > SCHEMA_VERSION:
             raise SchemaTooNew(f"the database has schema version {version}, newer than this service's "
                                f"({SCHEMA_VERSION}): it was written by a newer release; install that release")
@@ -59,6 +61,16 @@ def current_version(db: peewee.Database) -> int | None:
     # Before versions were recorded: this service's first release had the identity indexes.
     indexes = {i.name for i in db.get_indexes("temperature_logs")}
     return 2 if "temperature_logs_identity" in indexes else 1
+
+
+def _byte_order_text(db: peewee.Database) -> None:
+    """PostgreSQL compares text by the database's locale, which may ignore punctuation; days must
+    sort and page by timestamp exactly as in SQLite (byte order), so the text columns use "C"."""
+    for model in MODELS:
+        for f in model._meta.sorted_fields:
+            if isinstance(f, peewee.TextField):
+                db.execute_sql(f'ALTER TABLE "{model._meta.table_name}" ALTER COLUMN "{f.column_name}" '
+                               'TYPE text COLLATE "C"')
 
 
 def _upgrade_1_to_2(db: peewee.Database) -> None:

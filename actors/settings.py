@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,7 @@ class MqttSettings:
 @dataclass(frozen=True)
 class DatabaseSettings:
     path: str = field(metadata=_check(nonempty=True))
+    url: str = field(metadata=_check(), repr=False)  # postgresql://...; when set, wins over path
     busy_timeout: float = field(metadata=_check(0, 600))
     max_batch: int = field(metadata=_check(1, 100_000))
     commit_interval: float = field(metadata=_check(0, 1))
@@ -147,13 +149,15 @@ ENVIRONMENT = {
     "MQTT_TLS_CERT_FILE": ("mqtt", "tls_cert_file"),
     "MQTT_TLS_KEY_FILE": ("mqtt", "tls_key_file"),
     "DATABASE_PATH": ("database", "path"),
+    "DATABASE_URL": ("database", "url"),
     "LOG_FILE": ("logging", "file"),
     "LOG_LEVEL": ("logging", "level"),
 }
 
 
 # Never in a settings file (which may be in a repository or readable by others).
-SECRETS = {("mqtt", "password"): "MQTT_PASSWORD"}
+SECRETS = {("mqtt", "password"): ("MQTT_PASSWORD", lambda value: True),
+           ("database", "url"): ("DATABASE_URL", lambda value: describe_url(str(value)) != value)}
 
 
 def load_settings(config_path: str | Path | None = None,
@@ -201,9 +205,9 @@ def _overlay(base: dict, extra: dict, source: str) -> None:
             if key not in known:
                 raise _unknown(f"setting in {source}:", f"{section}.{key}",
                                [f"{section}.{k}" for k in known])
-            if (section, key) in SECRETS and value:
+            if (section, key) in SECRETS and value and SECRETS[section, key][1](value):
                 raise SettingsError(f"{section}.{key} in {source}: secrets come from the environment "
-                                    f"only ({SECRETS[section, key]}, e.g. in /etc/mqtt-client/mqtt-client.env)")
+                                    f"only ({SECRETS[section, key][0]}, e.g. in /etc/mqtt-client/mqtt-client.env)")
             base[section][key] = value
 
 
@@ -256,6 +260,12 @@ def _build(raw: dict) -> Settings:
         raise SettingsError("mqtt.tls_cert_file and mqtt.tls_key_file go together: set both or neither")
     if (mqtt.tls_ca_file or mqtt.tls_cert_file or mqtt.tls_insecure) and not mqtt.tls:
         raise SettingsError("mqtt.tls_* settings are set but mqtt.tls is false (MQTT_TLS)")
+    url = built["database"].url
+    if url and not url.startswith(("postgresql://", "postgres://", "sqlite:///")):
+        raise SettingsError("database.url (DATABASE_URL) must start with postgresql:// (or sqlite:///), "
+                            f"not {describe_url(url)!r}")
+    if url.startswith("sqlite:///"):  # the same as DATABASE_PATH
+        built["database"] = dataclasses.replace(built["database"], path=url[len("sqlite:///"):], url="")
     for name in ("tls_ca_file", "tls_cert_file", "tls_key_file"):
         path = getattr(mqtt, name)
         if path and not os.access(path, os.R_OK):
@@ -263,6 +273,11 @@ def _build(raw: dict) -> Settings:
     if not mqtt.port:
         built["mqtt"] = dataclasses.replace(mqtt, port=8883 if mqtt.tls else 1883)
     return Settings(**built)
+
+
+def describe_url(url: str) -> str:
+    """A database URL fit for a log line: its password replaced by ***."""
+    return re.sub(r"(://[^:/@]*:)[^/]*@", r"\1***@", url)
 
 
 def _validate(name: str, value: Any, f: dataclasses.Field) -> Any:

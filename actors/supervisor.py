@@ -17,7 +17,7 @@ from actors.backup import BackupActor
 from actors.devices import DEVICE_TYPES
 from actors.ingest import IngestActor
 from actors.messages import ChildFailed, Resync
-from actors.models import open_database
+from actors.models import connect_database, is_sqlite
 from actors.mqtt_link import MqttLink
 from actors.peers import Peers
 from actors.query import QueryActor, QueryRules
@@ -50,14 +50,16 @@ class Supervisor(pykka.ThreadingActor):
 
     def child_specs(self) -> list[ChildSpec]:
         s, peers = self.settings, self.peers
-        self._db = open_database(s.database.path, s.database.busy_timeout, s.database.checkpoint_mb)
+        # A connection per thread that uses one: writer, query actors, retention, and a spare.
+        self._db = connect_database(s.database, s.queries.pool_size + 3)
         db, gate = self._db, ReadGate()
         specs = [ChildSpec("writer", lambda sup: WriterActor.start(db, s.database, peers, sup, gate))]
         rules = QueryRules(s.limits.max_request_bytes, s.queries.max_reply_bytes, s.queries.max_page_records,
                            s.apps.readable)
         specs += [ChildSpec(f"query/{i}", lambda sup, i=i: QueryActor.start(i, db, peers, rules, sup, gate))
                   for i in range(s.queries.pool_size)]
-        specs += [ChildSpec("backup", lambda sup: BackupActor.start(s.database.path, s.backup, sup))]
+        if is_sqlite(db):  # a database server has its own backups (pg_dump)
+            specs += [ChildSpec("backup", lambda sup: BackupActor.start(s.database.path, s.backup, sup))]
         specs += [ChildSpec("retention", lambda sup: RetentionActor.start(db, s.retention, peers, sup, gate))]
         specs += [ChildSpec(f"ingest/{d.name}", lambda sup, d=d: IngestActor.start(
                       d, peers, max_bytes=s.limits.max_reading_bytes, supervisor=sup))

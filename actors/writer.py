@@ -21,17 +21,18 @@ import pykka
 
 from actors.devices import DEVICE_TYPES
 from actors.messages import Committed, Flush, Prune, StatsRequest, WriteBatch, WriterStats
-from actors.models import MODELS, RejectedMessage, insert_sql, utc_now
+from actors.models import MODELS, RejectedMessage, insert_fields, insert_sql, is_sqlite, utc_now
 from actors.peers import Peers, Supervised
 from actors.readgate import ReadGate
 from actors.schema import prepare
-from actors.settings import DatabaseSettings
+from actors.settings import DatabaseSettings, describe_url
 
 log = logging.getLogger(__name__)
 MAX_RETRY_DELAY = 10.0
 CHECKPOINT_WAIT = 0.25  # longest a checkpoint waits for readers (and so holds up new readings)
 CHECKPOINT_RETRY = 5.0  # after a checkpoint that readers kept from finishing
 TABLES = {m._meta.table_name: m for m in MODELS}
+RETRIABLE = (sqlite3.OperationalError, peewee.OperationalError, peewee.InterfaceError)
 
 
 def _rows(batch: WriteBatch) -> int:
@@ -46,6 +47,8 @@ class WriterActor(Supervised):
         self.settings = settings
         self.peers = peers
         self.gate = gate or ReadGate()
+        self.sqlite = is_sqlite(database)
+        self.where = describe_url(settings.url) if settings.url else settings.path
         self._wal = Path(settings.path + "-wal")
         self._next_checkpoint = 0.0
         self._checkpoint_blocked_since: float | None = None
@@ -68,17 +71,23 @@ class WriterActor(Supervised):
 
     def on_start(self):
         try:
-            self._check_soundness()
+            if self.sqlite:
+                self._check_soundness()
             self.db.connect(reuse_if_open=True)
-            self._check_settings()
+            if self.sqlite:
+                self._check_settings()
             prepare(self.db)  # creates the tables, or upgrades an older schema
-            if self.settings.max_size_mb:
+            if self.sqlite and self.settings.max_size_mb:
                 pages = self.settings.max_size_mb * 1024 * 1024 // self._pragma("page_size")
                 self.db.execute_sql(f"PRAGMA max_page_count = {pages}")  # this connection only
         except peewee.DatabaseError as exc:
-            raise RuntimeError(f"cannot open the database {self.settings.path}: {exc}") from None
+            raise RuntimeError(f"cannot open the database {self.where}: {exc}") from None
+        if not self.sqlite:
+            log.info("database %s: PostgreSQL, schema version ok", self.where)
         self._sql = {name: insert_sql(d.model, self.db) for name, d in DEVICE_TYPES.items()}
         self._reject_sql = insert_sql(RejectedMessage, self.db)
+        self._fields = {name: insert_fields(d.model) for name, d in DEVICE_TYPES.items()}
+        self._fields["rejected"] = insert_fields(RejectedMessage)
 
     def _pragma(self, name: str):
         return self.db.execute_sql(f"PRAGMA {name}").fetchone()[0]
@@ -169,8 +178,10 @@ class WriterActor(Supervised):
                 size += _rows(batch)
             try:
                 self._write(taken)
-            except sqlite3.OperationalError as exc:  # locked, full, I/O error: worth retrying
+            except RETRIABLE as exc:  # locked, full, I/O error, server gone: worth retrying
                 self._pending[:0] = taken
+                if not self.sqlite:
+                    self.db.close()  # a connection that failed may be broken: the next try takes another
                 self._failed(exc)
                 return
             self._pending_rows -= size
@@ -179,13 +190,21 @@ class WriterActor(Supervised):
         self._checkpoint_if_due()
 
     def _stats(self) -> WriterStats:
-        wal = self._wal_bytes()
+        wal = self._wal_bytes() if self.sqlite else 0
         stats = WriterStats(tuple(self._stored.items()), self._rejected, self._pending_rows,
                             self._commit_failures, round(self._last_commit_ms, 2),
-                            round(self._max_commit_ms, 2), Path(self.settings.path).stat().st_size + wal,
+                            round(self._max_commit_ms, 2), self._database_bytes() + wal,
                             tuple(self._last_stored_at.items()), wal, self._checkpoints)
         self._max_commit_ms = 0.0
         return stats
+
+    def _database_bytes(self) -> int:
+        if self.sqlite:
+            return Path(self.settings.path).stat().st_size
+        try:
+            return self.db.execute_sql("SELECT pg_database_size(current_database())").fetchone()[0]
+        except RETRIABLE:
+            return 0
 
     def _wal_bytes(self) -> int:
         try:
@@ -196,7 +215,8 @@ class WriterActor(Supervised):
     def _checkpoint_if_due(self) -> None:
         """SQLite checkpoints the WAL by itself after commits, but can restart it from the
         beginning only when no reader is using it; the gate makes such a moment."""
-        if time.monotonic() < self._next_checkpoint or self._wal_bytes() < self.settings.checkpoint_mb * 2**20:
+        if not self.sqlite or time.monotonic() < self._next_checkpoint \
+                or self._wal_bytes() < self.settings.checkpoint_mb * 2**20:
             return
         conn = self.db.connection()
         started = time.monotonic()
@@ -231,6 +251,11 @@ class WriterActor(Supervised):
         """Delete archived rows in one short transaction: new readings wait at most this long."""
         model = TABLES[prune.table]
         query = model.delete().where(model.id.between(prune.first_id, prune.last_id))
+        if not self.sqlite:
+            started = time.perf_counter()
+            with self.db.atomic():
+                deleted = query.execute()
+            return deleted, (time.perf_counter() - started) * 1000
         sql, params = self.db.get_sql_context().sql(query).query()
         conn = self.db.connection()
         started = time.perf_counter()
@@ -250,8 +275,31 @@ class WriterActor(Supervised):
         by_device: dict[str, list[tuple]] = {}
         rejections = []
         for batch in batches:
-            by_device.setdefault(batch.device, []).extend(row + (created_at,) for row in batch.rows)
+            if batch.rows:  # a batch of rejections only has no rows for its table
+                by_device.setdefault(batch.device, []).extend(row + (created_at,) for row in batch.rows)
             rejections.extend((r.topic, r.payload, r.reason, r.received_at) for r in batch.rejections)
+        if self.sqlite:
+            inserted = self._write_sqlite(by_device, rejections)
+        else:
+            inserted = self._write_server(by_device, rejections)
+        for device, n in inserted.items():
+            self._stored[device] += n
+            self._last_stored_at[device] = created_at
+        self._rejected += len(rejections)
+        self._last_commit_ms = (time.perf_counter() - started) * 1000
+        self._max_commit_ms = max(self._max_commit_ms, self._last_commit_ms)
+
+    def _write_server(self, by_device: dict[str, list[tuple]], rejections: list[tuple]) -> dict[str, int]:
+        """PostgreSQL: one transaction, a multi-row INSERT ... ON CONFLICT DO NOTHING per table."""
+        self.db.connect(reuse_if_open=True)
+        with self.db.atomic():
+            inserted = {device: DEVICE_TYPES[device].model.insert_many(rows, fields=self._fields[device])
+                        .on_conflict_ignore().as_rowcount().execute() for device, rows in by_device.items()}
+            if rejections:
+                RejectedMessage.insert_many(rejections, fields=self._fields["rejected"]).execute()
+        return inserted
+
+    def _write_sqlite(self, by_device: dict[str, list[tuple]], rejections: list[tuple]) -> dict[str, int]:
         # The raw connection, not db.atomic(): after SQLITE_FULL, SQLite has already rolled the
         # transaction back, and peewee's own rollback would fail and hide the real error.
         conn = self.db.connection()
@@ -266,12 +314,7 @@ class WriterActor(Supervised):
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        for device, n in inserted.items():
-            self._stored[device] += n
-            self._last_stored_at[device] = created_at
-        self._rejected += len(rejections)
-        self._last_commit_ms = (time.perf_counter() - started) * 1000
-        self._max_commit_ms = max(self._max_commit_ms, self._last_commit_ms)
+        return inserted
 
     def _failed(self, exc: Exception) -> None:
         self._commit_failures += 1

@@ -19,6 +19,7 @@ import uuid
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+import psycopg2
 import pykka
 import pytest
 
@@ -188,6 +189,13 @@ class Service:
         self.proc.wait()
 
     def query(self, sql: str, params=()) -> list[tuple]:
+        """SQL with ? parameters, on the SQLite file or, with DATABASE_URL, on PostgreSQL."""
+        url = self.extra_env.get("DATABASE_URL")
+        if url:
+            with psycopg2.connect(url) as con, con.cursor() as cursor:
+                cursor.execute(sql.replace("?", "%s"), params)
+                return [tuple(bytes(v) if isinstance(v, memoryview) else v for v in row)
+                        for row in cursor.fetchall()] if cursor.description else []
         con = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=10)
         try:
             return con.execute(sql, params).fetchall()
@@ -222,6 +230,30 @@ def broker(tmp_path):
     b.start()
     yield b
     b.stop()
+
+
+POSTGRES = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture
+def pg_url():
+    """A new, empty PostgreSQL database for one test, dropped after it. Without a server the test
+    is skipped, unless REQUIRE_POSTGRES is set (CI), where it fails."""
+    try:
+        admin = psycopg2.connect(POSTGRES, connect_timeout=3)
+    except psycopg2.OperationalError as exc:
+        message = f"no PostgreSQL at {POSTGRES} (TEST_POSTGRES_URL): {str(exc).strip()}"
+        if os.environ.get("REQUIRE_POSTGRES"):
+            pytest.fail(message)
+        pytest.skip(message)
+    admin.autocommit = True
+    name = f"mqtt_test_{uuid.uuid4().hex[:10]}"
+    with admin.cursor() as cursor:
+        cursor.execute(f'CREATE DATABASE "{name}"')
+    yield POSTGRES.rsplit("/", 1)[0] + "/" + name
+    with admin.cursor() as cursor:
+        cursor.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    admin.close()
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 import pytest
 
-from actors.settings import SettingsError, load_settings
+from actors.settings import SettingsError, describe_url, load_settings
 
 
 def test_defaults_come_from_settings_toml():
@@ -75,3 +75,15 @@ def test_a_password_in_a_settings_file_is_refused_and_the_environment_is_the_way
     path.write_text('[mqtt]\nusername = "svc"\n')
     settings = load_settings(path, environ={"MQTT_PASSWORD": "hunter2"})
     assert settings.mqtt.password == "hunter2" and "hunter2" not in repr(settings)
+
+
+def test_a_database_url_with_a_password_belongs_in_the_environment_and_never_in_logs(tmp_path):
+    path = tmp_path / "site.toml"
+    path.write_text('[database]\nurl = "postgresql://mqtt:hunter2@db.internal/mqtt"\n')
+    with pytest.raises(SettingsError, match="DATABASE_URL"):
+        load_settings(path, environ={})
+    path.write_text('[database]\nurl = "postgresql://mqtt@db.internal/mqtt"\n')  # .pgpass or trust
+    assert load_settings(path, environ={}).database.url == "postgresql://mqtt@db.internal/mqtt"
+    settings = load_settings(environ={"DATABASE_URL": "postgresql://mqtt:hunter2@db.internal/mqtt"})
+    assert "hunter2" not in repr(settings)
+    assert describe_url(settings.database.url) == "postgresql://mqtt:***@db.internal/mqtt"

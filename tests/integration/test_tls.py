@@ -3,7 +3,6 @@ CA, an expired certificate and a wrong host name are each refused with one clear
 (retried with backoff, no traceback); the insecure switch works and says so."""
 
 import datetime
-import ipaddress
 import subprocess
 import sys
 
@@ -13,7 +12,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from conftest import ROOT, Broker, MqttClient, Service, wait_until
+from conftest import ROOT, Broker, Service, wait_until
 
 NOW = datetime.datetime.now(datetime.timezone.utc)
 DAY = datetime.timedelta(days=1)
