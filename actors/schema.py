@@ -53,6 +53,7 @@ def prepare(db: peewee.Database) -> None:
 
 def current_version(db: peewee.Database) -> int | None:
     """None for an empty database."""
+    SchemaVersion.bind(db)
     tables = set(db.get_tables())
     if "schema_version" in tables:
         return SchemaVersion.select(peewee.fn.MAX(SchemaVersion.version)).scalar()

@@ -17,6 +17,8 @@ It starts its own Mosquitto with deploy/mosquitto/mqtt-client.conf's settings an
 4. retention on that database: the service restarted with a retention that expires about half
    of it (archived, then deleted) while a device sends 100 QoS 1 readings/s; the longest delete
    transaction, and the longest any reading waited for its acknowledgement during the pass.
+5. with --postgres ADMIN_URL: ingest into PostgreSQL by one instance, then by two in one shared
+   subscription group (fresh databases, dropped after).
 Prints one table."""
 
 from __future__ import annotations
@@ -379,6 +381,53 @@ def retention(port: int, db: Path, workdir: Path) -> dict:
             "after_p50": after[len(after) // 2], "after_max": after[-1]}
 
 
+# -- scaling out: one and two instances on PostgreSQL ---------------------------------------------
+
+def scale_out(port: int, admin_url: str, workdir: Path, readings: int) -> dict[int, float]:
+    """Readings stored per second into PostgreSQL by one instance, then by two in one shared group."""
+    import psycopg2  # only this part needs it
+    admin = psycopg2.connect(admin_url)
+    admin.autocommit = True
+    rates = {}
+    try:
+        for instances in (1, 2):
+            name = f"mqtt_bench_{random.randrange(10**8)}"
+            with admin.cursor() as cursor:
+                cursor.execute(f'CREATE DATABASE "{name}"')
+            url = admin_url.rsplit("/", 1)[0] + "/" + name
+            env = {**service_env(port, workdir / "unused.db"), "DATABASE_URL": url, "MQTT_SHARED_GROUP": name}
+            procs = [start([PYTHON, "system.py"], {**env, "MQTT_CLIENT_ID": f"bench-pg-{i}-{name}"},
+                           workdir / f"pg-{instances}-{i}.out", "taking readings and requests") for i in range(instances)]
+            try:
+                print(f"scale-out: {readings:,} readings into {instances} instance(s) on PostgreSQL ...", flush=True)
+                started = time.perf_counter()
+                result = subprocess.run([PYTHON, "scripts/simulate_devices.py", "--quiet", "--port", str(port),
+                                         "--count", str(readings), "--devices", "10"], cwd=ROOT,
+                                        capture_output=True, text=True)
+                if result.returncode != 0:
+                    raise SystemExit(f"benchmark: the simulator failed:\n{result.stdout}{result.stderr}")
+                con = psycopg2.connect(url)
+                con.autocommit = True
+
+                def stored():
+                    with con.cursor() as cursor:
+                        cursor.execute("SELECT (SELECT COUNT(*) FROM temperature_logs) + (SELECT COUNT(*) FROM "
+                                       "power_status_logs) + (SELECT COUNT(*) FROM fingerprint_logs)")
+                        return cursor.fetchone()[0]
+                wait_for(lambda: stored() >= readings, 600, f"{readings} readings in PostgreSQL")
+                rates[instances] = readings / (time.perf_counter() - started)
+                con.close()
+            finally:
+                for proc in procs:
+                    proc.terminate()
+                    proc.wait(30)
+                with admin.cursor() as cursor:
+                    cursor.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    finally:
+        admin.close()
+    return rates
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -387,6 +436,9 @@ def main(argv=None) -> int:
     p.add_argument("--apps", type=int, default=50)
     p.add_argument("--seconds", type=float, default=20, help="how long the apps keep asking")
     p.add_argument("--retention-only", action="store_true", help="only part 4, on a new --rows database")
+    p.add_argument("--postgres", metavar="ADMIN_URL",
+                   help="also ingest into PostgreSQL with one and two instances (a user that may create "
+                        "databases, e.g. postgresql://postgres@127.0.0.1:5432/postgres)")
     p.add_argument("--baseline-subscriber", nargs=2, metavar=("PORT", "DB"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.baseline_subscriber:
@@ -422,6 +474,8 @@ def main(argv=None) -> int:
         proc.wait()
         big = replies(broker.port, workdir / "big.db", workdir, args.rows, args.apps, args.seconds)
         expired = retention(broker.port, workdir / "big.db", workdir)
+        scaled = scale_out(broker.port, args.postgres, workdir, args.readings) if args.postgres else {}
+        scaled = scale_out(broker.port, args.postgres, workdir, args.readings) if args.postgres else {}
     finally:
         broker.stop()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -447,6 +501,9 @@ def main(argv=None) -> int:
          f"{expired['readings']:,} readings during the pass (after it: {ms(expired['after_p50'])} / "
          f"{ms(expired['after_max'])}); target: a few hundred ms"),
     ]
+    for instances, rate in scaled.items():
+        rows.append((f"PostgreSQL: readings stored/s, {instances} instance{'s' if instances > 1 else ''}",
+                     f"{rate:,.0f}", "", "shared subscription group" if instances > 1 else "DATABASE_URL"))
     print(f"\nbenchmark on {platform.node()}: {os.cpu_count()} cores, Python {platform.python_version()}, "
           f"SQLite {sqlite3.sqlite_version}, {args.readings:,} readings")
     widths = [max(len(str(row[i])) for row in rows + [("", "service", "baseline", "")]) for i in range(4)]

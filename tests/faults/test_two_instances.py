@@ -1,19 +1,26 @@
-"""Two instances in one shared group (MQTT 5 shared subscriptions) over one database and one
-Mosquitto, one of them killed mid-load and started again as systemd would: every reading stored
+"""Two instances in one shared group (MQTT 5 shared subscriptions) over one database (one SQLite
+file, or one PostgreSQL server as on several machines) and one Mosquitto, one of them killed mid-load and started again as systemd would: every reading stored
 once, the work split between them, every request answered once, and power replies right although
 consecutive events of a device went to different instances, in any order."""
 
 import json
 import random
 
+import pytest
+
 from conftest import MqttClient, Service, wait_until
 
 
-def test_two_instances_share_the_work_and_survive_one_being_killed(broker, tmp_path):
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_env(request):
+    return {} if request.param == "sqlite" else {"DATABASE_URL": request.getfixturevalue("pg_url")}
+
+
+def test_two_instances_share_the_work_and_survive_one_being_killed(broker, tmp_path, database_env):
     config = tmp_path / "shared.toml"
     config.write_text("[status]\nstats_interval = 1.0\n")
-    first = Service(broker, tmp_path, MQTT_SHARED_GROUP="site")
-    second = Service(broker, tmp_path, MQTT_SHARED_GROUP="site")
+    first = Service(broker, tmp_path, MQTT_SHARED_GROUP="site", **database_env)
+    second = Service(broker, tmp_path, MQTT_SHARED_GROUP="site", **database_env)
     second.output, second.log_path = tmp_path / "second.out", tmp_path / "second.log"
     instances = (first, second)
     device = MqttClient(broker.port)
