@@ -53,9 +53,23 @@ class FingerprintLog(Model):
         table_name = "fingerprint_logs"
 
 
+class TopicField(TextField):
+    """Text in SQLite, bytes (BYTEA) in PostgreSQL: the contract's conformance suite reads a
+    rejected message's topic back as bytes from PostgreSQL, as SQLite gives it with raw access."""
+    field_type = "TOPIC"
+
+    def db_value(self, value):
+        if isinstance(value, str) and not is_sqlite(self.model._meta.database):
+            return value.encode()
+        return value
+
+    def python_value(self, value):
+        return bytes(value).decode("utf-8", "backslashreplace") if isinstance(value, (bytes, memoryview)) else value
+
+
 class RejectedMessage(Model):
     id = AutoField()
-    topic = TextField()
+    topic = TopicField()
     payload = BlobField()  # byte for byte as received
     reason = TextField()
     received_at = TextField()  # UTC
@@ -88,7 +102,7 @@ def open_database(path: str, busy_timeout: float, wal_limit_mb: int = 16) -> Sql
     """The one database object of the process: one connection per thread, WAL, and
     synchronous=FULL because a reading is acknowledged to the broker once committed. After a
     checkpoint, SQLite truncates a WAL larger than `wal_limit_mb` back to that size."""
-    db = SqliteDatabase(path, timeout=busy_timeout, pragmas={
+    db = SqliteDatabase(path, timeout=busy_timeout, field_types={"TOPIC": "TEXT"}, pragmas={
         "journal_mode": "wal",
         "synchronous": "full",
         "journal_size_limit": wal_limit_mb * 2**20,
@@ -103,7 +117,7 @@ def connect_database(settings, connections: int) -> Database:
     if not settings.url:
         return open_database(settings.path, settings.busy_timeout, settings.checkpoint_mb)
     db = PooledPostgresqlDatabase(**parse(settings.url), max_connections=connections, stale_timeout=300,
-                                  timeout=settings.busy_timeout or None)
+                                  timeout=settings.busy_timeout or None, field_types={"TOPIC": "BYTEA"})
     db.bind(MODELS)
     return db
 

@@ -207,6 +207,6 @@ def archive_day(path: Path, columns: Iterable[str], rows: Iterable[tuple], kept:
 
 
 def _csv_value(value):
-    if isinstance(value, bytes):  # a rejected payload: as text, undecodable bytes as \xNN
-        return value.decode("utf-8", "backslashreplace")
+    if isinstance(value, (bytes, memoryview)):  # a rejected payload: as text, undecodable bytes as \xNN
+        return bytes(value).decode("utf-8", "backslashreplace")
     return value

@@ -69,7 +69,7 @@ def _byte_order_text(db: peewee.Database) -> None:
     sort and page by timestamp exactly as in SQLite (byte order), so the text columns use "C"."""
     for model in MODELS:
         for f in model._meta.sorted_fields:
-            if isinstance(f, peewee.TextField):
+            if f.field_type == "TEXT":
                 db.execute_sql(f'ALTER TABLE "{model._meta.table_name}" ALTER COLUMN "{f.column_name}" '
                                'TYPE text COLLATE "C"')
 
