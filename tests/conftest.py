@@ -256,6 +256,12 @@ def pg_url():
     admin.close()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_env(request):
+    """For tests that run on both databases: the service's environment for each."""
+    return {} if request.param == "sqlite" else {"DATABASE_URL": request.getfixturevalue("pg_url")}
+
+
 @pytest.fixture
 def service(broker, tmp_path):
     s = Service(broker, tmp_path)

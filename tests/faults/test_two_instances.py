@@ -6,14 +6,7 @@ consecutive events of a device went to different instances, in any order."""
 import json
 import random
 
-import pytest
-
 from conftest import MqttClient, Service, wait_until
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_env(request):
-    return {} if request.param == "sqlite" else {"DATABASE_URL": request.getfixturevalue("pg_url")}
 
 
 def test_two_instances_share_the_work_and_survive_one_being_killed(broker, tmp_path, database_env):

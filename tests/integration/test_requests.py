@@ -9,12 +9,21 @@ import sys
 import uuid
 
 import paho.mqtt.client as mqtt
+import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from conftest import ROOT, Service, wait_until
 
 DAY = "2026-04-01"
+
+
+@pytest.fixture
+def service(broker, tmp_path, database_env):
+    """Every test here runs on SQLite and on PostgreSQL."""
+    s = Service(broker, tmp_path, **database_env)
+    yield s
+    s.stop_quietly()
 
 
 class Mqtt5App:
@@ -121,10 +130,11 @@ def test_pages_neither_skip_nor_repeat_records_while_new_readings_arrive(service
     assert [p["count"] for p in rest] == [100, 100, 2]
 
 
-def test_a_day_over_the_reply_size_cap_comes_in_pages_and_power_state_carries_across(broker, tmp_path, client):
+def test_a_day_over_the_reply_size_cap_comes_in_pages_and_power_state_carries_across(broker, tmp_path, client,
+                                                                                      database_env):
     config = tmp_path / "small.toml"
     config.write_text("[queries]\nmax_reply_bytes = 2048\n")
-    service = Service(broker, tmp_path)
+    service = Service(broker, tmp_path, **database_env)
     service.start("--config", str(config)).wait_ready()
     try:
         events = ["EB_ON", "DG_ON", "EB_OFF", "DG_OFF"]

@@ -1,11 +1,22 @@
-"""The whole service (`python system.py`) against a real Mosquitto and a real SQLite file."""
+"""The whole service (`python system.py`) against a real Mosquitto and a real SQLite file (and,
+where marked, a real PostgreSQL database too)."""
 
 import sqlite3
 import subprocess
 import sys
 import threading
 
-from conftest import ROOT, wait_until
+import pytest
+
+from conftest import ROOT, Service, wait_until
+
+
+@pytest.fixture
+def either(broker, tmp_path, database_env):
+    """The service on SQLite, then on PostgreSQL."""
+    s = Service(broker, tmp_path, **database_env)
+    yield s
+    s.stop_quietly()
 
 
 def temperature(dev, i, day="2026-04-01"):
@@ -18,7 +29,8 @@ def count(service, table="temperature_logs", dev=None):
     return service.query(sql, (dev,) if dev else ())[0][0]
 
 
-def test_readings_of_every_type_are_stored_and_served_and_garbage_is_kept_aside(service, client):
+def test_readings_of_every_type_are_stored_and_served_and_garbage_is_kept_aside(either, client):
+    service = either
     service.start().wait_ready()
     client.publish("home/temperature", temperature("t1", 5))
     client.publish("home/power", {"device_id": "p1", "status": "DG_ON", "timestamp": "2026-04-01T06:00:00"})
@@ -58,7 +70,8 @@ def test_a_reading_is_acknowledged_only_once_it_is_committed(service, client):
     wait_until(lambda: count(service, dev="locked") == 1, what="the redelivered reading")
 
 
-def test_sigterm_mid_stream_exits_0_and_loses_nothing(service, client):
+def test_sigterm_mid_stream_exits_0_and_loses_nothing(either, client):
+    service = either
     service.start().wait_ready()
     total = 3000
     done = threading.Event()
