@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from conftest import ROOT, MqttClient, Service, wait_until
+from conftest import ROOT, Service, wait_until
 
 SENTINEL = "pg-s3ntinel-pw"  # the server trusts local connections and ignores it; it must not be logged
 
