@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-import pykka
 
 from actors.peers import Supervised
 from actors.settings import BackupSettings
@@ -87,12 +86,4 @@ class BackupActor(Supervised):
 
     def _schedule(self) -> None:
         if self.settings.interval_hours:
-            self._timer = threading.Timer(self.settings.interval_hours * 3600, self._due)
-            self._timer.daemon = True
-            self._timer.start()
-
-    def _due(self) -> None:
-        try:
-            self.actor_ref.tell(BackupNow())
-        except pykka.ActorDeadError:
-            pass
+            self._timer = self.tell_later(self.settings.interval_hours * 3600, BackupNow())

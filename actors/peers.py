@@ -74,6 +74,19 @@ class Supervised(pykka.ThreadingActor):
         to know the actor has started."""
         return self.actor_ref
 
+    def tell_later(self, seconds: float, message) -> threading.Timer:
+        """Tell this actor `message` in `seconds` (scheduled passes, retries). Cancel the timer
+        on stop; a message due after the actor has stopped is dropped."""
+        def due():
+            try:
+                self.actor_ref.tell(message)
+            except pykka.ActorDeadError:
+                pass
+        timer = threading.Timer(seconds, due)
+        timer.daemon = True
+        timer.start()
+        return timer
+
     def on_failure(self, exception_type, exception_value, traceback):
         if self.supervisor is not None and self.supervisor.is_alive():
             self.supervisor.tell(ChildFailed(self.name, self.actor_urn, repr(exception_value)))

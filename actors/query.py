@@ -104,11 +104,7 @@ def parse_request(payload: bytes, device: DeviceType, max_limit: int) -> Ask:
     if "date" not in obj:
         fail("missing_field", "missing field 'date'")
     value = obj["date"]
-    try:
-        if not isinstance(value, str) or not DATE.fullmatch(value):
-            raise ValueError
-        Date.fromisoformat(value)
-    except ValueError:
+    if not _well_formed(value, DATE, Date.fromisoformat):
         fail("invalid_field", f"field 'date' must be a date as YYYY-MM-DD, got {value!r}")
     known["date"] = value
     limit = obj.get("limit")
@@ -119,11 +115,7 @@ def parse_request(payload: bytes, device: DeviceType, max_limit: int) -> Ask:
         text = obj.get(name)
         if text is None:
             continue
-        try:
-            if not isinstance(text, str) or not TIME.fullmatch(text):
-                raise ValueError
-            Time.fromisoformat(text)
-        except ValueError:
+        if not _well_formed(text, TIME, Time.fromisoformat):
             fail("invalid_field", f"field {name!r} must be a time of day as HH:MM:SS, got {text!r}")
         times[name] = text
     after, state = None, ()
@@ -134,6 +126,17 @@ def parse_request(payload: bytes, device: DeviceType, max_limit: int) -> Ask:
             fail("invalid_field", "field 'cursor' must be a `next` value from an earlier reply")
     return Ask(known["device_id"], value, limit=min(limit, max_limit) if limit else None, after=after,
                state=state, start=times.get("from"), end=times.get("to"), request_id=known.get("request_id"))
+
+
+def _well_formed(value, pattern: re.Pattern, parse) -> bool:
+    """A string in exactly that format, naming a real date or time (no 2026-02-30, no 24:00:00)."""
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        return False
+    try:
+        parse(value)
+    except ValueError:
+        return False
+    return True
 
 
 def encode_cursor(key: tuple, state: tuple) -> str:

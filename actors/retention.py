@@ -102,15 +102,7 @@ class RetentionActor(Supervised):
             log.error("retention pass stopped: %s; trying again in %.0f min (what was archived "
                       "and not yet deleted is archived again then, without duplicates)", exc or type(exc).__name__,
                       delay / 60)
-        self._timer = threading.Timer(delay, self._due)
-        self._timer.daemon = True
-        self._timer.start()
-
-    def _due(self) -> None:
-        try:
-            self.actor_ref.tell(RetentionNow())
-        except pykka.ActorDeadError:
-            pass
+        self._timer = self.tell_later(delay, RetentionNow())
 
     def run_pass(self, today: date) -> None:
         for table in self.tables:

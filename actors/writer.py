@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import peewee
-import pykka
 
 from actors.devices import DEVICE_TYPES
 from actors.messages import Committed, Flush, Prune, StatsRequest, WriteBatch, WriterStats
@@ -324,16 +323,8 @@ class WriterActor(Supervised):
                       "succeeds; retrying", exc)
         else:
             log.debug("commit still failing: %s", exc)
-        self._retry_timer = threading.Timer(self._retry_delay, self._retry)
-        self._retry_timer.daemon = True
-        self._retry_timer.start()
+        self._retry_timer = self.tell_later(self._retry_delay, Flush())
         self._retry_delay = min(self._retry_delay * 2, MAX_RETRY_DELAY)
-
-    def _retry(self) -> None:
-        try:
-            self.actor_ref.tell(Flush())
-        except pykka.ActorDeadError:  # the writer stopped meanwhile
-            pass
 
     def _recovered(self) -> None:
         if self._failing_since is not None:

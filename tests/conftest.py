@@ -65,6 +65,20 @@ class Broker:
         self.conf.write_text("\n".join(lines) + "\n")
         self.proc = None
 
+    @classmethod
+    def debian(cls, workdir: Path, drop_ins: dict[str, str]) -> "Broker":
+        """A broker laid out as Debian's: a main mosquitto.conf that sets persistence_location and
+        includes conf.d/, holding `drop_ins` (file name -> text; `listener 1883` moves to a free port)."""
+        broker = cls(workdir)
+        conf_d = workdir / "conf.d"
+        conf_d.mkdir()
+        for name, text in drop_ins.items():
+            (conf_d / name).write_text(text.replace("listener 1883 ", f"listener {broker.port} "))
+        broker.conf = workdir / "mosquitto.conf"
+        broker.conf.write_text(f"persistence true\npersistence_location {workdir}/\nlog_dest stderr\n"
+                               f"user {getpass.getuser()}\ninclude_dir {conf_d}\n")
+        return broker
+
     def start(self):
         if not Path(MOSQUITTO).exists():
             pytest.fail(f"mosquitto not found at {MOSQUITTO}; install it: apt-get install -y mosquitto")

@@ -2,13 +2,12 @@
 is granted; an app reads only its own replies (whatever it subscribes to) and asks only as itself;
 devices only publish readings; anonymous clients are refused."""
 
-import getpass
 import subprocess
 
 import paho.mqtt.client as mqtt
 import pytest
 
-from conftest import ROOT, Broker, MqttClient, Service, free_port, wait_until
+from conftest import ROOT, Broker, MqttClient, Service, wait_until
 
 USERS = {"mqtt-client": "svc-pw", "device": "dev-pw", "phone-a": "a-pw", "phone-b": "b-pw"}
 
@@ -116,21 +115,13 @@ def test_anonymous_clients_are_refused(locked):
 def test_as_debian_drop_ins_secure_conf_loads_after_and_overrides_the_local_listener(tmp_path):
     """Installed as the README says, secure.conf sorts after mqtt-client.conf in conf.d/ and
     turns off the anonymous access the local listener allows."""
-    port, conf_d = free_port(), tmp_path / "conf.d"
-    conf_d.mkdir()
     passwords = tmp_path / "passwd"
     subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwords), "phone-a", "a-pw"], check=True)
     deploy = ROOT / "deploy" / "mosquitto"
-    (conf_d / "mqtt-client.conf").write_text(
-        (deploy / "mqtt-client.conf").read_text().replace("listener 1883 ", f"listener {port} "))
-    (conf_d / "mqtt-client.secure.conf").write_text(
-        (deploy / "secure.conf").read_text().replace("/etc/mosquitto/passwd", str(passwords))
-        .replace("/etc/mosquitto/mqtt-client.acl", str(deploy / "acl")))
-    main = tmp_path / "mosquitto.conf"
-    main.write_text(f"persistence_location {tmp_path}/\nuser {getpass.getuser()}\n"
-                    f"include_dir {conf_d}\n")
-    broker = Broker(tmp_path)
-    broker.port, broker.conf = port, main
+    broker = Broker.debian(tmp_path, {
+        "mqtt-client.conf": (deploy / "mqtt-client.conf").read_text(),
+        "mqtt-client.secure.conf": (deploy / "secure.conf").read_text().replace("/etc/mosquitto/passwd", str(passwords))
+        .replace("/etc/mosquitto/mqtt-client.acl", str(deploy / "acl"))})
     broker.start()
     try:
         results = []
@@ -139,7 +130,7 @@ def test_as_debian_drop_ins_secure_conf_loads_after_and_overrides_the_local_list
             if credentials:
                 c.username_pw_set(*credentials)
             c.on_connect = lambda cl, u, flags, reason, props: results.append(reason.is_failure)
-            c.connect("127.0.0.1", port)
+            c.connect("127.0.0.1", broker.port)
             c.loop_start()
             wait_until(lambda: len(results) == attempt + 1, what="a CONNACK")
             c.loop_stop()

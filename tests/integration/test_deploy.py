@@ -1,6 +1,5 @@
 """The files in deploy/ and scripts/ work as the README says."""
 
-import getpass
 import re
 import shutil
 import subprocess
@@ -9,7 +8,7 @@ import sys
 import pytest
 
 import system
-from conftest import ROOT, Broker, MqttClient, Service, free_port, wait_until
+from conftest import ROOT, Broker, MqttClient, Service, wait_until
 
 UNIT = ROOT / "deploy" / "mqtt-client.service"
 
@@ -46,21 +45,12 @@ def test_the_unit_does_not_restart_on_bad_settings():
 def test_the_recommended_broker_settings_work_as_a_debian_drop_in(tmp_path):
     """Debian's mosquitto.conf sets persistence_location and includes conf.d/: our file must
     load beside it (a duplicate key is a start-up error) and serve the service."""
-    port = free_port()
-    conf_d = tmp_path / "conf.d"
-    conf_d.mkdir()
-    drop_in = (ROOT / "deploy" / "mosquitto" / "mqtt-client.conf").read_text().replace("listener 1883 ", f"listener {port} ")
-    (conf_d / "mqtt-client.conf").write_text(drop_in)
-    main = tmp_path / "mosquitto.conf"
-    main.write_text(f"persistence true\npersistence_location {tmp_path}/\nlog_dest stderr\n"
-                    f"user {getpass.getuser()}\ninclude_dir {conf_d}\n")
-    broker = Broker(tmp_path)
-    broker.port, broker.conf = port, main
+    broker = Broker.debian(tmp_path, {"mqtt-client.conf": (ROOT / "deploy" / "mosquitto" / "mqtt-client.conf").read_text()})
     broker.start()
     service = Service(broker, tmp_path)
     try:
         service.start().wait_ready()
-        client = MqttClient(port)
+        client = MqttClient(broker.port)
         client.publish("home/power", {"device_id": "p", "status": "EB_ON", "timestamp": "2026-05-01T00:00:00"})
         client.close()
         wait_until(lambda: service.query("SELECT COUNT(*) FROM power_status_logs")[0][0] == 1)
