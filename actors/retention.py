@@ -8,11 +8,13 @@ as small id ranges (Prune) asked one at a time, so new readings wait at most for
 from __future__ import annotations
 
 import csv
+import fcntl
 import gzip
 import logging
 import os
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -33,6 +35,7 @@ log = logging.getLogger(__name__)
 PRUNE_TIMEOUT = 120.0  # a delete waits behind the writer's queue, and a locked database retries
 RETRY_AFTER_FAILURE = 600.0
 READ_ROWS = 10_000
+RETENTION_LOCK = 0x6D717475  # the PostgreSQL advisory lock of a pass
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,14 @@ class RetentionActor(Supervised):
         self._timer = self.tell_later(delay, RetentionNow())
 
     def run_pass(self, today: date) -> None:
+        with exclusive_pass(self.db) as ours:
+            if not ours:
+                log.info("retention: another instance of the service is running a pass on this database; "
+                         "this one is skipped")
+                return
+            self._expire_all(today)
+
+    def _expire_all(self, today: date) -> None:
         for table in self.tables:
             started = time.monotonic()
             cutoff = (today - timedelta(days=table.days)).isoformat()
@@ -154,6 +165,33 @@ class RetentionActor(Supervised):
 
     def archive_path(self, table: str, day: str) -> Path:
         return Path(self.settings.archive_dir).resolve() / table / day[:4] / f"{table}-{day}.csv.gz"
+
+
+@contextmanager
+def exclusive_pass(db: peewee.Database) -> Iterator[bool]:
+    """Whether this instance may run a pass now: several instances on one database (one SQLite
+    file, or one PostgreSQL server from several machines) must not archive the same days at
+    once. Held for the pass: a lock on a file beside the SQLite database, or a PostgreSQL
+    session advisory lock (released by the server, too, if this instance dies)."""
+    if is_sqlite(db):
+        with open(f"{db.database}-retention.lock", "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            yield True  # closing the file releases it
+        return
+    if not db.execute_sql("SELECT pg_try_advisory_lock(%s)", (RETENTION_LOCK,)).fetchone()[0]:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        try:
+            db.execute_sql("SELECT pg_advisory_unlock(%s)", (RETENTION_LOCK,))
+        except peewee.DatabaseError:
+            pass  # the connection broke: the server has released the lock with it
 
 
 def archive_day(path: Path, columns: Iterable[str], rows: Iterable[tuple], kept: set[int]) -> list[tuple[int, int]]:

@@ -8,6 +8,7 @@ runs in one transaction: it either completes or leaves the file as it was."""
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from datetime import datetime
 
 import peewee
@@ -17,6 +18,7 @@ from actors.models import MODELS, RejectedMessage
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 2
+SCHEMA_LOCK = 0x6D717474  # the PostgreSQL advisory lock of the schema step ('mqtt')
 
 
 class SchemaVersion(peewee.Model):
@@ -33,8 +35,10 @@ class SchemaTooNew(RuntimeError):
 def prepare(db: peewee.Database) -> None:
     """Create a new database at the current version, or bring an older one up to it."""
     SchemaVersion.bind(db)
-    with db.atomic():
+    with _exclusively(db):
         version = current_version(db)
+        if version == SCHEMA_VERSION and SchemaVersion.table_exists():
+            return  # nothing to write
         if version is None:
             db.create_tables([*MODELS, SchemaVersion])
             if not isinstance(db, peewee.SqliteDatabase):
@@ -49,6 +53,22 @@ def prepare(db: peewee.Database) -> None:
         db.create_tables([SchemaVersion])
         SchemaVersion.delete().execute()
         SchemaVersion.create(version=SCHEMA_VERSION)
+
+
+@contextmanager
+def _exclusively(db: peewee.Database):
+    """One transaction that other instances of the service (on the same SQLite file, or on the
+    same PostgreSQL database from other machines) wait for rather than interleave with: in
+    SQLite the write lock is taken up front (a read that later writes would fail as soon as
+    another instance commits in between), in PostgreSQL a transaction-scoped advisory lock
+    (two instances creating the tables at once would collide)."""
+    if isinstance(db, peewee.SqliteDatabase):
+        with db.atomic("IMMEDIATE"):
+            yield
+        return
+    with db.atomic():
+        db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+        yield
 
 
 def current_version(db: peewee.Database) -> int | None:

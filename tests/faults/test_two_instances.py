@@ -29,6 +29,7 @@ def test_two_instances_share_the_work_and_survive_one_being_killed(broker, tmp_p
             if i == total // 2:
                 second.kill()  # mid-load: what it held unacknowledged stays with the broker for its session
                 second.start("--config", str(config))
+        second.wait_ready()  # beside an instance that is committing: start-up waits its turn, never fails
         wait_until(lambda: first.query("SELECT COUNT(*) FROM temperature_logs")[0][0] == total, timeout=60,
                    what="every reading stored")
         assert first.query("SELECT COUNT(DISTINCT temperature) FROM temperature_logs")[0][0] == total

@@ -4,20 +4,22 @@ writer deletes them; and the WAL checkpoint that keeps the log bounded under con
 import csv
 import dataclasses
 import gzip
+import logging
 import shutil
 import sqlite3
 import subprocess
 import threading
 from datetime import datetime, timedelta, timezone
+from types import SimpleNamespace
 
 import pytest
 
 from actors.devices import DEVICE_TYPES
 from actors.messages import Committed, StatsRequest, WriteBatch
-from actors.models import open_database
+from actors.models import connect_database, open_database
 from actors.peers import Peers
 from actors.readgate import ReadGate
-from actors.retention import RetentionActor, RetentionNow, archive_day
+from actors.retention import RetentionActor, RetentionNow, archive_day, exclusive_pass
 from actors.settings import load_settings
 from actors.writer import WriterActor
 from conftest import FakePeer, wait_until
@@ -128,6 +130,31 @@ def test_a_pass_cut_short_after_archiving_archives_nothing_twice(service, tmp_pa
     service.retention_ref = service.start_retention()
     wait_until(lambda: service.rows("SELECT COUNT(*) FROM temperature_logs") == [(1,)], what="the pass")
     assert [int(r[0]) for r in service.archived("temperature_logs", day(7))[1:]] == [r[0] for r in rows]
+
+
+def test_a_pass_is_skipped_while_another_instance_on_the_database_runs_one(service, caplog):
+    caplog.set_level(logging.INFO, logger="actors.retention")
+    service.store("temperature", [temperature("t1", 8, 1), temperature("t1", 0, 1)])
+    other_instance = open_database(str(service.db_path), 5)
+    with exclusive_pass(other_instance) as ours:
+        assert ours
+        service.retention_ref = service.start_retention()
+        wait_until(lambda: "another instance of the service is running a pass" in caplog.text, what="the skip")
+        assert service.rows("SELECT COUNT(*) FROM temperature_logs") == [(2,)]
+    service.retention_ref.tell(RetentionNow())
+    wait_until(lambda: service.rows("SELECT COUNT(*) FROM temperature_logs") == [(1,)], what="the next pass")
+
+
+def test_one_pass_at_a_time_across_instances_on_postgresql(pg_url):
+    first, second = (connect_database(SimpleNamespace(url=pg_url, busy_timeout=5), 2) for _ in range(2))
+    with exclusive_pass(first) as ours:
+        assert ours
+        with exclusive_pass(second) as theirs:
+            assert not theirs
+    with exclusive_pass(second) as theirs:
+        assert theirs
+    first.close()
+    second.close()
 
 
 def day_records(device, device_id, date):

@@ -1,0 +1,65 @@
+"""Start-up's schema step beside other instances of the service: on one SQLite file while another
+instance commits readings, and on one empty PostgreSQL database that several instances start on
+at the same moment. Either must wait its turn, never fail."""
+
+import sqlite3
+import threading
+from types import SimpleNamespace
+
+from actors.models import connect_database
+from actors.schema import SCHEMA_VERSION, current_version, prepare
+
+
+def database(path="", url=""):
+    return connect_database(SimpleNamespace(path=path, url=url, busy_timeout=10.0, checkpoint_mb=16), connections=8)
+
+
+def test_start_up_beside_an_instance_that_is_committing(tmp_path, monkeypatch):
+    """The other instance commits a reading just after this one has read the schema version: it
+    must wait for this start-up's transaction (a read that then writes would fail at once)."""
+    path = tmp_path / "shared.db"
+    db = database(path=str(path))
+    prepare(db)
+    db.execute_sql("DELETE FROM schema_version")  # as a first release left it: the version to write
+    db.close()
+    other = sqlite3.connect(path, timeout=0.2, isolation_level=None)
+    outcome = []
+
+    def read_then_other_commits(database):
+        version = current_version(database)
+        try:
+            other.execute("INSERT INTO temperature_logs (device_id, temperature, humidity, status, timestamp, "
+                          "date, created_at) VALUES ('t1', 1, 50, 'LOW', '2026-05-01T00:00:00', '2026-05-01', '')")
+            outcome.append("committed")
+        except sqlite3.OperationalError as exc:
+            outcome.append(str(exc))
+        return version
+
+    monkeypatch.setattr("actors.schema.current_version", read_then_other_commits)
+    prepare(db)
+    assert outcome == ["database is locked"]  # it waited (here: gave up) instead of slipping in
+    assert db.execute_sql("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+    db.close()
+    other.close()
+
+
+def test_instances_starting_together_on_an_empty_postgresql_database(pg_url):
+    db = database(url=pg_url)
+    errors = []
+
+    def start_up():
+        try:
+            prepare(db)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            db.close()
+
+    threads = [threading.Thread(target=start_up) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert db.execute_sql("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+    db.close()
