@@ -98,6 +98,12 @@ class Resync:
 
 
 @dataclass(frozen=True, slots=True)
+class Retired:
+    """MQTT link -> supervisor: retiring, the instance has handed over all the broker kept for
+    it and ended its session; stop the service (exit code 0)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Crash:
     """MQTT link's event loop -> the link actor: the loop failed; crash so we are restarted."""
     error: str

@@ -21,6 +21,7 @@ import ssl
 import struct
 import threading
 import time
+from typing import Callable
 
 import gmqtt
 import orjson
@@ -30,7 +31,7 @@ from gmqtt.mqtt.handler import MqttPackageHandler
 
 from actors import __version__
 from actors.devices import DEVICE_TYPES
-from actors.messages import (Committed, Crash, Inbound, ReadingBatch, Reply, Request, Resync,
+from actors.messages import (Committed, Crash, Inbound, ReadingBatch, Reply, Request, Resync, Retired,
                              StatsRequest, WriterStats)
 from actors.models import utc_now
 from actors.notify import notify, watchdog_interval
@@ -46,6 +47,9 @@ log = logging.getLogger(__name__)
 # client id, unsupported protocol. The link fails; past the restart limit, so does the process.
 APP_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # the last level of a request topic
 PERMANENT_REFUSALS = {4, 5, 132, 133, 134, 135, 138, 140}
+# Retiring: the broker sends what it kept for the session as fast as acknowledgements free the
+# window, so this long with nothing in hand and nothing arriving means it has all been handed over.
+HANDED_OVER_AFTER = 3.0
 
 
 class Backoff:
@@ -100,6 +104,23 @@ class OneConnectionClient(gmqtt.Client):
         if connection is not None and not connection.is_closing():
             connection.send_package(b"".join(PUBACK.pack(0x40, 2, mid) for mid in packet_ids))
 
+    async def end_session(self, timeout: float) -> bool:
+        """DISCONNECT with Session Expiry 0, so that the broker discards our session; True once
+        the broker has closed the connection. Closing it ourselves at once is not enough: a
+        packet of the broker's still on its way (a PUBACK) meets a closed socket, the reset
+        discards the DISCONNECT unread, and the session and the will survive (measured with
+        Mosquitto 2.0.11)."""
+        self._is_active = False
+        connection = self._connection
+        connection.send_disconnect(session_expiry_interval=0)
+        try:
+            await asyncio.wait_for(asyncio.shield(connection._protocol.closed), timeout)
+            return True
+        except (asyncio.TimeoutError, ConnectionError):
+            return False
+        finally:
+            await connection.close()
+
     def pause_reading(self, pause: bool) -> None:
         """Stop (or resume) reading from the socket; TCP then pushes back on the broker."""
         connection = self._package_handler.current_connection
@@ -114,8 +135,11 @@ class OneConnectionClient(gmqtt.Client):
 class Session:
     """Lives in the asyncio loop: the gmqtt client, and the acknowledgements it owes."""
 
-    def __init__(self, settings: MqttSettings, status: StatusSettings, peers: Peers, apps: AppsSettings):
+    def __init__(self, settings: MqttSettings, status: StatusSettings, peers: Peers, apps: AppsSettings,
+                 on_retired: Callable[[], None] | None = None):
+        """With `on_retired`, retire this instance instead of serving: see _hand_over."""
         self.settings = settings
+        self.on_retired = on_retired
         self.status_settings = status
         self.peers = peers
         self.status_topic = f"home/status/{settings.client_id}"
@@ -152,6 +176,9 @@ class Session:
         self._tls = tls_context(settings)
         self._limiter = RateLimiter(apps.rate, apps.burst)
         self._limited: set[str] = set()  # apps over their rate now: logged once per episode
+        self._last_message = time.monotonic()
+        self._received = 0
+        self._handing_over: asyncio.Task | None = None
 
     # -- connection ---------------------------------------------------------------------
 
@@ -222,6 +249,7 @@ class Session:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
+        client.on_unsubscribe = self._on_unsubscribe
         return client
 
     async def _discard(self, client: OneConnectionClient) -> None:
@@ -243,6 +271,10 @@ class Session:
             log.warning("reconnected to the MQTT broker after %.1f s (session %s)",
                         time.monotonic() - self._lost_at, session)
             self._lost_at = None
+        if self.on_retired is not None:
+            client.unsubscribe(self._topics)
+            client.publish(self.status_topic, self._status("retiring"), qos=1, retain=True)
+            return
         # gmqtt never resubscribes. Subscribing again is harmless when the session survived,
         # and essential when the broker had no session for us.
         client.subscribe([gmqtt.Subscription(t, qos=1) for t in self._topics])
@@ -257,6 +289,32 @@ class Session:
             if not self._ready:  # the database is open (the writer started first) and we listen
                 self._ready = True
                 notify("READY=1")
+
+    def _on_unsubscribe(self, client, mid, granted):
+        if self._handing_over is None:
+            log.info("retiring: unsubscribed (no new readings or requests come to this instance); "
+                     "storing and answering what the broker kept for it")
+            self._handing_over = self._loop.create_task(self._hand_over())
+
+    async def _hand_over(self) -> None:
+        """Retire this instance for good: once the broker has handed over all it kept for the
+        session (delivered even after unsubscribing) and all of it is committed or answered,
+        end the session (Session Expiry 0), so that the broker stops keeping a share of new
+        messages for an instance that will not come back, and clear its retained status."""
+        while not (self.connected and not self._pending
+                   and time.monotonic() - self._last_message >= HANDED_OVER_AFTER):
+            await asyncio.sleep(0.1)
+        for topic in (self.status_topic, self.stats_topic):
+            self.client.publish(topic, b"", qos=1, retain=True)  # an empty retained message deletes it
+        client, self.client, self.connected = self.client, None, False
+        if await client.end_session(self.settings.connect_timeout):
+            log.info("retired: %d messages the broker kept for %s stored or answered, and its session "
+                     "ended; this instance may be removed", self._received, self.settings.client_id)
+            self.on_retired()
+            return
+        log.warning("the broker did not confirm the end of the session; trying again")
+        self._handing_over = None
+        self._lost.set()  # reconnect, resume the session, hand over again
 
     def _on_disconnect(self, client, packet, exc=None):
         if client is not self.client or not self.connected or self._lost.is_set() or self._closing:
@@ -303,6 +361,8 @@ class Session:
     def _on_message(self, client, topic, payload, qos, properties, packet_id=None):
         if client is not self.client or not self._taking:
             return  # shutting down, or a connection we gave up: never acknowledged
+        self._last_message = time.monotonic()
+        self._received += 1
         ack_id = next(self._ids)
         if (device := self._reading_topics.get(topic)) is not None:
             self._readings.setdefault(device, []).append(Inbound(ack_id, topic, payload))
@@ -485,8 +545,9 @@ class LoopHandle:
 
 class MqttLink(Supervised):
     def __init__(self, settings: MqttSettings, status: StatusSettings, apps: AppsSettings, peers: Peers,
-                 supervisor=None):
+                 supervisor=None, retire: bool = False):
         super().__init__("link", supervisor)
+        self.retire = retire
         self.settings = settings
         self.apps = apps
         self.status_settings = status
@@ -544,7 +605,8 @@ class MqttLink(Supervised):
     async def _main(self, ready: threading.Event) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop_event = asyncio.Event()
-        self._session = Session(self.settings, self.status_settings, self.peers, self.apps)
+        on_retired = (lambda: self.supervisor.tell(Retired())) if self.retire else None
+        self._session = Session(self.settings, self.status_settings, self.peers, self.apps, on_retired)
         ready.set()
         await self._session.run(self._stop_event)
 

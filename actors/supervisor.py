@@ -16,7 +16,7 @@ import pykka
 from actors.backup import BackupActor
 from actors.devices import DEVICE_TYPES
 from actors.ingest import IngestActor
-from actors.messages import ChildFailed, Resync
+from actors.messages import ChildFailed, Resync, Retired
 from actors.models import connect_database, is_sqlite
 from actors.mqtt_link import MqttLink
 from actors.peers import Peers
@@ -38,9 +38,11 @@ class ChildSpec:
 
 
 class Supervisor(pykka.ThreadingActor):
-    def __init__(self, settings: Settings, exit_process: Callable[[int], None], specs=None):
+    def __init__(self, settings: Settings, exit_process: Callable[[int], None], specs=None, retire: bool = False):
+        """`retire`: run only to hand over and end this instance's broker session (see MqttLink)."""
         super().__init__()
         self.settings = settings
+        self.retire = retire
         self.exit_process = exit_process  # tells system.py to stop everything and exit with a code
         self.peers = Peers()
         self._specs = specs
@@ -58,13 +60,14 @@ class Supervisor(pykka.ThreadingActor):
                            s.apps.readable)
         specs += [ChildSpec(f"query/{i}", lambda sup, i=i: QueryActor.start(i, db, peers, rules, sup, gate))
                   for i in range(s.queries.pool_size)]
-        if is_sqlite(db):  # a database server has its own backups (pg_dump)
-            specs += [ChildSpec("backup", lambda sup: BackupActor.start(s.database.path, s.backup, sup))]
-        specs += [ChildSpec("retention", lambda sup: RetentionActor.start(db, s.retention, peers, sup, gate))]
+        if not self.retire:  # housekeeping is for instances that stay
+            if is_sqlite(db):  # a database server has its own backups (pg_dump)
+                specs += [ChildSpec("backup", lambda sup: BackupActor.start(s.database.path, s.backup, sup))]
+            specs += [ChildSpec("retention", lambda sup: RetentionActor.start(db, s.retention, peers, sup, gate))]
         specs += [ChildSpec(f"ingest/{d.name}", lambda sup, d=d: IngestActor.start(
                       d, peers, max_bytes=s.limits.max_reading_bytes, supervisor=sup))
                   for d in DEVICE_TYPES.values()]
-        specs += [ChildSpec("link", lambda sup: MqttLink.start(s.mqtt, s.status, s.apps, peers, sup))]
+        specs += [ChildSpec("link", lambda sup: MqttLink.start(s.mqtt, s.status, s.apps, peers, sup, self.retire))]
         return specs
 
     def on_start(self):
@@ -91,6 +94,8 @@ class Supervisor(pykka.ThreadingActor):
     def on_receive(self, message):
         if isinstance(message, ChildFailed):
             self._child_failed(message)
+        elif isinstance(message, Retired):
+            self.exit_process(0)
         else:
             log.warning("supervisor ignored an unexpected message: %r", message)
 
