@@ -48,7 +48,7 @@ def backup_database(source: str, directory: str, keep: int) -> Path:
         raise BackupFailed(f"the backup of {source_path} failed integrity_check: {'; '.join(report[:5])}")
     partial.rename(target)
     for old in sorted(folder.glob(f"{source_path.stem}-*.db"))[:-keep]:
-        old.unlink()
+        old.unlink(missing_ok=True)  # another instance on this database may have rotated it first
     return target
 
 
