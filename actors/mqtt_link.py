@@ -13,7 +13,6 @@ the broker in one write."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import random
 import re
@@ -161,7 +160,7 @@ class Session:
         self._reading_paused = False  # see _hold_back
         self.peak_in_hand = 0
         self._drained: asyncio.Event | None = None  # set when nothing is in hand while closing
-        self._ids = itertools.count(1)
+        self._received = 0  # messages taken so far; the last one's ack id
         self._readings: dict[str, list[Inbound]] = {}
         self._flush_scheduled = False
         self._taking = True
@@ -176,8 +175,6 @@ class Session:
         self._tls = tls_context(settings)
         self._limiter = RateLimiter(apps.rate, apps.burst)
         self._limited: set[str] = set()  # apps over their rate now: logged once per episode
-        self._last_message = time.monotonic()
-        self._received = 0
         self._handing_over: asyncio.Task | None = None
 
     # -- connection ---------------------------------------------------------------------
@@ -301,9 +298,11 @@ class Session:
         session (delivered even after unsubscribing) and all of it is committed or answered,
         end the session (Session Expiry 0), so that the broker stops keeping a share of new
         messages for an instance that will not come back, and clear its retained status."""
-        while not (self.connected and not self._pending
-                   and time.monotonic() - self._last_message >= HANDED_OVER_AFTER):
+        seen, quiet_since = self._received, time.monotonic()
+        while time.monotonic() - quiet_since < HANDED_OVER_AFTER:
             await asyncio.sleep(0.1)
+            if self._received != seen or self._pending or not self.connected:
+                seen, quiet_since = self._received, time.monotonic()
         for topic in (self.status_topic, self.stats_topic):
             self.client.publish(topic, b"", qos=1, retain=True)  # an empty retained message deletes it
         client, self.client, self.connected = self.client, None, False
@@ -361,9 +360,8 @@ class Session:
     def _on_message(self, client, topic, payload, qos, properties, packet_id=None):
         if client is not self.client or not self._taking:
             return  # shutting down, or a connection we gave up: never acknowledged
-        self._last_message = time.monotonic()
         self._received += 1
-        ack_id = next(self._ids)
+        ack_id = self._received
         if (device := self._reading_topics.get(topic)) is not None:
             self._readings.setdefault(device, []).append(Inbound(ack_id, topic, payload))
             if not self._flush_scheduled:

@@ -39,7 +39,7 @@ def _rows(batch: WriteBatch) -> int:
 
 
 class WriterActor(Supervised):
-    def __init__(self, database: peewee.SqliteDatabase, settings: DatabaseSettings, peers: Peers,
+    def __init__(self, database: peewee.Database, settings: DatabaseSettings, peers: Peers,
                  supervisor=None, gate: ReadGate | None = None):
         super().__init__("writer", supervisor)
         self.db = database
