@@ -4,6 +4,7 @@ in DEVICE_TYPES (and a model in models.py)."""
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 
 import orjson
@@ -87,6 +88,23 @@ def _json_kind(value) -> str:
     return kinds.get(type(value), type(value).__name__)
 
 
+def _finite(value, low: float = -math.inf, high: float = math.inf) -> float:
+    """A number as a REAL column holds it. Whole numbers become floats: orjson gives integers up
+    to 2**64 as int, which SQLite cannot bind (OverflowError)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError
+    number = float(value)
+    if not low <= number <= high:  # also refuses nan
+        raise ValueError
+    return number
+
+
+def _one_of(value, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError
+    return value
+
+
 class DeviceType:
     """One kind of device. Subclasses say how to validate a reading's own fields
     (`values`) and how a stored row reads in a reply (`record`)."""
@@ -160,6 +178,17 @@ class DeviceType:
         """The carried state once `record` is sent: where the next page starts from."""
         return ()
 
+    def cursor_values(self, values: list) -> tuple:
+        """A cursor's value columns as this type stores them; ValueError if they are not values
+        a row of this type can hold (a cursor an app made up, or one of another type)."""
+        raise NotImplementedError
+
+    def cursor_state(self, state: list) -> tuple:
+        """A cursor's carried state; ValueError if it is not one this type carries."""
+        if state:
+            raise ValueError
+        return ()
+
     def kept_past_retention(self, cutoff: str) -> set[int]:
         """Ids of rows dated before `cutoff` that replies still need (see Power)."""
         return set()
@@ -176,6 +205,10 @@ class Temperature(DeviceType):
     def values(self, obj):
         return (number_field(obj, "temperature"), number_field(obj, "humidity", 0, 100),
                 choice_field(obj, "status", ("HIGH", "LOW")))
+
+    def cursor_values(self, values):
+        temperature, humidity, status = values
+        return _finite(temperature), _finite(humidity, 0, 100), _one_of(status, ("HIGH", "LOW"))
 
     def record(self, row):
         temperature, humidity, status, timestamp = row
@@ -217,6 +250,14 @@ class Power(DeviceType):
     def state_after(self, record):
         return record["ebstatus"], record["dgstatus"]
 
+    def cursor_values(self, values):
+        return tuple(_one_of(v, ("ON", "OFF", "")) for v in values)
+
+    def cursor_state(self, state):
+        if len(state) != 2:
+            raise ValueError
+        return tuple(_one_of(v, ("ON", "OFF", "")) for v in state)
+
     def _latest_before(self, device_id: str, date: str, before: str | None, column: str) -> str:
         m = self.model
         field = getattr(m, column)
@@ -253,6 +294,12 @@ class Fingerprint(DeviceType):
 
     def values(self, obj):
         return text_field(obj, "user_id"), choice_field(obj, "authStatus", ("PASS", "FAIL"))
+
+    def cursor_values(self, values):
+        user_id, auth_status = values
+        if not isinstance(user_id, str) or not 0 < len(user_id) <= MAX_TEXT:
+            raise ValueError
+        return user_id, _one_of(auth_status, ("PASS", "FAIL"))
 
     def record(self, row):
         user_id, auth_status, timestamp = row

@@ -21,7 +21,9 @@ class IngestActor(Supervised):
 
     def on_receive(self, message):
         if isinstance(message, ReadingBatch):
+            self.suspects = tuple(item.ack_id for item in message.items)  # see Supervised.suspects
             self.peers.tell("writer", self.validate(message))
+            self.suspects = ()
         else:
             log.warning("%s ignored an unexpected message: %r", self.name, message)
 
@@ -39,5 +41,10 @@ class IngestActor(Supervised):
             except InvalidMessage as exc:
                 log.warning("rejected a reading on %s: %s", item.topic, exc)
                 rejections.append(Rejection(item.topic, payload, str(exc), batch.received_at))
+            except Exception as exc:  # noqa: BLE001 - a bug must cost one reading, kept, not the actor
+                log.exception("failed to validate a reading on %s (payload %r); kept in rejected_messages",
+                              item.topic, payload[:512])
+                rejections.append(Rejection(item.topic, payload, f"internal error while validating: {exc!r}",
+                                            batch.received_at))
         return WriteBatch(self.device.name, tuple(rows), tuple(rejections),
-                          tuple(item.ack_id for item in batch.items))
+                          tuple(item.ack_id for item in batch.items), batch.alone)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from actors.devices import DEVICE_TYPES
+
 
 @dataclass(frozen=True, slots=True)
 class Inbound:
@@ -20,6 +22,7 @@ class ReadingBatch:
     """MQTT link -> ingest actor: readings of the ingest actor's device type."""
     received_at: str  # UTC
     items: tuple[Inbound, ...]
+    alone: bool = False  # a reading that failed before: committed on its own (see WriteBatch)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,12 +42,14 @@ class WriteBatch:
     rows: tuple[tuple, ...]
     rejections: tuple[Rejection, ...]
     ack_ids: tuple[int, ...]
+    alone: bool = False  # in a transaction of its own, so that a failure names this batch alone
 
 
 @dataclass(frozen=True, slots=True)
 class Committed:
     """Writer -> MQTT link: these messages are durable; acknowledge them to the broker."""
     ack_ids: tuple[int, ...]
+    forgotten: tuple[str, ...] = ()  # fingerprints of a Cleared, now deleted
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,16 +61,21 @@ class Request:
     payload: bytes
     reply_topic: str  # the app's own reply topic, or the MQTT 5 Response Topic it gave (checked)
     correlation: bytes | None = None  # MQTT 5 Correlation Data, echoed in the reply
+    max_bytes: int | None = None  # the largest reply payload the broker takes on that topic
+
+    @property
+    def topic(self) -> str:
+        """The topic it was asked on."""
+        return f"{DEVICE_TYPES[self.device].request_stem}/{self.app_id}"
 
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """Query actor -> MQTT link: publish `payload` on `topic`, then acknowledge the request."""
+    """Query actor -> MQTT link: publish `payload` as the reply to request `ack_id` (on its reply
+    topic, with its correlation data), then acknowledge the request."""
     ack_id: int
-    topic: str
     payload: bytes
     error: bool = False  # an error reply (counted in the stats)
-    correlation: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,12 +99,36 @@ class ChildFailed:
     name: str
     urn: str
     error: str
+    suspects: tuple[int, ...] = ()  # ack ids of the messages it was handling when it crashed
 
 
 @dataclass(frozen=True, slots=True)
-class Resync:
-    """Supervisor -> MQTT link: a crashed actor lost messages in hand; reconnect so that the
-    broker delivers every unacknowledged message again."""
+class Restarted:
+    """Supervisor -> MQTT link: `name` crashed and runs again; what it held is lost. The link
+    hands that on again from its own ledger, and counts a failure against each suspect."""
+    name: str
+    suspects: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Strikes:
+    """MQTT link -> writer: count one more failed delivery of each message (ack id, fingerprint,
+    topic, fresh_only), durably, before it is handled again; with fresh_only, only if it has no
+    count yet. Answered with Struck once committed."""
+    entries: tuple[tuple[int, str, str, bool], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Struck:
+    """Writer -> MQTT link: (ack id, failed deliveries so far, counted now) of each entry of a
+    Strikes (a fresh_only entry that had a count is not counted now)."""
+    counts: tuple[tuple[int, int, bool], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Cleared:
+    """MQTT link -> writer: these messages (fingerprints) have been handled: forget their failures."""
+    fingerprints: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)

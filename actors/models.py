@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from peewee import AutoField, BlobField, Database, DoubleField, Model, ModelIndex, SqliteDatabase, TextField
+from peewee import (AutoField, BlobField, Database, DoubleField, IntegerField, Model, ModelIndex, SqliteDatabase,
+                    TextField)
 from playhouse.pool import PooledPostgresqlDatabase
 from playhouse.db_url import parse
 
@@ -78,6 +79,19 @@ class RejectedMessage(Model):
         table_name = "rejected_messages"
 
 
+class DeliveryFailure(Model):
+    """A message that was in hand when the service failed, and how many times in a row (the
+    delivery limit: see inflight.py). Deleted once the message has been handled."""
+    id = AutoField()
+    fingerprint = TextField(unique=True)  # hex: a digest of its topic, payload and reply topic
+    topic = TextField()
+    failures = IntegerField()
+    last_failed_at = TextField()  # UTC
+
+    class Meta:
+        table_name = "delivery_failures"
+
+
 def _identity(model: type[Model], *values: str) -> None:
     columns = ("device_id", "date", "timestamp", *values)
     name = f"{model._meta.table_name}_identity"
@@ -89,7 +103,7 @@ _identity(TemperatureLog, "temperature", "humidity", "status")
 _identity(PowerStatusLog, "ebstatus", "dgstatus")
 _identity(FingerprintLog, "user_id", "auth_status")
 
-MODELS = (TemperatureLog, PowerStatusLog, FingerprintLog, RejectedMessage)
+MODELS = (TemperatureLog, PowerStatusLog, FingerprintLog, RejectedMessage, DeliveryFailure)
 
 
 def utc_now() -> str:

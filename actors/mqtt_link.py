@@ -30,14 +30,16 @@ from gmqtt.mqtt.handler import MqttPackageHandler
 
 from actors import __version__
 from actors.devices import DEVICE_TYPES
-from actors.messages import (Committed, Crash, Inbound, ReadingBatch, Reply, Request, Resync, Retired,
-                             StatsRequest, WriterStats)
+from actors.inflight import Deliveries, Held, InFlight, Verdict, fingerprint
+from actors.messages import (Cleared, Committed, Crash, Inbound, ReadingBatch, Rejection, Reply, Request, Restarted,
+                             Retired, StatsRequest, Strikes, Struck, WriteBatch, WriterStats)
 from actors.models import utc_now
 from actors.notify import notify, watchdog_interval
+from actors.packets import publish_size, topic_problem
 from actors.peers import Peers, Supervised
-from actors.query import error_reply, request_id_of
+from actors.query import error_reply, internal_error, request_id_of
 from actors.ratelimit import RateLimiter
-from actors.settings import AppsSettings, MqttSettings, StatusSettings
+from actors.settings import AppsSettings, LimitsSettings, MqttSettings, StatusSettings
 from actors.tls import explain, tls_context
 
 log = logging.getLogger(__name__)
@@ -135,7 +137,7 @@ class Session:
     """Lives in the asyncio loop: the gmqtt client, and the acknowledgements it owes."""
 
     def __init__(self, settings: MqttSettings, status: StatusSettings, peers: Peers, apps: AppsSettings,
-                 on_retired: Callable[[], None] | None = None):
+                 limits: LimitsSettings, on_retired: Callable[[], None] | None = None):
         """With `on_retired`, retire this instance instead of serving: see _hand_over."""
         self.settings = settings
         self.on_retired = on_retired
@@ -155,17 +157,21 @@ class Session:
         self.client: OneConnectionClient | None = None
         self.connected = False
         self.max_packet = None  # the broker's Maximum Packet Size, if it has one
-        # ack_id -> the broker's packet id (None at QoS 0) of every message in hand
-        self._pending: dict[int, int | None] = {}
+        self.inflight = InFlight(settings.receive_maximum)  # every message in hand
+        self.deliveries = Deliveries(limits.max_failures)  # the delivery limit (see inflight.py)
+        self.max_reading_bytes = limits.max_reading_bytes
+        self._strikes: list[tuple[int, str, str, bool]] = []  # for the writer, sent with the next flush
+        self._cleared: list[str] = []
+        self._clearing: set[str] = set()  # sent in a Cleared, not yet committed: sent again if the writer dies
         self._reading_paused = False  # see _hold_back
-        self.peak_in_hand = 0
         self._drained: asyncio.Event | None = None  # set when nothing is in hand while closing
         self._received = 0  # messages taken so far; the last one's ack id
         self._readings: dict[str, list[Inbound]] = {}
         self._flush_scheduled = False
         self._taking = True
         self._closing = False
-        self._lost = asyncio.Event()  # the current connection is gone (or must go: resync)
+        self._lost = asyncio.Event()  # the current connection is gone (or must go: retiring, failing)
+        self._failure: Exception | None = None  # a bug in the link itself: see _guard
         self._lost_at: float | None = None
         self._reading_topics = {d.reading_topic: d.name for d in DEVICE_TYPES.values()}
         self._request_stems = {d.request_stem: d.name for d in DEVICE_TYPES.values()}
@@ -186,6 +192,8 @@ class Session:
         self._ask_for_stats()
         while await self._connect():
             await _first_of(stop, self._lost)
+            if self._failure is not None:
+                raise self._failure
             if stop.is_set():
                 break
             client, self.client = self.client, None
@@ -244,7 +252,7 @@ class Session:
             client.set_auth_credentials(s.username, s.password or None)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
+        client.on_message = lambda *args: self._guard(self._on_message, *args)
         client.on_subscribe = self._on_subscribe
         client.on_unsubscribe = self._on_unsubscribe
         return client
@@ -270,12 +278,12 @@ class Session:
             self._lost_at = None
         if self.on_retired is not None:
             client.unsubscribe(self._topics)
-            client.publish(self.status_topic, self._status("retiring"), qos=1, retain=True)
+            self._send(self.status_topic, self._status("retiring"), qos=1, retain=True)
             return
         # gmqtt never resubscribes. Subscribing again is harmless when the session survived,
         # and essential when the broker had no session for us.
         client.subscribe([gmqtt.Subscription(t, qos=1) for t in self._topics])
-        client.publish(self.status_topic, self._status("online"), qos=1, retain=True)
+        self._send(self.status_topic, self._status("online"), qos=1, retain=True)
 
     def _on_subscribe(self, client, mid, granted, properties):
         refused = [t for t, code in zip(self._topics, granted) if code >= 0x80]
@@ -301,10 +309,10 @@ class Session:
         seen, quiet_since = self._received, time.monotonic()
         while time.monotonic() - quiet_since < HANDED_OVER_AFTER:
             await asyncio.sleep(0.1)
-            if self._received != seen or self._pending or not self.connected:
+            if self._received != seen or self.inflight or not self.connected:
                 seen, quiet_since = self._received, time.monotonic()
         for topic in (self.status_topic, self.stats_topic):
-            self.client.publish(topic, b"", qos=1, retain=True)  # an empty retained message deletes it
+            self._send(topic, b"", qos=1, retain=True)  # an empty retained message deletes it
         client, self.client, self.connected = self.client, None, False
         if await client.end_session(self.settings.connect_timeout):
             log.info("retired: %d messages the broker kept for %s stored or answered, and its session "
@@ -326,13 +334,6 @@ class Session:
                     "(unacknowledged messages will be delivered again)")
         self._lost.set()
 
-    def resync(self) -> None:
-        """After a crash elsewhere lost messages in hand: start a new connection, so that the
-        broker delivers every unacknowledged message again."""
-        log.warning("reconnecting so that the broker redelivers what a crashed actor held")
-        self._lost_at = time.monotonic()
-        self._lost.set()
-
     async def close(self) -> None:
         """Stop taking messages, give what is in hand time to be committed and acknowledged,
         then disconnect. Messages that arrive meanwhile are never acknowledged: the broker
@@ -340,20 +341,20 @@ class Session:
         self._closing = True
         self._taking = False
         self._flush()
-        if self._pending:
+        if self.inflight:
             self._drained = asyncio.Event()
             try:
                 await asyncio.wait_for(self._drained.wait(), self.settings.drain_timeout)
             except asyncio.TimeoutError:
                 log.warning("%d messages were not committed in time; the broker will deliver "
-                            "them again", len(self._pending))
+                            "them again", len(self.inflight))
         if self.client is not None:
             if self.connected:  # a clean DISCONNECT cancels the last will: say it ourselves
-                self.client.publish(self.status_topic, self._status("offline", "stopped"), qos=1, retain=True)
+                self._send(self.status_topic, self._status("offline", "stopped"), qos=1, retain=True)
             await self._discard(self.client)
         self._abandon_all()
         log.info("disconnected from the MQTT broker (at most %d messages were in hand at once)",
-                 self.peak_in_hand)
+                 self.inflight.peak)
 
     # -- messages in ----------------------------------------------------------------------
 
@@ -363,49 +364,173 @@ class Session:
         self._received += 1
         ack_id = self._received
         if (device := self._reading_topics.get(topic)) is not None:
-            self._readings.setdefault(device, []).append(Inbound(ack_id, topic, payload))
-            if not self._flush_scheduled:
-                self._flush_scheduled = True
-                self._loop.call_soon(self._flush)
-        elif not self._request(ack_id, topic, payload, properties):
+            held = Held(packet_id, Inbound(ack_id, topic, payload), f"ingest/{device}")
+        elif (request := self._admit(ack_id, topic, payload, properties)) is not None:
+            held = Held(packet_id, request, "query")
+        else:
             if packet_id is not None:
                 client.acknowledge((packet_id,))  # answered here, or refused: nothing to wait for
             return
-        self._pending[ack_id] = packet_id
-        if len(self._pending) >= self.settings.receive_maximum:
+        self.inflight.add(ack_id, held)
+        if self.inflight.full:
             self._hold_back(True)  # again each time: asyncio's StreamReader may have resumed it
-        self.peak_in_hand = max(self.peak_in_hand, len(self._pending))
+        if packet_id is not None and properties.get("dup"):
+            self._redelivered(ack_id, held)
+        else:
+            self._dispatch(held)
 
-    def _request(self, ack_id: int, topic: str, payload: bytes, properties: dict) -> bool:
-        """Hand a request to the query pool (True), or refuse it here (False)."""
+    def _dispatch(self, held: Held, alone: bool = False) -> None:
+        message = held.message
+        if held.is_request:
+            held.route = self.peers.tell_pool("query", message)
+        elif alone:
+            self.peers.tell(held.route, ReadingBatch(utc_now(), (message,), alone=True))
+        else:  # readings of one socket read travel together, one batch per device type
+            self._readings.setdefault(held.route, []).append(message)
+            self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    # -- the delivery limit (see inflight.py) ------------------------------------------------
+
+    def _redelivered(self, ack_id: int, held: Held) -> None:
+        held.fingerprint = fingerprint(held.message)
+        verdict = self.deliveries.redelivered(held.fingerprint)
+        if verdict is Verdict.STRIKE:
+            self._count(ack_id, held)
+        elif verdict is Verdict.SUSPECT:
+            self._count(ack_id, held, fresh_only=True)
+        elif verdict is Verdict.FAILED_BEFORE:
+            if self.deliveries.exhausted(held.fingerprint):
+                self._set_aside(ack_id, held, self.deliveries.failures[held.fingerprint])
+            else:
+                self._dispatch(held, alone=True)
+        else:
+            self._dispatch(held)
+
+    def _count(self, ack_id: int, held: Held, fresh_only: bool = False) -> None:
+        """Have the writer count a failure against it, durably, before it is handled again (with
+        `fresh_only`, only if it has none yet); it waits in hand until then."""
+        if held.fingerprint is None:
+            held.fingerprint = fingerprint(held.message)
+        held.awaiting = "check" if fresh_only else "count"
+        self._strikes.append((ack_id, held.fingerprint.hex(), held.message.topic, fresh_only))
+        self._schedule_flush()
+
+    def _struck(self, counts) -> None:
+        for ack_id, failures, counted in counts:
+            held = self.inflight.get(ack_id)
+            if held is None or held.awaiting is None:
+                continue  # given up with a lost connection meanwhile: it comes back
+            fresh, held.awaiting = held.awaiting == "check", None
+            if self.deliveries.counted(held.fingerprint, failures):
+                self._set_aside(ack_id, held, failures)
+            elif not counted:
+                # In hand when earlier processes died, and not counted yet in this one: tried
+                # alone, one at a time, so that it is blamed only for a failure while it is tried.
+                self.deliveries.wait_turn(ack_id)
+            elif fresh:
+                self._dispatch(held)  # redelivered after one death: tried with the others
+            else:
+                log.warning("handing on again, on its own, a %s on %s that was in hand during %d failure%s "
+                            "(set aside after %d)", "request" if held.is_request else "reading",
+                            held.message.topic, failures, "" if failures == 1 else "s", self.deliveries.max_failures)
+                self._dispatch(held, alone=True)
+        self._next_turn()
+
+    def _next_turn(self) -> None:
+        ack_id = self.deliveries.next_turn(self.inflight.held)
+        if ack_id is not None:
+            self._count(ack_id, self.inflight.get(ack_id))
+
+    def _set_aside(self, ack_id: int, held: Held, failures: int) -> None:
+        """Past the delivery limit: acknowledge it without handling it again."""
+        message = held.message
+        log.error("set aside a %s on %s after %d failed deliveries, instead of trying it again: payload %r",
+                  "request" if held.is_request else "reading", message.topic, failures, message.payload[:1024])
+        if held.is_request:
+            self._answer(ack_id, internal_error(message.payload), error=True)
+            return
+        reason = (f"set aside after {failures} failed deliveries: the service failed each time it handled this "
+                  "reading (see the log at that time); it is kept here instead of being tried again")
+        rejection = Rejection(message.topic, message.payload[:self.max_reading_bytes], reason, utc_now())
+        self.peers.tell("writer", WriteBatch(held.route.partition("/")[2], (), (rejection,), (ack_id,), alone=True))
+
+    def _restarted(self, restarted: Restarted) -> None:
+        """An actor crashed and runs again: hand on again what it held (a duplicate is harmless:
+        the writer ignores a row it has, the link answers a request once), and count a failure
+        against each of its suspects."""
+        name, suspects = restarted.name, set(restarted.suspects)
+        struck = again = 0
+        if name == "writer" and self._clearing:  # its Cleared went with it
+            self._cleared.extend(self._clearing)
+            self._clearing.clear()
+            self._schedule_flush()
+        for ack_id, held in list(self.inflight.held.items()):
+            if held.awaiting is not None:
+                if name == "writer":  # the Strikes it had not committed yet went with it
+                    self._count(ack_id, held, fresh_only=held.awaiting == "check")
+            elif ack_id in suspects:
+                self._count(ack_id, held)
+                struck += 1
+            elif self.deliveries.waiting(ack_id):
+                continue  # not handed on yet: its turn comes
+            elif held.route == name or (name == "writer" and not held.is_request):
+                self._dispatch(held, alone=held.fingerprint in self.deliveries.failures)
+                again += 1
+        log.warning("%s was restarted: %d messages it may have held handed on again, %d suspected of the crash",
+                    name, again, struck)
+
+    # -- requests -------------------------------------------------------------------------
+
+    def _admit(self, ack_id: int, topic: str, payload: bytes, properties: dict) -> Request | None:
+        """The request, to hand to the query pool; or None, refused (and answered) here."""
         stem, _, app_id = topic.rpartition("/")
         device = self._request_stems.get(stem)
         if device is None:
             log.warning("ignored a message on unexpected topic %r", topic)
-            return False
+            return None
         if not APP_ID.fullmatch(app_id):  # its reply topic would not be a plain name of one app
             log.warning("ignored a request on %r: an app id is 1-64 letters, digits, '_' or '-'", topic)
-            return False
+            return None
         reply_topic = f"{DEVICE_TYPES[device].reply_stem}/{app_id}"
         correlation = _property(properties, "correlation_data")
-        if (asked := _property(properties, "response_topic")) is not None:
-            # MQTT 5 request/response: only inside this app's own reply topics.
-            if not any(asked == f"{d.reply_stem}/{app_id}" or asked.startswith(f"{d.reply_stem}/{app_id}/")
-                       for d in DEVICE_TYPES.values()) or "+" in asked or "#" in asked:
-                log.warning("ignored a request on %r: its response topic %r is not one of app %s's "
-                            "reply topics (home/data<type>/%s[/...])", topic, asked, app_id, app_id)
-                return False
+        if not isinstance(correlation, (bytes, type(None))):
+            correlation = None
+        asked = _property(properties, "response_topic")
+        if asked is not None:  # MQTT 5 request/response: only inside this app's own reply topics
+            if (problem := self._response_topic_problem(asked, app_id)) is not None:
+                log.warning("refused a request on %r: its response topic %r %s", topic, asked, problem)
+                self._refuse(reply_topic, payload, correlation, "invalid_response_topic",
+                             f"the Response Topic {problem}")
+                return None
             reply_topic = asked
         if not self._within_rate(app_id):
-            body = error_reply("rate_limited", f"more than {self._limiter.rate:g} requests per second "
-                                               f"(bursts of {self._limiter.burst}); slow down")
-            if (request_id := request_id_of(_loads(payload))) is not None:
-                body["request_id"] = request_id
-            self._publish(reply_topic, orjson.dumps(body), correlation)
-            self._error_replies += 1
-            return False
-        self.peers.tell_pool("query", Request(ack_id, device, app_id, payload, reply_topic, correlation))
-        return True
+            self._refuse(reply_topic, payload, correlation, "rate_limited",
+                         f"more than {self._limiter.rate:g} requests per second (bursts of "
+                         f"{self._limiter.burst}); slow down")
+            return None
+        # The largest reply payload the broker takes on that topic, with that correlation data.
+        room = self.max_packet - publish_size(reply_topic, b"", 0, correlation) if self.max_packet else None
+        return Request(ack_id, device, app_id, payload, reply_topic, correlation, room)
+
+    @staticmethod
+    def _response_topic_problem(asked, app_id: str) -> str | None:
+        if isinstance(asked, str) and not any(asked == f"{d.reply_stem}/{app_id}"
+                                              or asked.startswith(f"{d.reply_stem}/{app_id}/")
+                                              for d in DEVICE_TYPES.values()):
+            return f"is not one of app {app_id}'s reply topics (home/data<type>/{app_id}[/...])"
+        return topic_problem(asked)
+
+    def _refuse(self, reply_topic: str, payload: bytes, correlation: bytes | None, code: str, message: str) -> None:
+        body = error_reply(code, message)
+        if (request_id := request_id_of(_loads(payload))) is not None:
+            body["request_id"] = request_id
+        self._reply(reply_topic, orjson.dumps(body), correlation)
+        self._error_replies += 1
 
     def _within_rate(self, app_id: str) -> bool:
         if self._limiter.allow(app_id):
@@ -426,7 +551,7 @@ class Session:
         pushes back, and the broker queues the rest. What asyncio had already read still comes
         through, so the bound is receive_maximum messages plus 384 KiB of socket data."""
         if pause and not self._reading_paused:
-            log.debug("holding back: %d messages in hand", len(self._pending))
+            log.debug("holding back: %d messages in hand", len(self.inflight))
         if self.client is not None:
             self.client.pause_reading(pause)
         self._reading_paused = pause
@@ -435,38 +560,98 @@ class Session:
         self._flush_scheduled = False
         readings, self._readings = self._readings, {}
         received_at = utc_now()
-        for device, items in readings.items():
-            self.peers.tell(f"ingest/{device}", ReadingBatch(received_at, tuple(items)))
+        for route, items in readings.items():
+            self.peers.tell(route, ReadingBatch(received_at, tuple(items)))
+        if self._strikes:
+            strikes, self._strikes = tuple(self._strikes), []
+            self.peers.tell("writer", Strikes(strikes))
+        if self._cleared:
+            cleared, self._cleared = tuple(self._cleared), []
+            self._clearing.update(cleared)
+            self.peers.tell("writer", Cleared(cleared))
 
     # -- messages from the other actors ---------------------------------------------------
 
+    def _guard(self, handle, *args) -> None:
+        """A bug while handling a message must not leave it in hand for ever, unanswered: the link
+        fails instead, and is restarted; the broker then delivers what it held again, and the
+        delivery limit counts the failure against each of them."""
+        try:
+            handle(*args)
+        except Exception as exc:  # noqa: BLE001 - logged with its traceback, then the link restarts
+            log.exception("the MQTT link failed while handling %s", type(args[-1]).__name__ if args else "a message")
+            if self._failure is None:
+                self._failure = exc
+                self._lost.set()
+
     def receive(self, message) -> None:
+        self._guard(self._receive, message)
+
+    def _receive(self, message) -> None:
         if isinstance(message, Committed):
             self._acknowledge(message.ack_ids)
+            self._clearing.difference_update(message.forgotten)
         elif isinstance(message, Reply):
-            if self._publish(message.topic, message.payload, message.correlation):
-                self._acknowledge((message.ack_id,))
-                self._answered += 1
-                self._error_replies += message.error
+            self._answer(message.ack_id, message.payload, message.error)
+        elif isinstance(message, Struck):
+            self._struck(message.counts)
+        elif isinstance(message, Restarted):
+            self._restarted(message)
         elif isinstance(message, WriterStats):
             self._report(message)
         else:
             log.warning("MQTT link ignored an unexpected message: %r", message)
 
-    def _publish(self, topic: str, payload: bytes, correlation: bytes | None = None) -> bool:
-        if not self.connected:
-            return False  # the request was not acknowledged: the broker delivers it again
-        if self.max_packet and len(payload) + len(topic) + 16 > self.max_packet:
-            log.error("a reply of %d bytes on %s exceeds the broker's maximum packet size (%d)",
-                      len(payload), topic, self.max_packet)
-            payload = (b'{"error": {"code": "too_large", "message": '
-                       b'"the reply exceeds the broker\'s maximum packet size"}}')
+    def _answer(self, ack_id: int, payload, error: bool) -> None:
+        """Publish the reply to a request in hand, then acknowledge the request. A reply to one
+        no longer in hand is dropped: it was answered already (handed on twice after a crash),
+        or given up with a lost connection (the broker delivers it again)."""
+        held = self.inflight.get(ack_id)
+        if held is None or not self.connected:
+            return
+        request = held.message
+        if not isinstance(payload, bytes):
+            payload = orjson.dumps(payload)
+        if not self._reply(request.reply_topic, payload, request.correlation, request.payload):
+            return
+        if held.fingerprint is None:
+            held.fingerprint = fingerprint(request)
+        self.deliveries.answered(held.fingerprint)
+        self._acknowledge((ack_id,))
+        self._answered += 1
+        self._error_replies += error
+
+    def _reply(self, topic: str, payload: bytes, correlation: bytes | None, request: bytes = b"") -> bool:
+        """Publish a reply within the broker's maximum packet size: one that would not fit becomes
+        a too_large error (without the correlation data, if even that is too large)."""
+        if not self._fits(topic, payload, correlation):
+            log.error("a reply of %d bytes on %s would exceed the broker's maximum packet size (%d bytes); "
+                      "answered too_large", len(payload), topic, self.max_packet)
+            body = error_reply("too_large", "the reply would exceed the broker's maximum packet size")
+            if (request_id := request_id_of(_loads(request))) is not None:
+                body["request_id"] = request_id
+            payload = orjson.dumps(body)
+            if not self._fits(topic, payload, correlation):
+                log.error("the request's correlation data (%d bytes) is too large to send back", len(correlation or b""))
+                correlation = None
         # QoS 0: an answer is only useful to an app that is connected now; an app that missed
         # it asks again. QoS 0 also keeps replies clear of gmqtt's packet-id limits.
-        if correlation is None:
-            self.client.publish(topic, payload, qos=0)
-        else:
-            self.client.publish(topic, payload, qos=0, correlation_data=correlation)
+        return self._send(topic, payload, correlation=correlation)
+
+    def _fits(self, topic: str, payload: bytes, correlation: bytes | None = None, qos: int = 0) -> bool:
+        return not self.max_packet or publish_size(topic, payload, qos, correlation) <= self.max_packet
+
+    def _send(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False,
+              correlation: bytes | None = None) -> bool:
+        """The one way out to the broker: nothing that would get us disconnected is published."""
+        if not self.connected:
+            return False  # a request stays unacknowledged: the broker delivers it again
+        if not self._fits(topic, payload, correlation, qos):
+            log.error("not publishing %d bytes on %s: over the broker's maximum packet size (%d bytes)",
+                      len(payload), topic, self.max_packet)
+            return True  # dropping it is all we can do; waiting would not make it fit
+        extra = {} if correlation is None else {"correlation_data": correlation}
+        self.client.publish(topic, payload, qos=qos, retain=retain, **extra)
         return True
 
     # -- status and stats -------------------------------------------------------------------
@@ -491,12 +676,11 @@ class Session:
                  "connected": self.connected, "stored": dict(writer.stored), "rejected": writer.rejected,
                  "requests": {"answered": self._answered, "errors": self._error_replies},
                  "commit_failures": writer.commit_failures, "writer_backlog": writer.backlog,
-                 "in_hand": len(self._pending),
+                 "in_hand": len(self.inflight),
                  "commit_ms": {"last": writer.last_commit_ms, "max": writer.max_commit_ms},
                  "database_bytes": writer.database_bytes, "wal_bytes": writer.wal_bytes,
                  "wal_checkpoints": writer.checkpoints, "last_stored_at": dict(writer.last_stored_at)}
-        if self.connected:
-            self.client.publish(self.stats_topic, orjson.dumps(stats), qos=0, retain=True)
+        self._send(self.stats_topic, orjson.dumps(stats), retain=True)
         if time.monotonic() >= self._next_log:
             self._next_log = time.monotonic() + self.status_settings.log_interval
             log.info("stats: stored %s; rejected %d; requests %d (%d errors); commit failures %d; "
@@ -508,19 +692,26 @@ class Session:
     def _acknowledge(self, ack_ids) -> None:
         """PUBACK the messages behind these ack ids that are still in hand on this connection
         (QoS 0 messages, and those of a connection since lost, have nothing to acknowledge)."""
-        pending = self._pending
-        packet_ids = [mid for mid in (pending.pop(ack_id, None) for ack_id in ack_ids) if mid is not None]
+        released = self.inflight.release(ack_ids)
+        packet_ids = [h.packet_id for h in released if h.packet_id is not None]
         if packet_ids and self.client is not None:
             self.client.acknowledge(packet_ids)
-        if self._reading_paused and len(pending) <= self.settings.receive_maximum // 2:
+        for h in released:
+            if h.fingerprint is not None and self.deliveries.forgive(h.fingerprint):
+                self._cleared.append(h.fingerprint.hex())
+                self._schedule_flush()
+        if self.deliveries.trying is not None and self.deliveries.trying not in self.inflight.held:
+            self._next_turn()  # the one tried alone is done: the next one's turn
+        if self._reading_paused and self.inflight.roomy:
             self._hold_back(False)
-        if not pending and self._drained is not None:
+        if not self.inflight and self._drained is not None:
             self._drained.set()
 
     def _abandon_all(self) -> None:
         """The connection is gone: nothing in hand can be acknowledged any more. The broker
         delivers it all again on the next connection."""
-        self._pending.clear()
+        self.deliveries.lost(self.inflight.abandon())
+        self._strikes.clear()  # counted when they come back, if they are to be
         self._reading_paused = False  # the next connection starts reading
         if self._drained is not None:
             self._drained.set()
@@ -542,12 +733,13 @@ class LoopHandle:
 
 
 class MqttLink(Supervised):
-    def __init__(self, settings: MqttSettings, status: StatusSettings, apps: AppsSettings, peers: Peers,
-                 supervisor=None, retire: bool = False):
+    def __init__(self, settings: MqttSettings, status: StatusSettings, apps: AppsSettings, limits: LimitsSettings,
+                 peers: Peers, supervisor=None, retire: bool = False):
         super().__init__("link", supervisor)
         self.retire = retire
         self.settings = settings
         self.apps = apps
+        self.limits = limits
         self.status_settings = status
         self.peers = peers
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -566,9 +758,7 @@ class MqttLink(Supervised):
         return LoopHandle(self._loop, self._session)
 
     def on_receive(self, message):
-        if isinstance(message, Resync):
-            self._loop.call_soon_threadsafe(self._session.resync)
-        elif isinstance(message, Crash):
+        if isinstance(message, Crash):
             raise RuntimeError(message.error)
         else:
             log.warning("MQTT link ignored an unexpected message: %r", message)
@@ -604,7 +794,7 @@ class MqttLink(Supervised):
         self._loop = asyncio.get_running_loop()
         self._stop_event = asyncio.Event()
         on_retired = (lambda: self.supervisor.tell(Retired())) if self.retire else None
-        self._session = Session(self.settings, self.status_settings, self.peers, self.apps, on_retired)
+        self._session = Session(self.settings, self.status_settings, self.peers, self.apps, self.limits, on_retired)
         ready.set()
         await self._session.run(self._stop_event)
 

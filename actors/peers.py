@@ -53,11 +53,12 @@ class Peers:
             raise pykka.ActorDeadError(name)
         return ref.ask(message, timeout=timeout)
 
-    def tell_pool(self, prefix: str, message) -> bool:
-        """Round-robin over a pool of actors (the query actors)."""
+    def tell_pool(self, prefix: str, message) -> str:
+        """Round-robin over a pool of actors (the query actors); the name of the one told."""
         with self._lock:
             name = next(self._pools[prefix])
-        return self.tell(name, message)
+        self.tell(name, message)
+        return name
 
 
 class Supervised(pykka.ThreadingActor):
@@ -68,6 +69,9 @@ class Supervised(pykka.ThreadingActor):
         super().__init__()
         self.name = name
         self.supervisor = supervisor
+        # Ack ids of the messages being handled right now: if this actor crashes, they are the
+        # suspects, and a message that keeps crashing actors is set aside (the delivery limit).
+        self.suspects: tuple[int, ...] = ()
 
     def address(self):
         """What peers use to reach this actor (through Peers); waited on by the supervisor
@@ -89,4 +93,4 @@ class Supervised(pykka.ThreadingActor):
 
     def on_failure(self, exception_type, exception_value, traceback):
         if self.supervisor is not None and self.supervisor.is_alive():
-            self.supervisor.tell(ChildFailed(self.name, self.actor_urn, repr(exception_value)))
+            self.supervisor.tell(ChildFailed(self.name, self.actor_urn, repr(exception_value), self.suspects))

@@ -15,6 +15,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from datetime import date as Date
+from datetime import datetime
 from datetime import time as Time
 from fnmatch import fnmatchcase
 from itertools import accumulate
@@ -121,7 +122,7 @@ def parse_request(payload: bytes, device: DeviceType, max_limit: int) -> Ask:
     after, state = None, ()
     if "cursor" in obj:
         try:
-            after, state = decode_cursor(obj["cursor"], device)
+            after, state = decode_cursor(obj["cursor"], device, value)
         except ValueError:
             fail("invalid_field", "field 'cursor' must be a `next` value from an earlier reply")
     return Ask(known["device_id"], value, limit=min(limit, max_limit) if limit else None, after=after,
@@ -139,27 +140,46 @@ def _well_formed(value, pattern: re.Pattern, parse) -> bool:
     return True
 
 
-def encode_cursor(key: tuple, state: tuple) -> str:
-    return base64.urlsafe_b64encode(orjson.dumps([list(key), list(state)])).rstrip(b"=").decode()
+def encode_cursor(device: DeviceType, key: tuple, state: tuple) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps([device.name, list(key), list(state)])).rstrip(b"=").decode()
 
 
-def decode_cursor(text, device: DeviceType) -> tuple[tuple, tuple]:
-    """(key, state) of a cursor; ValueError if it is not one of ours for this device type."""
+def decode_cursor(text, device: DeviceType, date: str) -> tuple[tuple, tuple]:
+    """(key, state) of a cursor; ValueError unless it is one of ours for this device type and
+    day: every value is checked as the column holds it, so nothing an app makes up reaches SQL."""
     try:
         if not isinstance(text, str) or len(text) > 1024:
             raise ValueError
-        key, state = orjson.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
-    except (binascii.Error, orjson.JSONDecodeError, TypeError):
+        name, key, state = orjson.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+    except (binascii.Error, orjson.JSONDecodeError, TypeError, ValueError):
         raise ValueError from None
-    if (not isinstance(key, list) or len(key) != 1 + len(device.value_columns) or not isinstance(key[0], str)
-            or not all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in key)
-            or not isinstance(state, list) or not all(isinstance(v, str) for v in state)):
+    if name != device.name or not isinstance(key, list) or not isinstance(state, list) \
+            or len(key) != 1 + len(device.value_columns):
         raise ValueError
-    return tuple(key), tuple(state)
+    timestamp, *values = key
+    if not isinstance(timestamp, str) or timestamp[:10] != date:
+        raise ValueError
+    try:
+        canonical = datetime.fromisoformat(timestamp).isoformat()
+    except ValueError:
+        raise ValueError from None
+    if canonical != timestamp:
+        raise ValueError
+    return (timestamp, *device.cursor_values(values)), device.cursor_state(state)
 
 
 def error_reply(code: str, message: str, **known) -> dict:
     return {**known, "error": {"code": code, "message": message}}
+
+
+def internal_error(payload: bytes) -> dict:
+    """The reply to a request the service failed to answer (its request_id echoed if readable)."""
+    body = error_reply("internal_error", "the service failed to answer this request; it has been logged")
+    try:
+        request_id = request_id_of(orjson.loads(payload))
+    except orjson.JSONDecodeError:
+        request_id = None
+    return body if request_id is None else {"request_id": request_id, **body}
 
 
 class QueryActor(Supervised):
@@ -187,9 +207,15 @@ class QueryActor(Supervised):
         if not isinstance(message, Request):
             log.warning("%s ignored an unexpected message: %r", self.name, message)
             return
-        body = self.answer(message.device, message.payload, message.app_id)
-        self.peers.tell("link", Reply(message.ack_id, message.reply_topic, orjson.dumps(body),
-                                      error="error" in body, correlation=message.correlation))
+        self.suspects = (message.ack_id,)  # named to the supervisor if this crashes the actor
+        try:
+            body = self.answer(message.device, message.payload, message.app_id, message.max_bytes)
+        except Exception:  # noqa: BLE001 - a bug must cost one error reply, not the actor
+            log.exception("%s failed to answer a %s request on %s (payload %r); answered internal_error",
+                          self.name, message.device, message.reply_topic, message.payload[:512])
+            body = internal_error(message.payload)
+        self.peers.tell("link", Reply(message.ack_id, orjson.dumps(body), error="error" in body))
+        self.suspects = ()
 
     def may_read(self, app_id: str, device_id: str) -> bool:
         """Globs match literally otherwise: fnmatchcase, so case matters and '/' is no separator."""
@@ -198,7 +224,9 @@ class QueryActor(Supervised):
         return any(fnmatchcase(app_id, apps) and any(fnmatchcase(device_id, d) for d in devices)
                    for apps, devices in self.rules.readable.items())
 
-    def answer(self, device_name: str, payload: bytes, app_id: str = "") -> dict:
+    def answer(self, device_name: str, payload: bytes, app_id: str = "", max_bytes: int | None = None) -> dict:
+        """The reply to a request, at most `max_bytes` of JSON (what the broker takes) and
+        `queries.max_reply_bytes`."""
         device = DEVICE_TYPES[device_name]
         if len(payload) > self.rules.max_request_bytes:
             log.info("refused a %s request of %d bytes", device_name, len(payload))
@@ -216,13 +244,20 @@ class QueryActor(Supervised):
             return error_reply("forbidden", f"this app may not read device {ask.device_id!r}", **known)
         try:
             self.db.connect(reuse_if_open=True)
+            cap = min(self.rules.max_reply_bytes, max_bytes or self.rules.max_reply_bytes)
             with self.gate.reading():
-                return self.latest(device, ask) if ask.latest else self.page(device, ask)
+                reply = self.latest(device, ask) if ask.latest else self.page(device, ask, cap)
         except (peewee.OperationalError, peewee.InterfaceError) as exc:
             if not is_sqlite(self.db):
                 self.db.close()  # the server may have gone: the next request takes a fresh connection
             log.error("cannot read %s data for %s: %s", device_name, ask.device_id, exc)
             return error_reply("unavailable", "the database cannot be read right now; try again", **known)
+        if reply is None:
+            log.warning("a %s reply for %s would not fit in %d bytes (the broker's maximum packet size); "
+                        "answered too_large", device_name, ask.device_id, cap)
+            return error_reply("too_large", f"not even one record fits in a reply of {cap} bytes, the most "
+                                            "the broker takes on this reply topic", **known)
+        return reply
 
     def latest(self, device: DeviceType, ask: Ask) -> dict:
         row = device.latest_row(ask.device_id)
@@ -233,21 +268,24 @@ class QueryActor(Supervised):
             records = device.records([row], device.state_before(ask.device_id, date, timestamp))
         return self._reply(ask, date, records)
 
-    def page(self, device: DeviceType, ask: Ask) -> dict:
-        """One page: `limit` records, or as many as fit the reply-size cap; `next` if more."""
-        fits = self.rules.max_reply_bytes // SMALLEST_RECORD
+    def page(self, device: DeviceType, ask: Ask, cap: int) -> dict | None:
+        """One page: `limit` records, or as many as fit in `cap` bytes; `next` if more. None if
+        not even one record fits."""
+        fits = max(1, cap // SMALLEST_RECORD)
         wanted = min(ask.limit or fits, fits)
         rows = device.rows(ask.device_id, ask.date, ask.after, ask.start, ask.end, limit=wanted + 1)
         state = ask.state if ask.after else device.state_before(
             ask.device_id, ask.date, f"{ask.date}T{ask.start}" if ask.start else None)
         records = device.records(rows[:wanted], state)
         # The most records that keep the reply under the cap (room is left for `next`).
-        frame = len(orjson.dumps(self._reply(ask, ask.date, [], next_=encode_cursor(device.key(rows[0]), state)
+        frame = len(orjson.dumps(self._reply(ask, ask.date, [], next_=encode_cursor(device, device.key(rows[0]), state)
                                              if rows else None))) + 64
         sizes = accumulate(len(orjson.dumps(r)) + 1 for r in records)
-        n = max(1, sum(1 for total in sizes if frame + total <= self.rules.max_reply_bytes)) if records else 0
+        n = sum(1 for total in sizes if frame + total <= cap)
+        if records and not n:
+            return None
         more = len(rows) > n
-        next_ = encode_cursor(device.key(rows[n - 1]), device.state_after(records[n - 1])) if more else None
+        next_ = encode_cursor(device, device.key(rows[n - 1]), device.state_after(records[n - 1])) if more else None
         return self._reply(ask, ask.date, records[:n], next_)
 
     @staticmethod

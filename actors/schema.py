@@ -1,8 +1,8 @@
 """Schema versions, and the upgrade of an older database in place at start-up (by the writer).
 
 Version 1 is the original program's schema, as its README describes it: the three reading tables,
-no `rejected_messages`, no identity index, timestamps as devices sent them. Version 2 is this
-service's: what models.py declares. The version lives in the `schema_version` table. An upgrade
+no `rejected_messages`, no identity index, timestamps as devices sent them. Version 2 added those;
+version 3, `delivery_failures` (the delivery limit). The current version is what models.py declares. The version lives in the `schema_version` table. An upgrade
 runs in one transaction: it either completes or leaves the file as it was."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from datetime import datetime
 import peewee
 
 from actors.devices import DEVICE_TYPES
-from actors.models import MODELS, RejectedMessage
+from actors.models import MODELS, DeliveryFailure, RejectedMessage
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA_LOCK = 0x6D717474  # the PostgreSQL advisory lock of the schema step ('mqtt')
 
 
@@ -33,8 +33,11 @@ class SchemaTooNew(RuntimeError):
 
 
 def prepare(db: peewee.Database) -> None:
-    """Create a new database at the current version, or bring an older one up to it."""
+    """Create a new database at the current version, or bring an older one up to it. A database
+    that is current is only read: start-up does not wait for someone else's write lock."""
     SchemaVersion.bind(db)
+    if is_current(db):
+        return
     with _exclusively(db):
         version = current_version(db)
         if version == SCHEMA_VERSION and SchemaVersion.table_exists():
@@ -53,6 +56,11 @@ def prepare(db: peewee.Database) -> None:
         db.create_tables([SchemaVersion])
         SchemaVersion.delete().execute()
         SchemaVersion.create(version=SCHEMA_VERSION)
+
+
+def is_current(db: peewee.Database) -> bool:
+    SchemaVersion.bind(db)
+    return current_version(db) == SCHEMA_VERSION and SchemaVersion.table_exists()
 
 
 @contextmanager
@@ -84,10 +92,10 @@ def current_version(db: peewee.Database) -> int | None:
     return 2 if "temperature_logs_identity" in indexes else 1
 
 
-def _byte_order_text(db: peewee.Database) -> None:
+def _byte_order_text(db: peewee.Database, models=MODELS) -> None:
     """PostgreSQL compares text by the database's locale, which may ignore punctuation; days must
     sort and page by timestamp exactly as in SQLite (byte order), so the text columns use "C"."""
-    for model in MODELS:
+    for model in models:
         for f in model._meta.sorted_fields:
             if f.field_type == "TEXT":
                 db.execute_sql(f'ALTER TABLE "{model._meta.table_name}" ALTER COLUMN "{f.column_name}" '
@@ -120,4 +128,10 @@ def _upgrade_1_to_2(db: peewee.Database) -> None:
     db.create_tables([RejectedMessage])
 
 
-UPGRADES = {1: _upgrade_1_to_2}
+def _upgrade_2_to_3(db: peewee.Database) -> None:
+    db.create_tables([DeliveryFailure])
+    if not isinstance(db, peewee.SqliteDatabase):
+        _byte_order_text(db, [DeliveryFailure])
+
+
+UPGRADES = {1: _upgrade_1_to_2, 2: _upgrade_2_to_3}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import re
 import tomllib
@@ -55,7 +56,7 @@ class DatabaseSettings:
     max_batch: int = field(metadata=_check(1, 100_000))
     commit_interval: float = field(metadata=_check(0, 1))
     retry_delay: float = field(metadata=_check(0.01, 60))
-    max_size_mb: int = field(metadata=_check(0))
+    max_size_mb: int = field(metadata=_check(0, 16 * 1024 * 1024))
     checkpoint_mb: int = field(metadata=_check(1, 4096))
 
 
@@ -70,6 +71,7 @@ class QuerySettings:
 class LimitsSettings:
     max_reading_bytes: int = field(metadata=_check(64, 16 * 1024 * 1024))
     max_request_bytes: int = field(metadata=_check(64, 16 * 1024 * 1024))
+    max_failures: int = field(metadata=_check(1, 100))  # the delivery limit (see actors/inflight.py)
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,7 @@ class StatusSettings:
 class LoggingSettings:
     file: str = field(metadata=_check())
     level: str = field(metadata=_check(choices=LOG_LEVELS))
-    max_bytes: int = field(metadata=_check(1024))
+    max_bytes: int = field(metadata=_check(1024, 2**40))
     backups: int = field(metadata=_check(0, 100))
 
 
@@ -294,6 +296,8 @@ def _validate(name: str, value: Any, f: dataclasses.Field) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise SettingsError(f"{name} must be a number, not {value!r}")
         value = float(value)
+        if not math.isfinite(value):  # nan passes every comparison; inf would disable a limit
+            raise SettingsError(f"{name} must be a finite number, not {value!r}")
     elif kind == "dict":  # a table of glob -> list of globs
         if not isinstance(value, dict) or not all(
                 isinstance(v, list) and all(isinstance(g, str) and g for g in v) for v in value.values()):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -16,7 +17,7 @@ import pykka
 from actors.backup import BackupActor
 from actors.devices import DEVICE_TYPES
 from actors.ingest import IngestActor
-from actors.messages import ChildFailed, Resync, Retired
+from actors.messages import ChildFailed, Restarted, Retired
 from actors.models import connect_database, is_sqlite
 from actors.mqtt_link import MqttLink
 from actors.peers import Peers
@@ -49,13 +50,14 @@ class Supervisor(pykka.ThreadingActor):
         self._children: dict[str, pykka.ActorRef] = {}  # in start order
         self._crashes: collections.deque[float] = collections.deque()
         self._db = None
+        self._stopping = threading.Event()  # the writer stops waiting for locks
 
     def child_specs(self) -> list[ChildSpec]:
         s, peers = self.settings, self.peers
         # A connection per thread that uses one: writer, query actors, retention, and a spare.
         self._db = connect_database(s.database, s.queries.pool_size + 3)
         db, gate = self._db, ReadGate()
-        specs = [ChildSpec("writer", lambda sup: WriterActor.start(db, s.database, peers, sup, gate))]
+        specs = [ChildSpec("writer", lambda sup: WriterActor.start(db, s.database, peers, sup, gate, self._stopping))]
         rules = QueryRules(s.limits.max_request_bytes, s.queries.max_reply_bytes, s.queries.max_page_records,
                            s.apps.readable)
         specs += [ChildSpec(f"query/{i}", lambda sup, i=i: QueryActor.start(i, db, peers, rules, sup, gate))
@@ -67,7 +69,8 @@ class Supervisor(pykka.ThreadingActor):
         specs += [ChildSpec(f"ingest/{d.name}", lambda sup, d=d: IngestActor.start(
                       d, peers, max_bytes=s.limits.max_reading_bytes, supervisor=sup))
                   for d in DEVICE_TYPES.values()]
-        specs += [ChildSpec("link", lambda sup: MqttLink.start(s.mqtt, s.status, s.apps, peers, sup, self.retire))]
+        specs += [ChildSpec("link", lambda sup: MqttLink.start(s.mqtt, s.status, s.apps, s.limits, peers, sup,
+                                                               self.retire))]
         return specs
 
     def on_start(self):
@@ -133,13 +136,14 @@ class Supervisor(pykka.ThreadingActor):
             self.exit_process(1)
             return
         if failed.name != "link":
-            # What the crashed actor held was never acknowledged: have the broker resend it.
-            link = self._children.get("link")
-            if link is not None:
-                link.tell(Resync())
+            # What the crashed actor held was never acknowledged: the link hands it on again.
+            if "link" in self._children:
+                self.peers.tell("link", Restarted(failed.name, failed.suspects))
 
     def _stop_children(self) -> None:
         for name, ref in reversed(list(self._children.items())):
+            if name == "writer":  # the last to stop: what it cannot commit now, the broker redelivers
+                self._stopping.set()
             try:
                 ref.stop(block=True, timeout=STOP_TIMEOUT)
             except pykka.Timeout:

@@ -5,8 +5,14 @@ takes all of them (group commit: it waits up to `commit_interval` for more, at m
 rows), and only once it has committed are their MQTT acknowledgements released. A failed commit
 is rolled back and retried with backoff; nothing is acknowledged until it is durable.
 
-It also deletes what the retention actor has archived (Prune, one small transaction at a time)
-and keeps the WAL bounded (a truncating checkpoint once it passes `checkpoint_mb`)."""
+It also counts failed deliveries for the MQTT link (Strikes, answered with Struck once
+committed; see inflight.py), deletes what the retention actor has archived (Prune, one small
+transaction at a time) and keeps the WAL bounded (a truncating checkpoint once it passes
+`checkpoint_mb`).
+
+SQLite's write lock is waited for in short polls, up to `busy_timeout`, so that a stop (the
+`stopping` event) is never held up by someone else's lock: what is not committed by then is
+delivered again by the broker."""
 
 from __future__ import annotations
 
@@ -14,13 +20,14 @@ import logging
 import sqlite3
 import threading
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import peewee
 
 from actors.devices import DEVICE_TYPES
-from actors.messages import Committed, Flush, Prune, StatsRequest, WriteBatch, WriterStats
-from actors.models import MODELS, RejectedMessage, insert_fields, insert_sql, is_sqlite, utc_now
+from actors.messages import Cleared, Committed, Flush, Prune, StatsRequest, Strikes, Struck, WriteBatch, WriterStats
+from actors.models import MODELS, DeliveryFailure, RejectedMessage, insert_fields, insert_sql, is_sqlite, utc_now
 from actors.peers import Peers, Supervised
 from actors.readgate import ReadGate
 from actors.schema import prepare
@@ -28,24 +35,32 @@ from actors.settings import DatabaseSettings, describe_url
 
 log = logging.getLogger(__name__)
 MAX_RETRY_DELAY = 10.0
+STARTUP_LOCK_WAIT = 20.0  # within the supervisor's start timeout
 CHECKPOINT_WAIT = 0.25  # longest a checkpoint waits for readers (and so holds up new readings)
 CHECKPOINT_RETRY = 5.0  # after a checkpoint that readers kept from finishing
 TABLES = {m._meta.table_name: m for m in MODELS}
 RETRIABLE = (sqlite3.OperationalError, peewee.OperationalError, peewee.InterfaceError)
+LOCK_POLL_MS = 100  # how long one try for SQLite's write lock waits; see _begin
+FORGET_FAILURES_AFTER = timedelta(days=30)  # a failed message the broker never delivered again
 
 
 def _rows(batch: WriteBatch) -> int:
     return len(batch.rows) + len(batch.rejections)
 
 
+def _locked(exc: Exception) -> bool:
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
 class WriterActor(Supervised):
     def __init__(self, database: peewee.Database, settings: DatabaseSettings, peers: Peers,
-                 supervisor=None, gate: ReadGate | None = None):
+                 supervisor=None, gate: ReadGate | None = None, stopping: threading.Event | None = None):
         super().__init__("writer", supervisor)
         self.db = database
         self.settings = settings
         self.peers = peers
         self.gate = gate or ReadGate()
+        self.stopping = stopping or threading.Event()  # set by the supervisor: give up waiting for locks
         self.sqlite = is_sqlite(database)
         self.where = describe_url(settings.url) if settings.url else settings.path
         self._wal = Path(settings.path + "-wal")
@@ -55,6 +70,8 @@ class WriterActor(Supervised):
         self._checkpoints = 0
         self._pending: list[WriteBatch] = []
         self._pending_rows = 0
+        self._strikes: list[tuple[int, str, str, bool]] = []  # (ack id, fingerprint, topic, fresh only)
+        self._cleared: set[str] = set()  # fingerprints whose failures to forget
         self._flush_queued = False
         self._oldest = 0.0  # when the oldest pending batch arrived
         self._retry_timer: threading.Timer | None = None
@@ -75,7 +92,8 @@ class WriterActor(Supervised):
             self.db.connect(reuse_if_open=True)
             if self.sqlite:
                 self._check_settings()
-            prepare(self.db)  # creates the tables, or upgrades an older schema
+                self.db.execute_sql(f"PRAGMA busy_timeout = {LOCK_POLL_MS}")  # _begin polls up to busy_timeout
+            self._prepare()
             if self.sqlite and self.settings.max_size_mb:
                 pages = self.settings.max_size_mb * 1024 * 1024 // self._pragma("page_size")
                 self.db.execute_sql(f"PRAGMA max_page_count = {pages}")  # this connection only
@@ -87,6 +105,22 @@ class WriterActor(Supervised):
         self._reject_sql = insert_sql(RejectedMessage, self.db)
         self._fields = {name: insert_fields(d.model) for name, d in DEVICE_TYPES.items()}
         self._fields["rejected"] = insert_fields(RejectedMessage)
+
+    def _prepare(self) -> None:
+        """Create the tables, or upgrade an older schema. A current schema is only read; an
+        upgrade needs the write lock, and waits for it (logged once) as long as start-up may."""
+        deadline = time.monotonic() + STARTUP_LOCK_WAIT
+        waiting = False
+        while True:
+            try:
+                return prepare(self.db)
+            except peewee.OperationalError as exc:
+                if not (self.sqlite and _locked(exc)) or time.monotonic() > deadline or self.stopping.is_set():
+                    raise
+                if not waiting:
+                    log.warning("the schema upgrade waits for the write lock, held by another connection "
+                                "(an operator's sqlite3 session?)")
+                    waiting = True
 
     def _pragma(self, name: str):
         return self.db.execute_sql(f"PRAGMA {name}").fetchone()[0]
@@ -132,14 +166,21 @@ class WriterActor(Supervised):
                 return  # the database is failing; the retry timer decides when to try again
             if self._pending_rows >= self.settings.max_batch:
                 self.commit_pending()
-            elif not self._flush_queued:
-                self._flush_queued = True
-                self.actor_ref.tell(Flush())
+            else:
+                self._queue_flush()
+        elif isinstance(message, Strikes):
+            self._strikes.extend(message.entries)
+            if self._retry_timer is None:
+                self._queue_flush()
+        elif isinstance(message, Cleared):
+            self._cleared.update(message.fingerprints)
+            if self._retry_timer is None:
+                self._queue_flush()
         elif isinstance(message, Flush):
             self._flush_queued = False
             self._retry_timer = None
             linger = self._oldest + self.settings.commit_interval - time.monotonic()
-            if linger > 0 and self._pending_rows < self.settings.max_batch:
+            if self._pending and linger > 0 and self._pending_rows < self.settings.max_batch:
                 # A commit costs about as much as 100 rows: wait a moment for more batches, then
                 # queue behind them so that they join this transaction.
                 time.sleep(linger)
@@ -154,10 +195,15 @@ class WriterActor(Supervised):
         else:
             log.warning("writer ignored an unexpected message: %r", message)
 
+    def _queue_flush(self) -> None:
+        if not self._flush_queued:
+            self._flush_queued = True
+            self.actor_ref.tell(Flush())
+
     def on_stop(self):
         if self._retry_timer is not None:
             self._retry_timer.cancel()
-        self.commit_pending()  # one last try; whatever fails is redelivered by the broker
+        self.commit_pending()  # one last try, without waiting for a lock; the broker redelivers the rest
         self.db.close()
 
     def on_failure(self, exception_type, exception_value, traceback):
@@ -168,24 +214,36 @@ class WriterActor(Supervised):
 
     def commit_pending(self) -> None:
         """Commit everything pending, in transactions of at most max_batch rows (a single
-        larger batch goes alone: its acknowledgements are released together)."""
-        while self._pending:
+        larger batch goes alone: its acknowledgements are released together; so does a batch
+        marked `alone`, so that if it fails, it fails on its own)."""
+        while self._pending or self._strikes or self._cleared:
             taken, size = [], 0
-            while self._pending and (not taken or size + _rows(self._pending[0]) <= self.settings.max_batch):
+            while self._pending and not (taken and (taken[0].alone or self._pending[0].alone)) \
+                    and (not taken or size + _rows(self._pending[0]) <= self.settings.max_batch):
                 batch = self._pending.pop(0)
                 taken.append(batch)
                 size += _rows(batch)
+            strikes, self._strikes = self._strikes, []
+            cleared, self._cleared = self._cleared, set()
+            self.suspects = tuple(a for b in taken for a in b.ack_ids)  # if this crashes the writer
             try:
-                self._write(taken)
+                counts = self._write(taken, strikes, cleared)
             except RETRIABLE as exc:  # locked, full, I/O error, server gone: worth retrying
                 self._pending[:0] = taken
+                self._strikes[:0] = strikes
+                self._cleared |= cleared
+                self.suspects = ()
                 if not self.sqlite:
                     self.db.close()  # a connection that failed may be broken: the next try takes another
                 self._failed(exc)
                 return
+            self.suspects = ()
             self._pending_rows -= size
             self._recovered()
-            self.peers.tell("link", Committed(tuple(a for b in taken for a in b.ack_ids)))
+            if taken or cleared:
+                self.peers.tell("link", Committed(tuple(a for b in taken for a in b.ack_ids), tuple(cleared)))
+            if counts:
+                self.peers.tell("link", Struck(tuple(counts)))
         self._checkpoint_if_due()
 
     def _stats(self) -> WriterStats:
@@ -226,7 +284,7 @@ class WriterActor(Supervised):
             except sqlite3.OperationalError as exc:  # e.g. the disk is full
                 busy, wal_pages, copied = 1, -1, str(exc)
             finally:
-                conn.execute(f"PRAGMA busy_timeout = {int(self.settings.busy_timeout * 1000)}")
+                conn.execute(f"PRAGMA busy_timeout = {LOCK_POLL_MS}")
         if not busy:
             self._checkpoints += 1
             log.debug("WAL checkpointed and truncated in %.0f ms (%d pages)",
@@ -259,7 +317,7 @@ class WriterActor(Supervised):
         conn = self.db.connection()
         started = time.perf_counter()
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            self._begin(conn)
             deleted = conn.execute(sql, params).rowcount
             conn.execute("COMMIT")
         except BaseException:
@@ -268,7 +326,9 @@ class WriterActor(Supervised):
             raise
         return deleted, (time.perf_counter() - started) * 1000
 
-    def _write(self, batches: list[WriteBatch]) -> None:
+    def _write(self, batches: list[WriteBatch], strikes=(), cleared=()) -> list[tuple[int, int, bool]]:
+        """One transaction: the batches' rows and rejections, the failed deliveries to count
+        (their new counts are returned) and those to forget."""
         started = time.perf_counter()
         created_at = utc_now()
         by_device: dict[str, list[tuple]] = {}
@@ -277,18 +337,20 @@ class WriterActor(Supervised):
             if batch.rows:  # a batch of rejections only has no rows for its table
                 by_device.setdefault(batch.device, []).extend(row + (created_at,) for row in batch.rows)
             rejections.extend((r.topic, r.payload, r.reason, r.received_at) for r in batch.rejections)
+        failures = Failures(self.db, strikes, cleared, created_at)
         if self.sqlite:
-            inserted = self._write_sqlite(by_device, rejections)
+            inserted, counts = self._write_sqlite(by_device, rejections, failures)
         else:
-            inserted = self._write_server(by_device, rejections)
+            inserted, counts = self._write_server(by_device, rejections, failures)
         for device, n in inserted.items():
             self._stored[device] += n
             self._last_stored_at[device] = created_at
         self._rejected += len(rejections)
         self._last_commit_ms = (time.perf_counter() - started) * 1000
         self._max_commit_ms = max(self._max_commit_ms, self._last_commit_ms)
+        return counts
 
-    def _write_server(self, by_device: dict[str, list[tuple]], rejections: list[tuple]) -> dict[str, int]:
+    def _write_server(self, by_device: dict[str, list[tuple]], rejections: list[tuple], failures: Failures):
         """PostgreSQL: one transaction, a multi-row INSERT ... ON CONFLICT DO NOTHING per table."""
         self.db.connect(reuse_if_open=True)
         with self.db.atomic():
@@ -296,24 +358,38 @@ class WriterActor(Supervised):
                         .on_conflict_ignore().as_rowcount().execute() for device, rows in by_device.items()}
             if rejections:
                 RejectedMessage.insert_many(rejections, fields=self._fields["rejected"]).execute()
-        return inserted
+            counts = failures.apply(lambda sql, params: self.db.execute_sql(sql, params))
+        return inserted, counts
 
-    def _write_sqlite(self, by_device: dict[str, list[tuple]], rejections: list[tuple]) -> dict[str, int]:
+    def _write_sqlite(self, by_device: dict[str, list[tuple]], rejections: list[tuple], failures: Failures):
         # The raw connection, not db.atomic(): after SQLITE_FULL, SQLite has already rolled the
         # transaction back, and peewee's own rollback would fail and hide the real error.
         conn = self.db.connection()
         try:
-            conn.execute("BEGIN IMMEDIATE")  # the write lock up front: no SQLITE_BUSY halfway
+            self._begin(conn)  # the write lock up front: no SQLITE_BUSY halfway
             inserted = {device: conn.executemany(self._sql[device], rows).rowcount
                         for device, rows in by_device.items()}  # redeliveries are not counted
             if rejections:
                 conn.executemany(self._reject_sql, rejections)
+            counts = failures.apply(conn.execute)
             conn.execute("COMMIT")
         except BaseException:  # a bug as much as a full disk: never leave the write lock held
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        return inserted
+        return inserted, counts
+
+    def _begin(self, conn: sqlite3.Connection) -> None:
+        """BEGIN IMMEDIATE, waiting up to busy_timeout for the write lock in LOCK_POLL_MS tries:
+        a stop gives up at once rather than wait out someone else's lock."""
+        deadline = time.monotonic() + self.settings.busy_timeout
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if not _locked(exc) or self.stopping.is_set() or time.monotonic() >= deadline:
+                    raise
 
     def _failed(self, exc: Exception) -> None:
         self._commit_failures += 1
@@ -331,3 +407,38 @@ class WriterActor(Supervised):
             log.warning("database writes resumed after %.1f s", time.monotonic() - self._failing_since)
             self._failing_since = None
         self._retry_delay = self.settings.retry_delay
+
+
+class Failures:
+    """The failed-delivery counts of one transaction (see inflight.py): count one more failure
+    for each strike, returning the new counts; forget the cleared ones, and any the broker has
+    not delivered again for a month."""
+    TABLE = DeliveryFailure._meta.table_name
+
+    def __init__(self, db: peewee.Database, strikes, cleared, now: str):
+        self.strikes, self.cleared, self.now = strikes, sorted(cleared), now
+        p = db.param
+        insert = f"INSERT INTO {self.TABLE} (fingerprint, topic, failures, last_failed_at) VALUES ({p}, {p}, 1, {p})"
+        self.count_sql = (f"{insert} ON CONFLICT (fingerprint) DO UPDATE SET failures = {self.TABLE}.failures + 1, "
+                          "last_failed_at = excluded.last_failed_at RETURNING failures")
+        self.fresh_sql = f"{insert} ON CONFLICT (fingerprint) DO NOTHING"
+        self.read_sql = f"SELECT failures FROM {self.TABLE} WHERE fingerprint = {p}"
+        self.forget_sql = f"DELETE FROM {self.TABLE} WHERE fingerprint = {p}"
+        self.expire_sql = f"DELETE FROM {self.TABLE} WHERE last_failed_at < {p}"
+
+    def apply(self, execute) -> list[tuple[int, int, bool]]:
+        for fp in self.cleared:
+            execute(self.forget_sql, (fp,))
+        if not self.strikes:
+            return []
+        month_ago = (datetime.now(timezone.utc) - FORGET_FAILURES_AFTER).strftime("%Y-%m-%d %H:%M:%S")
+        execute(self.expire_sql, (month_ago,))
+        counts = []
+        for ack_id, fp, topic, fresh_only in self.strikes:
+            if not fresh_only:
+                counts.append((ack_id, execute(self.count_sql, (fp, topic, self.now)).fetchone()[0], True))
+            elif execute(self.fresh_sql, (fp, topic, self.now)).rowcount == 1:
+                counts.append((ack_id, 1, True))
+            else:
+                counts.append((ack_id, execute(self.read_sql, (fp,)).fetchone()[0], False))
+        return counts

@@ -1,5 +1,6 @@
 """Validation of readings and requests: every device type, every kind of bad input."""
 
+import base64
 import json
 
 import pytest
@@ -100,7 +101,7 @@ def test_a_good_request_reads_device_and_date():
 
 
 def test_the_optional_fields_of_a_request():
-    cursor = encode_cursor(("2026-01-22T10:00:00", 21.5, 40.0, "LOW"), ())
+    cursor = encode_cursor(TEMP, ("2026-01-22T10:00:00", 21.5, 40.0, "LOW"), ())
     ask = parse_request(raw({"device_id": "t", "date": "2026-01-22", "limit": 5000, "cursor": cursor,
                              "from": "08:00:00", "to": "18:30:00", "request_id": "r-1"}), TEMP, 1000)
     assert ask == Ask("t", "2026-01-22", limit=1000, after=("2026-01-22T10:00:00", 21.5, 40.0, "LOW"),
@@ -137,3 +138,57 @@ def test_bad_requests_carry_a_code_and_what_was_readable(payload, code, known):
     with pytest.raises(RequestError) as err:
         parse_request(payload, TEMP, 1000)
     assert err.value.code == code and err.value.known == known and str(err.value)
+
+
+def forged(*parts) -> str:
+    return base64.urlsafe_b64encode(json.dumps(list(parts)).encode()).rstrip(b"=").decode()
+
+
+GOOD_KEYS = {"temperature": ["2026-01-22T10:00:00", 21.5, 40.0, "LOW"], "power": ["2026-01-22T10:00:00", "ON", ""],
+             "fingerprint": ["2026-01-22T10:00:00", "u1", "PASS"]}
+GOOD_STATES = {"temperature": [], "power": ["ON", "OFF"], "fingerprint": []}
+
+
+@pytest.mark.parametrize("name", list(DEVICE_TYPES))
+def test_a_cursor_of_ours_reads_back_as_it_was_made(name):
+    device = DEVICE_TYPES[name]
+    cursor = forged(name, GOOD_KEYS[name], GOOD_STATES[name])
+    ask = parse_request(raw({"device_id": "d", "date": "2026-01-22", "cursor": cursor}), device, 1000)
+    assert list(ask.after) == GOOD_KEYS[name] and list(ask.state) == GOOD_STATES[name]
+
+
+@pytest.mark.parametrize("name, cursor", [
+    ("power", forged("temperature", GOOD_KEYS["temperature"], [])),  # another type's cursor
+    ("fingerprint", forged("power", GOOD_KEYS["fingerprint"], [])),
+    ("temperature", forged("temperature", ["2026-01-23T10:00:00", 21.5, 40.0, "LOW"], [])),  # another day
+    ("temperature", forged("temperature", ["2026-01-22T10:00", 21.5, 40.0, "LOW"], [])),  # not canonical
+    ("temperature", forged("temperature", ["2026-01-22Tnoon", 21.5, 40.0, "LOW"], [])),
+    ("temperature", "x"),
+    ("temperature", forged("temperature", ["2026-01-22T10:00:00", "21.5", 40.0, "LOW"], [])),
+    ("temperature", forged("temperature", ["2026-01-22T10:00:00", 21.5, 140.0, "LOW"], [])),
+    ("temperature", forged("temperature", ["2026-01-22T10:00:00", 21.5, 40.0, "WARM"], [])),
+    ("temperature", forged("temperature", ["2026-01-22T10:00:00", True, 40.0, "LOW"], [])),
+    ("temperature", forged("temperature", GOOD_KEYS["temperature"], ["ON"])),  # a state it never carries
+    ("temperature", forged("temperature", GOOD_KEYS["temperature"])),
+    ("temperature", forged("temperature", GOOD_KEYS["temperature"][:3], [])),
+    ("power", forged("power", ["2026-01-22T10:00:00", 1, ""], ["ON", "OFF"])),
+    ("power", forged("power", GOOD_KEYS["power"], ["ON"])),
+    ("power", forged("power", GOOD_KEYS["power"], ["ON", 18446744073709551615])),
+    ("fingerprint", forged("fingerprint", ["2026-01-22T10:00:00", 18446744073709551615, "PASS"], [])),
+    ("fingerprint", forged("fingerprint", ["2026-01-22T10:00:00", "u" * 129, "PASS"], [])),
+    ("fingerprint", forged("fingerprint", {"a": 1}, [])),
+    ("fingerprint", "=" * 10),
+    ("fingerprint", forged("fingerprint")),
+])
+def test_a_cursor_that_is_not_ours_for_that_type_and_day_is_an_invalid_field(name, cursor):
+    with pytest.raises(RequestError) as failure:
+        parse_request(raw({"device_id": "d", "date": "2026-01-22", "cursor": cursor}), DEVICE_TYPES[name], 1000)
+    assert failure.value.code == "invalid_field"
+
+
+def test_integers_beyond_sqlite_range_in_a_cursor_become_floats_or_are_refused():
+    """orjson reads 2**64 - 1 as an int; bound as a parameter it would overflow SQLite."""
+    cursor = forged("temperature", ["2026-01-22T10:00:00", 2**64 - 1, 40, "LOW"], [])
+    ask = parse_request(raw({"device_id": "d", "date": "2026-01-22", "cursor": cursor}), TEMP, 1000)
+    assert ask.after == ("2026-01-22T10:00:00", float(2**64 - 1), 40.0, "LOW")
+    assert all(not isinstance(v, int) for v in ask.after[1:3])

@@ -50,7 +50,9 @@ def test_the_first_released_schema_is_upgraded_in_place(broker, tmp_path):
     try:
         service.start().wait_ready()
         assert "upgrading the database schema from version 1 to 2" in service.log()
-        assert service.query("SELECT version FROM schema_version") == [(2,)]
+        assert "upgrading the database schema from version 2 to 3" in service.log()
+        assert service.query("SELECT version FROM schema_version") == [(3,)]
+        assert service.query("SELECT COUNT(*) FROM delivery_failures") == [(0,)]
         assert service.query("SELECT id, device_id, timestamp FROM temperature_logs ORDER BY id") == [
             (1, "t1", "2026-01-22T14:30:00"), (3, "t1", "2026-01-22T09:15:00"), (4, "t1", "2026-01-22T18:00:00"),
             (5, "t2", "2026-01-21T23:59:59")]
@@ -87,11 +89,11 @@ def test_a_newer_schema_stops_start_up_and_is_left_as_it_was(broker, tmp_path):
     service.start().wait_ready()
     assert service.terminate() == 0
     con = sqlite3.connect(service.db_path)
-    con.execute("UPDATE schema_version SET version = 3")
+    con.execute("UPDATE schema_version SET version = 4")
     con.commit()
     con.close()
     before = hashlib.sha256(service.db_path.read_bytes()).hexdigest()
     service.start()
     assert service.proc.wait(30) == 1
-    assert "schema version 3, newer than this service's (2)" in service.log()
+    assert "schema version 4, newer than this service's (3)" in service.log()
     assert hashlib.sha256(service.db_path.read_bytes()).hexdigest() == before

@@ -90,13 +90,25 @@ def test_an_mqtt5_request_is_answered_on_its_response_topic_with_its_correlation
         assert reply.topic == "home/datatemp/app5/screen-2"
         assert reply.properties.CorrelationData == b"\x00\x01c"
         assert json.loads(reply.payload)["count"] == 1
-        # Outside the app's own reply topics: refused, logged, and never published.
-        for bad in ("home/datatemp/other-app", "devices/t1/set", "home/datatemp/app5/#", "home/datatempx/app5"):
-            app.ask("home/gettemp/app5", {"device_id": "t1", "date": DAY}, bad, b"x")
-        wait_until(lambda: service.log().count("is not one of app app5's reply topics") == 4)
+        # Outside the app's own reply topics, or past the limits every common broker enforces:
+        # refused, logged, never published there; the error goes to the app's own reply topic.
+        bad = ("home/datatemp/other-app", "devices/t1/set", "home/datatemp/app5/#", "home/datatempx/app5",
+               "home/datatemp/app5/" + "/".join("l" * 6), "home/datatemp/app5/" + "x" * 240)
+        for i, topic in enumerate(bad):
+            app.ask("home/gettemp/app5", {"device_id": "t1", "date": DAY, "request_id": f"bad-{i}"}, topic, b"x")
+        for i in range(len(bad)):
+            refused = app.messages.get(timeout=10)
+            assert refused.topic == "home/datatemp/app5" and refused.properties.CorrelationData == b"x"
+            body = json.loads(refused.payload)
+            assert body["error"]["code"] == "invalid_response_topic" and body["request_id"] == f"bad-{i}"
+        log = service.log()
+        assert log.count("is not one of app app5's reply topics") == 3
+        assert "holds a wildcard" in log and "levels, over the 8-level limit" in log
+        assert "bytes, over the 256-byte limit" in log
         app.ask("home/gettemp/app5", {"device_id": "t1", "date": DAY})  # no response topic: the seed's
         assert app.messages.get(timeout=10).topic == "home/datatemp/app5"
         assert app.messages.empty()
+        assert "reconnected" not in service.log()
     finally:
         app.close()
 

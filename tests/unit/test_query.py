@@ -35,7 +35,7 @@ def ask(db):
         query.tell(Request(42, device, app_id, payload, f"{DEVICE_TYPES[device].reply_stem}/{app_id}"))
         reply = link.next()
         assert isinstance(reply, Reply) and reply.ack_id == 42
-        return reply.topic, json.loads(reply.payload)
+        return json.loads(reply.payload)
     return ask
 
 
@@ -49,8 +49,7 @@ def test_a_temperature_day_in_time_order_for_one_device(db, ask):
         fields=[TemperatureLog.device_id, TemperatureLog.temperature, TemperatureLog.humidity,
                 TemperatureLog.status, TemperatureLog.timestamp, TemperatureLog.date,
                 TemperatureLog.created_at]).execute()
-    topic, reply = ask("temperature", {"device_id": "t1", "date": "2026-01-22"})
-    assert topic == "home/datatemp/app1"
+    reply = ask("temperature", {"device_id": "t1", "date": "2026-01-22"})
     assert (reply["device_id"], reply["date"], reply["count"]) == ("t1", "2026-01-22", len(stamps))
     assert [r["timestamp"] for r in reply["records"]] == stamps
     assert reply["records"][0] == {"temperature": 20.0 + shuffled.index(stamps[0]), "humidity": 50.0,
@@ -69,35 +68,33 @@ def test_power_records_show_both_sources_carrying_state_from_earlier_days(db, as
     power("p1", "ON", "", "2026-01-21T23:00:00")
     power("p1", "", "OFF", "2026-01-22T23:30:00")
     power("p2", "", "ON", "2026-01-22T01:00:00")  # another device's state never leaks in
-    _, reply = ask("power", {"device_id": "p1", "date": "2026-01-23"})
+    reply = ask("power", {"device_id": "p1", "date": "2026-01-23"})
     assert reply["records"] == [
         {"ebstatus": "OFF", "dgstatus": "OFF", "timestamp": "2026-01-23T07:00:00"},
         {"ebstatus": "OFF", "dgstatus": "ON", "timestamp": "2026-01-23T08:00:00"},
     ]
-    _, reply = ask("power", {"device_id": "p1", "date": "2026-01-21"})
+    reply = ask("power", {"device_id": "p1", "date": "2026-01-21"})
     assert reply["records"] == [{"ebstatus": "ON", "dgstatus": "", "timestamp": "2026-01-21T23:00:00"}]
 
 
 def test_fingerprint_replies_say_authStatus(db, ask):
     FingerprintLog.create(device_id="f1", user_id="user_123", auth_status="PASS",
                           timestamp="2026-01-22T14:40:22", date="2026-01-22", created_at=CREATED)
-    topic, reply = ask("fingerprint", {"device_id": "f1", "date": "2026-01-22"}, app_id="phone-9")
-    assert topic == "home/datafingerprint/phone-9"
+    reply = ask("fingerprint", {"device_id": "f1", "date": "2026-01-22"}, app_id="phone-9")
     assert reply == {"device_id": "f1", "date": "2026-01-22", "count": 1,
                      "records": [{"user_id": "user_123", "authStatus": "PASS", "timestamp": "2026-01-22T14:40:22"}]}
 
 
 def test_no_data_is_an_empty_reply(ask):
-    _, reply = ask("power", {"device_id": "nobody", "date": "2026-01-22"})
+    reply = ask("power", {"device_id": "nobody", "date": "2026-01-22"})
     assert reply == {"device_id": "nobody", "date": "2026-01-22", "count": 0, "records": []}
 
 
-def test_a_bad_request_gets_an_error_on_the_same_reply_topic(ask):
-    topic, reply = ask("temperature", {"device_id": "t1", "date": "2026-02-30"})
-    assert topic == "home/datatemp/app1"
+def test_a_bad_request_gets_an_error_reply(ask):
+    reply = ask("temperature", {"device_id": "t1", "date": "2026-02-30"})
     assert reply["error"]["code"] == "invalid_field" and "YYYY-MM-DD" in reply["error"]["message"]
     assert reply["device_id"] == "t1" and "records" not in reply
-    _, reply = ask("temperature", b"{nope")
+    reply = ask("temperature", b"{nope")
     assert reply["error"]["code"] == "invalid_json" and "device_id" not in reply
 
 
@@ -106,15 +103,14 @@ def test_hostile_device_ids_are_matched_literally(db, ask):
         TemperatureLog.create(device_id=device, temperature=1.0, humidity=1.0, status="LOW",
                               timestamp="2026-01-22T00:00:00", date="2026-01-22", created_at=CREATED)
     for device in ("t'1", "t%", "t_", "t;DROP TABLE temperature_logs;--"):
-        _, reply = ask("temperature", {"device_id": device, "date": "2026-01-22"})
+        reply = ask("temperature", {"device_id": device, "date": "2026-01-22"})
         assert reply["count"] == 1 and reply["device_id"] == device
-    _, reply = ask("temperature", {"device_id": "t", "date": "2026-01-22"})
+    reply = ask("temperature", {"device_id": "t", "date": "2026-01-22"})
     assert reply["count"] == 0
 
 
 def test_an_oversized_request_is_refused_before_parsing(ask):
     payload = b'{"device_id": "' + b"p" * 300 + b'", "date": "2026-01-22"}'
-    topic, reply = ask("power", payload)
-    assert topic == "home/datapower/app1"
+    reply = ask("power", payload)
     assert reply == {"error": {"code": "too_large",
                                "message": f"the request is {len(payload)} bytes, over the 200-byte limit"}}

@@ -37,10 +37,28 @@ def test_start_up_beside_an_instance_that_is_committing(tmp_path, monkeypatch):
 
     monkeypatch.setattr("actors.schema.current_version", read_then_other_commits)
     prepare(db)
-    assert outcome == ["database is locked"]  # it waited (here: gave up) instead of slipping in
+    # The first read only tells that there is something to write; the one that decides what is
+    # inside the schema step's transaction, and the other instance waited for it (here: gave up).
+    assert outcome == ["committed", "database is locked"]
     assert db.execute_sql("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
     db.close()
     other.close()
+
+
+def test_a_current_database_is_only_read_so_another_connections_write_lock_does_not_hold_it_up(tmp_path):
+    path = tmp_path / "locked.db"
+    db = database(path=str(path))
+    prepare(db)
+    db.close()
+    operator = sqlite3.connect(path, isolation_level=None)
+    operator.execute("BEGIN IMMEDIATE")  # an operator's sqlite3 session holding the write lock
+    db = database(path=str(path))
+    db.execute_sql("PRAGMA busy_timeout = 0")  # any wait for the lock would fail at once
+    prepare(db)
+    assert current_version(db) == SCHEMA_VERSION
+    operator.execute("ROLLBACK")
+    db.close()
+    operator.close()
 
 
 def test_instances_starting_together_on_an_empty_postgresql_database(pg_url):

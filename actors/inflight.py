@@ -1,0 +1,184 @@
+"""What the MQTT link holds, and what it knows of messages that failed: pure, no broker, no actors.
+
+`InFlight` is the acknowledgement ledger: every message taken from the broker and not yet
+acknowledged, with what is needed to hand it on again if the actor holding it crashes.
+
+`Deliveries` is the delivery limit. Acknowledging only after handling means a message whose
+handling fails comes back, again and again; one that was in hand during `max_failures` failures
+in a row is set aside instead (a reading into rejected_messages, a request answered
+internal_error). A failure counts against the messages it can have been caused by:
+- an actor crash: the messages that actor was handling (its suspects), nothing else;
+- a process (or MQTT link) that died: the messages the broker redelivers (DUP) on the first
+  connection after it. Nothing else survives to tell which one it died of, so those without a
+  count are tried together (each counted once, first), and those that have one already are tried
+  alone, one at a time, each counted just before its try: a message is blamed for a death only
+  while it is being tried, never while it waits its turn;
+- a lost connection: a request that we had answered and that the broker redelivers anyway (our
+  reply, or the acknowledgement after it, never made it: the reply may be what the broker
+  refused). A reading, or a request not yet answered, never touches the connection, so a lost
+  connection (a network blip) is not counted against it.
+Counts are kept in the database by the writer (Strikes, Struck, Cleared), so they survive the
+restarts they count; a message handled after all is forgiven."""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import time
+from dataclasses import dataclass
+from enum import Enum
+
+from actors.messages import Inbound, Request
+
+ANSWERED_MEMORY = 300.0  # seconds a request's answer is remembered, to recognise its redelivery
+ABANDONED_MEMORY = 100_000  # messages given up with lost connections, remembered until they return
+
+
+@dataclass(slots=True)
+class Held:
+    """One message in hand."""
+    packet_id: int | None  # the broker's packet id; None at QoS 0 (nothing to acknowledge)
+    message: Inbound | Request
+    route: str  # the actor it was handed to: "ingest/<type>" or "query/<n>"
+    fingerprint: bytes | None = None  # set once it has failed before, or came back as a redelivery
+    awaiting: str | None = None  # "count" or "check": waiting for the writer's Struck before going on
+
+    @property
+    def is_request(self) -> bool:
+        return isinstance(self.message, Request)
+
+
+def fingerprint(message: Inbound | Request) -> bytes:
+    """What identifies a message across deliveries: its topic, payload and, for a request, where
+    its reply goes. (Packet ids are reused; a redelivery keeps its content.)"""
+    h = hashlib.blake2b(digest_size=16)
+    reply = (message.reply_topic.encode(), message.correlation or b"") if isinstance(message, Request) else ()
+    for part in (message.topic.encode(), message.payload, *reply):
+        h.update(len(part).to_bytes(4, "big"))
+        h.update(part)
+    return h.digest()
+
+
+class InFlight:
+    """ack id -> Held, for every message taken and not yet acknowledged. With `limit` messages in
+    hand the link stops reading the socket, and reads again once half of them are released."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.held: dict[int, Held] = {}
+        self.peak = 0
+
+    def __len__(self) -> int:
+        return len(self.held)
+
+    def add(self, ack_id: int, held: Held) -> None:
+        self.held[ack_id] = held
+        self.peak = max(self.peak, len(self.held))
+
+    def get(self, ack_id: int) -> Held | None:
+        return self.held.get(ack_id)
+
+    @property
+    def full(self) -> bool:
+        return len(self.held) >= self.limit
+
+    @property
+    def roomy(self) -> bool:
+        return len(self.held) <= self.limit // 2
+
+    def release(self, ack_ids) -> list[Held]:
+        """Those of `ack_ids` still in hand (the others were given up with a lost connection, or
+        answered already: a message handed on twice is acknowledged once)."""
+        pop = self.held.pop
+        return [h for h in (pop(ack_id, None) for ack_id in ack_ids) if h is not None]
+
+    def abandon(self) -> list[Held]:
+        """The connection is gone: nothing in hand can be acknowledged on it any more."""
+        held, self.held = list(self.held.values()), {}
+        return held
+
+
+class Verdict(Enum):
+    FRESH = "handle it as usual"
+    STRIKE = "count a failure against it first"
+    SUSPECT = "in hand when the process before us died: look up its count first"
+    FAILED_BEFORE = "it has failed before: handle it on its own"
+
+
+class Deliveries:
+    """The delivery limit's memory in this process (see the module's docstring)."""
+
+    def __init__(self, max_failures: int, clock=time.monotonic):
+        self.max_failures = max_failures
+        self._clock = clock
+        self.first_connection = True
+        self.failures: dict[bytes, int] = {}  # fingerprint -> failed deliveries, as the writer counted
+        self._answered: dict[bytes, float] = {}  # fingerprint -> when its reply went out
+        self._abandoned: dict[bytes, None] = {}  # in hand at a lost connection: coming back, blameless
+        self._turns: collections.deque[int] = collections.deque()  # ack ids waiting to be tried alone
+        self.trying: int | None = None  # the ack id being tried alone now
+
+    def redelivered(self, fp: bytes) -> Verdict:
+        """A message the broker marked DUP: why has it come back?"""
+        if fp in self._answered:
+            del self._answered[fp]
+            return Verdict.STRIKE  # answered, yet here again: our reply may be what broke the connection
+        if fp in self._abandoned:
+            del self._abandoned[fp]
+            return Verdict.FAILED_BEFORE if fp in self.failures else Verdict.FRESH
+        if self.first_connection:
+            return Verdict.SUSPECT  # in hand when the process (or the link) before us died
+        return Verdict.FRESH  # the broker sent it on the lost connection, but we never read it
+
+    def answered(self, fp: bytes) -> None:
+        now = self._clock()
+        self._answered[fp] = now
+        oldest = next(iter(self._answered))
+        if now - self._answered[oldest] > ANSWERED_MEMORY:  # forget in arrival order, a few at a time
+            for key in [k for k, t in self._answered.items() if now - t > ANSWERED_MEMORY]:
+                del self._answered[key]
+
+    def lost(self, held: list[Held]) -> None:
+        """The connection is gone with `held` in hand: they come back on the next, blameless."""
+        self.first_connection = False
+        self._turns.clear()
+        self.trying = None
+        for h in held:
+            if h.packet_id is None:
+                continue  # QoS 0: the broker never delivers it again
+            if h.fingerprint is None:
+                h.fingerprint = fingerprint(h.message)
+            self._abandoned[h.fingerprint] = None
+        while len(self._abandoned) > ABANDONED_MEMORY:  # those that never came back (session lost)
+            del self._abandoned[next(iter(self._abandoned))]
+
+    def counted(self, fp: bytes, failures: int) -> bool:
+        """The writer has counted `failures` for it; True if that is the limit: set it aside."""
+        self.failures[fp] = failures
+        return failures >= self.max_failures
+
+    def exhausted(self, fp: bytes) -> bool:
+        return self.failures.get(fp, 0) >= self.max_failures
+
+    def forgive(self, fp: bytes) -> bool:
+        """It has been handled (or set aside): True if it had failures for the writer to forget."""
+        return self.failures.pop(fp, None) is not None
+
+    def wait_turn(self, ack_id: int) -> None:
+        self._turns.append(ack_id)
+
+    def waiting(self, ack_id: int) -> bool:
+        return ack_id in self._turns
+
+    def next_turn(self, in_hand) -> int | None:
+        """The ack id to try alone now, if none is being tried (those no longer `in_hand` are
+        skipped: they come back); None while one is being tried, or none waits."""
+        if self.trying is not None and self.trying in in_hand:
+            return None
+        self.trying = None
+        while self._turns:
+            ack_id = self._turns.popleft()
+            if ack_id in in_hand:
+                self.trying = ack_id
+                return ack_id
+        return None
