@@ -612,7 +612,7 @@ class Session:
         request = held.message
         if not isinstance(payload, bytes):
             payload = orjson.dumps(payload)
-        if not self._reply(request.reply_topic, payload, request.correlation, request.payload):
+        if not self._reply(request.reply_topic, payload, request.correlation, request.payload, error):
             return
         if held.fingerprint is None:
             held.fingerprint = fingerprint(request)
@@ -621,9 +621,15 @@ class Session:
         self._answered += 1
         self._error_replies += error
 
-    def _reply(self, topic: str, payload: bytes, correlation: bytes | None, request: bytes = b"") -> bool:
+    def _reply(self, topic: str, payload: bytes, correlation: bytes | None, request: bytes = b"",
+               error: bool = True) -> bool:
         """Publish a reply within the broker's maximum packet size: one that would not fit becomes
-        a too_large error (without the correlation data, if even that is too large)."""
+        a too_large error; an error goes without the correlation data if it only fits that way."""
+        if correlation is not None and error and not self._fits(topic, payload, correlation) \
+                and self._fits(topic, payload):
+            log.error("the request's correlation data (%d bytes) leaves no room for the reply; sent without it",
+                      len(correlation))
+            correlation = None
         if not self._fits(topic, payload, correlation):
             log.error("a reply of %d bytes on %s would exceed the broker's maximum packet size (%d bytes); "
                       "answered too_large", len(payload), topic, self.max_packet)

@@ -1,6 +1,11 @@
+import dataclasses
+import subprocess
+import sys
+
 import pytest
 
-from actors.settings import SettingsError, describe_url, load_settings
+from actors.settings import SECTIONS, SettingsError, describe_url, load_settings
+from conftest import ROOT
 
 
 def test_defaults_come_from_settings_toml():
@@ -87,3 +92,43 @@ def test_a_database_url_with_a_password_belongs_in_the_environment_and_never_in_
     settings = load_settings(environ={"DATABASE_URL": "postgresql://mqtt:hunter2@db.internal/mqtt"})
     assert "hunter2" not in repr(settings)
     assert describe_url(settings.database.url) == "postgresql://mqtt:***@db.internal/mqtt"
+
+
+NUMERIC = [(section, f.name) for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)
+           if f.type in ("int", "float")]
+
+
+@pytest.mark.parametrize("section, key", NUMERIC)
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "+nan"])
+def test_nan_and_infinity_are_bad_values_for_every_numeric_setting(tmp_path, section, key, value):
+    """TOML has nan and inf. nan passes every comparison, inf would disable a limit: both are refused."""
+    path = tmp_path / "bad.toml"
+    path.write_text(f"[{section}]\n{key} = {value}\n")
+    with pytest.raises(SettingsError) as err:
+        load_settings(path, environ={})
+    assert f"{section}.{key} must be a" in str(err.value)
+
+
+def test_every_whole_number_setting_has_an_upper_bound():
+    """A huge whole number is a bad value too, not one that overflows later (e.g. in a PRAGMA)."""
+    unbounded = [f"{section}.{f.name}" for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)
+                 if f.type in ("int", "float") and f.metadata["maximum"] is None]
+    assert unbounded == []
+
+
+@pytest.mark.parametrize("variable", ["MQTT_BROKER_PORT"])
+@pytest.mark.parametrize("value", ["nan", "inf", "1e999"])
+def test_nan_and_infinity_from_the_environment_are_refused(variable, value):
+    with pytest.raises(SettingsError, match=variable):
+        load_settings(environ={variable: value})
+
+
+def test_system_py_exits_2_naming_the_key_and_check_config_says_failed(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[database]\nbusy_timeout = nan\n")
+    run = subprocess.run([sys.executable, "system.py", "--config", str(path)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode == 2 and "database.busy_timeout must be a finite number" in run.stderr
+    check = subprocess.run([sys.executable, "system.py", "--config", str(path), "--check-config"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 1 and "FAILED  settings: database.busy_timeout" in check.stderr

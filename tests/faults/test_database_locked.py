@@ -56,3 +56,52 @@ def test_a_minute_long_write_lock_delays_ingestion_but_loses_nothing_and_request
     assert "crashed" not in log and log.count("cannot commit to the database") == 1
     assert "database writes resumed" in log
     print(f"lock held {LOCK_SECONDS:.0f} s: {answered} requests answered during it; 301 of 301 stored")
+
+
+def test_a_start_while_an_operator_holds_the_write_lock_waits_for_it_and_answers_meanwhile(service, client):
+    service.start().wait_ready()
+    client.publish("home/temperature", reading(0))
+    wait_until(lambda: service.query("SELECT COUNT(*) FROM temperature_logs")[0][0] == 1)
+    assert service.terminate() == 0
+
+    operator = sqlite3.connect(service.db_path, isolation_level=None)
+    operator.execute("BEGIN IMMEDIATE")
+    try:
+        service.start().wait_ready()  # does not exit: the schema is current, so start-up only reads
+        client.subscribe_replies("ops")
+        for i in range(1, 11):
+            client.publish("home/temperature", reading(i))
+        wait_until(lambda: "cannot commit to the database (database is locked)" in service.log(), 30)
+        reply = client.request("temp", "ops", {"device_id": "locked", "date": "2026-08-01"})
+        assert reply["count"] == 1  # what is stored, meanwhile
+        assert service.query("SELECT COUNT(*) FROM temperature_logs")[0][0] == 1
+    finally:
+        operator.execute("ROLLBACK")
+        operator.close()
+    wait_until(lambda: service.query("SELECT COUNT(*) FROM temperature_logs")[0][0] == 11, 30)
+    log = service.log()
+    assert log.count("cannot commit to the database") == 1 and "database writes resumed" in log
+    assert service.proc.poll() is None
+
+
+def test_sigterm_ends_the_process_within_10_s_while_a_commit_waits_for_a_lock(service, client):
+    service.start().wait_ready()
+    client.publish("home/temperature", reading(0))
+    wait_until(lambda: service.query("SELECT COUNT(*) FROM temperature_logs")[0][0] == 1)
+    operator = sqlite3.connect(service.db_path, isolation_level=None)
+    operator.execute("BEGIN IMMEDIATE")
+    try:
+        for i in range(1, 51):
+            client.publish("home/temperature", reading(i))  # in hand, waiting for the lock
+        wait_until(lambda: "cannot commit to the database" in service.log(), 30)
+        stopping = time.monotonic()
+        assert service.terminate(timeout=15) == 0
+        took = time.monotonic() - stopping
+    finally:
+        operator.execute("ROLLBACK")
+        operator.close()
+    print(f"SIGTERM with a commit waiting for a lock: exit 0 after {took:.1f} s")
+    assert took < 10
+    # What was not committed is delivered again by the broker.
+    service.start().wait_ready()
+    wait_until(lambda: service.query("SELECT COUNT(*) FROM temperature_logs")[0][0] == 51, 30)
