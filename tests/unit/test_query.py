@@ -30,9 +30,10 @@ def ask(db):
     peers.register("link", link)
     query = QueryActor.start(0, db, peers, QueryRules(max_request_bytes=200))
 
-    def ask(device, body, app_id="app1"):
+    def ask(device, body, app_id="app1", max_bytes=None):
         payload = body if isinstance(body, bytes) else json.dumps(body).encode()
-        query.tell(Request(42, device, app_id, payload, f"{DEVICE_TYPES[device].reply_stem}/{app_id}"))
+        query.tell(Request(42, device, app_id, payload, f"{DEVICE_TYPES[device].reply_stem}/{app_id}",
+                           max_bytes=max_bytes))
         reply = link.next()
         assert isinstance(reply, Reply) and reply.ack_id == 42
         return json.loads(reply.payload)
@@ -114,3 +115,26 @@ def test_an_oversized_request_is_refused_before_parsing(ask):
     reply = ask("power", payload)
     assert reply == {"error": {"code": "too_large",
                                "message": f"the request is {len(payload)} bytes, over the 200-byte limit"}}
+
+
+def test_a_reply_fits_the_room_the_broker_leaves_or_is_too_large(db, ask):
+    TemperatureLog.insert_many([
+        {"device_id": "t1", "temperature": 20.0 + i, "humidity": 50.0, "status": "LOW",
+         "timestamp": f"2026-01-22T10:{i:02d}:00", "date": "2026-01-22", "created_at": ""} for i in range(40)]).execute()
+    whole = ask("temperature", {"device_id": "t1", "date": "2026-01-22"})
+    assert whole["count"] == 40 and "next" not in whole
+    page = ask("temperature", {"device_id": "t1", "date": "2026-01-22"}, max_bytes=1000)
+    assert 0 < page["count"] < 40 and "next" in page and len(json.dumps(page, separators=(",", ":"))) <= 1000
+    tiny = ask("temperature", {"device_id": "t1", "date": "2026-01-22", "request_id": "r"}, max_bytes=100)
+    assert tiny["error"]["code"] == "too_large" and tiny["request_id"] == "r"
+
+
+def test_a_bug_while_answering_is_an_internal_error_reply_and_the_actor_lives_on(db, ask, monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("injected")
+    monkeypatch.setattr(DEVICE_TYPES["power"], "rows", broken)
+    reply = ask("power", {"device_id": "p1", "date": "2026-01-22", "request_id": "q"})
+    assert reply == {"request_id": "q", "error": {"code": "internal_error", "message": reply["error"]["message"]}}
+    assert "ZeroDivisionError: injected" in caplog.text  # the traceback, logged
+    monkeypatch.undo()
+    assert ask("power", {"device_id": "p1", "date": "2026-01-22"})["count"] == 0
