@@ -20,6 +20,8 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import psycopg2
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 import pykka
 import pytest
 
@@ -146,6 +148,55 @@ class MqttClient:
         topic, reply = self.take(timeout)
         assert topic == f"home/data{stem}/{app_id}"
         return reply
+
+    def close(self):
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+class Mqtt5App:
+    """An MQTT 5 app (or watcher): asks with a Response Topic, Correlation Data and user
+    properties, and collects the messages it receives (paho messages, properties included)."""
+
+    def __init__(self, port: int, app_id: str):
+        self.app_id = app_id
+        self.messages: queue.Queue = queue.Queue()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{app_id}-{uuid.uuid4().hex[:6]}",
+                                  protocol=mqtt.MQTTv5)
+        self.client.on_message = lambda c, u, m: self.messages.put(m)
+        self._subscribed: queue.Queue = queue.Queue()
+        self.client.on_subscribe = lambda *args: self._subscribed.put(1)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def subscribe(self, topic: str) -> None:
+        result, _ = self.client.subscribe(topic, qos=1)
+        assert result == mqtt.MQTT_ERR_SUCCESS
+        self._subscribed.get(timeout=10)
+
+    def ask(self, topic: str, body, response_topic=None, correlation=None, user=()) -> None:
+        props = Properties(PacketTypes.PUBLISH)
+        if response_topic is not None:
+            props.ResponseTopic = response_topic
+        if correlation is not None:
+            props.CorrelationData = correlation
+        if user:
+            props.UserProperty = list(user)
+        payload = body if isinstance(body, bytes) else json.dumps(body)
+        self.client.publish(topic, payload, qos=1, properties=props).wait_for_publish(10)
+
+    def take(self, timeout: float = 10.0, skip_status: bool = True):
+        """The next message, past the service's retained status unless asked for."""
+        message = self.messages.get(timeout=timeout)
+        while skip_status and message.topic.startswith("home/status/"):
+            message = self.messages.get(timeout=timeout)
+        return message
+
+    def drain(self) -> list:
+        out = []
+        while not self.messages.empty():
+            out.append(self.messages.get())
+        return out
 
     def close(self):
         self.client.loop_stop()

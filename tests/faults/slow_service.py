@@ -15,9 +15,9 @@ DELAY = float(os.environ["SLOW_COMMIT_SECONDS"])
 _write = WriterActor._write
 
 
-def slow_write(self, batches):
+def slow_write(self, batches, *args):
     time.sleep(DELAY)
-    return _write(self, batches)
+    return _write(self, batches, *args)
 
 
 WriterActor._write = slow_write

@@ -5,15 +5,10 @@ import base64
 import collections
 import json
 import math
-import queue
-import uuid
 
-import paho.mqtt.client as mqtt
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from actors.devices import DEVICE_TYPES, InvalidMessage
 from actors.ingest import IngestActor
@@ -23,7 +18,7 @@ from actors.packets import publish_size, topic_problem
 from actors.peers import Peers
 from actors.query import QueryActor, QueryRules
 from actors.settings import load_settings
-from conftest import Broker, FakePeer, Service, wait_until
+from conftest import Broker, FakePeer, Mqtt5App, Service, wait_until
 
 LIMITS = load_settings(environ={}).limits
 TRIED = collections.Counter()  # fuzzed inputs per test, reported at the end of the module
@@ -237,22 +232,12 @@ def service5(limited_broker, tmp_path_factory):
     config.write_text("[apps]\nrate = 0\n")  # every generated request answered, none rate_limited
     s = Service(limited_broker, workdir)
     s.start("--config", str(config)).wait_ready()
-    app = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{APP}-{uuid.uuid4().hex[:6]}",
-                      protocol=mqtt.MQTTv5)
-    inbox = queue.Queue()
-    app.on_message = lambda c, u, m: inbox.put(m)
-    app.connect("127.0.0.1", limited_broker.port)
-    app.loop_start()
-    subscribed = queue.Queue()
-    app.on_subscribe = lambda *args: subscribed.put(1)
+    app = Mqtt5App(limited_broker.port, APP)
     for _, stem in STEMS.values():
-        app.subscribe(f"{stem}/{APP}/#", qos=1)
-        subscribed.get(timeout=10)
-    app.subscribe(f"home/status/{s.client_id}", qos=1)
-    subscribed.get(timeout=10)
-    yield s, app, inbox
-    app.loop_stop()
-    app.disconnect()
+        app.subscribe(f"{stem}/{APP}/#")
+    app.subscribe(f"home/status/{s.client_id}")
+    yield s, app
+    app.close()
     s.stop_quietly()
 
 
@@ -262,24 +247,17 @@ def service5(limited_broker, tmp_path_factory):
        correlation=correlations, user=user_properties)
 def test_mqtt5_properties_and_edge_values_get_one_reply_each_and_never_a_reconnect(
         service5, device, payload, response_topic, correlation, user):
-    service, app, inbox = service5
+    service, app = service5
     request_topic = f"{STEMS[device][0]}/{APP}"
     overhead = len((response_topic or "").encode()) + 3 + sum(len(k.encode()) + len(v.encode()) + 5 for k, v in user)
     # What the app may publish at all: the broker would drop the app (not the service) beyond it.
     assume(publish_size(request_topic, payload, 1, correlation) + overhead <= MAX_PACKET)
     TRIED["mqtt 5"] += 1
-    props = Properties(PacketTypes.PUBLISH)
-    if response_topic is not None:
-        props.ResponseTopic = response_topic
-    if correlation is not None:
-        props.CorrelationData = correlation
-    if user:
-        props.UserProperty = user
-    app.publish(request_topic, payload, qos=1, properties=props).wait_for_publish(10)
-    reply = inbox.get(timeout=30)
+    app.ask(request_topic, payload, response_topic, correlation, user)
+    reply = app.take(timeout=30, skip_status=False)
     while reply.topic.startswith("home/status/"):
         assert json.loads(reply.payload)["state"] == "online", "the status flapped"
-        reply = inbox.get(timeout=30)
+        reply = app.take(timeout=30, skip_status=False)
     assert reply.topic == expected_reply_topic(device, response_topic)
     body = json.loads(reply.payload)
     assert ("error" in body) != ("records" in body)
@@ -289,7 +267,7 @@ def test_mqtt5_properties_and_edge_values_get_one_reply_each_and_never_a_reconne
         assert body["count"] == len(body["records"])
     echoed = getattr(reply.properties, "CorrelationData", None)
     assert echoed in (correlation, None) and (echoed is not None or correlation is None or "error" in body)
-    assert inbox.empty(), "a request was answered twice"
+    assert app.messages.empty(), "a request was answered twice"
     log = service.log()
     assert "reconnected" not in log and "lost the MQTT broker connection" not in log
     assert "crashed" not in log and service.proc.poll() is None

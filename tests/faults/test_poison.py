@@ -5,15 +5,10 @@ connected meanwhile, nothing else is lost, and a message that kills the whole pr
 killing it after 3 starts."""
 
 import json
-import queue
-import uuid
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
-from conftest import MqttClient, Service, wait_until
+from conftest import Mqtt5App, Service, wait_until
 
 DAY = "2026-09-01"
 
@@ -21,35 +16,6 @@ DAY = "2026-09-01"
 def reading(device, i, **extra):
     return {"device_id": device, "temperature": 20.0 + i, "humidity": 50.0, "status": "LOW",
             "timestamp": f"{DAY}T00:{i // 60:02d}:{i % 60:02d}", **extra}
-
-
-class Watcher:
-    """Everything published on the service's retained status topic, and on some reply topics."""
-
-    def __init__(self, port, topics):
-        self.messages = queue.Queue()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"watch-{uuid.uuid4().hex[:6]}",
-                                  protocol=mqtt.MQTTv5)
-        self.client.on_message = lambda c, u, m: self.messages.put(m)
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-        for topic in topics:
-            self.client.subscribe(topic, qos=1)
-
-    def ask(self, topic, body, response_topic, correlation):
-        props = Properties(PacketTypes.PUBLISH)
-        props.ResponseTopic, props.CorrelationData = response_topic, correlation
-        self.client.publish(topic, json.dumps(body), qos=1, properties=props).wait_for_publish(10)
-
-    def drain(self):
-        out = []
-        while not self.messages.empty():
-            out.append(self.messages.get())
-        return out
-
-    def close(self):
-        self.client.loop_stop()
-        self.client.disconnect()
 
 
 @pytest.fixture
@@ -75,7 +41,8 @@ def assert_stayed_connected(service, watched):
 @pytest.mark.parametrize("where", ["INGEST", "WRITER"])
 def test_a_reading_that_crashes_an_actor_every_time_is_set_aside_after_three_tries(poisoned, client, broker, where):
     poisoned.start().wait_ready()
-    watch = Watcher(broker.port, [f"home/status/{poisoned.client_id}"])
+    watch = Mqtt5App(broker.port, "watch")
+    watch.subscribe(f"home/status/{poisoned.client_id}")
     poison = json.dumps(reading(f"POISON-{where}", 0)).encode()
     for i in range(40):  # good readings around it, published back to back
         client.publish("home/temperature", reading("good", i), wait=False)
@@ -112,7 +79,9 @@ def test_a_request_that_crashes_its_query_actor_every_time_is_answered_internal_
     poisoned.start().wait_ready()
     client.publish("home/temperature", reading("good", 0))
     wait_until(lambda: poisoned.query("SELECT COUNT(*) FROM temperature_logs")[0][0] == 1)
-    app = Watcher(broker.port, [f"home/status/{poisoned.client_id}", "home/datatemp/app5/#"])
+    app = Mqtt5App(broker.port, "app5")
+    app.subscribe(f"home/status/{poisoned.client_id}")
+    app.subscribe("home/datatemp/app5/#")
     client.subscribe_replies("plain")
     good = {"device_id": "good", "date": DAY}
     client.publish("home/gettemp/plain", good, wait=False)

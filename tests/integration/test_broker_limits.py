@@ -4,16 +4,11 @@ a reply that cannot fit becomes a too_large error, and the service never publish
 gets it disconnected. Reconnects and status flaps are counted, not just crashes."""
 
 import json
-import queue
-import uuid
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from actors.packets import publish_size
-from conftest import Broker, MqttClient, Service, wait_until
+from conftest import Broker, MqttClient, Mqtt5App, Service, wait_until
 
 DAY = "2026-03-03"
 MAX_PACKET = 2048
@@ -34,35 +29,6 @@ def service(small_broker, tmp_path):
     s.stop_quietly()
 
 
-class App5:
-    def __init__(self, port, app_id):
-        self.messages = queue.Queue()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{app_id}-{uuid.uuid4().hex[:6]}",
-                                  protocol=mqtt.MQTTv5)
-        self.client.on_message = lambda c, u, m: self.messages.put(m)
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-
-    def subscribe(self, topic):
-        self.client.subscribe(topic, qos=1)
-
-    def ask(self, topic, body, response_topic=None, correlation=None):
-        props = Properties(PacketTypes.PUBLISH)
-        if response_topic:
-            props.ResponseTopic = response_topic
-        if correlation is not None:
-            props.CorrelationData = correlation
-        info = self.client.publish(topic, json.dumps(body), qos=1, properties=props)
-        info.wait_for_publish(10)
-
-    def take(self):
-        return self.messages.get(timeout=10)
-
-    def close(self):
-        self.client.loop_stop()
-        self.client.disconnect()
-
-
 def temperature(n):
     return {"device_id": "busy", "temperature": 20.0 + n / 100, "humidity": 50.0, "status": "LOW",
             "timestamp": f"{DAY}T{n // 3600:02d}:{n // 60 % 60:02d}:{n % 60:02d}"}
@@ -70,7 +36,7 @@ def temperature(n):
 
 def test_replies_fit_the_brokers_maximum_packet_size_and_the_service_stays_connected(service, small_broker):
     service.start().wait_ready()
-    devices, app = MqttClient(small_broker.port), App5(small_broker.port, "small")
+    devices, app = MqttClient(small_broker.port), Mqtt5App(small_broker.port, "small")
     try:
         app.subscribe(f"home/status/{service.client_id}")
         app.subscribe("home/datatemp/small/#")
@@ -83,8 +49,6 @@ def test_replies_fit_the_brokers_maximum_packet_size_and_the_service_stays_conne
         while True:
             app.ask("home/gettemp/small", body, "home/datatemp/small/pages", b"p")
             message = app.take()
-            while message.topic.startswith("home/status/"):
-                message = app.take()
             reply = json.loads(message.payload)
             assert publish_size(message.topic, message.payload, 0, b"p") <= MAX_PACKET
             records += reply["records"]
@@ -112,11 +76,7 @@ def test_replies_fit_the_brokers_maximum_packet_size_and_the_service_stays_conne
 
         log = service.log()
         assert "reconnected" not in log and "lost the MQTT broker connection" not in log
-        states = []
-        while not app.messages.empty():
-            m = app.messages.get()
-            if m.topic.startswith("home/status/") and m.payload:
-                states.append(json.loads(m.payload)["state"])
+        states = [json.loads(m.payload)["state"] for m in app.drain() if m.topic.startswith("home/status/")]
         assert "offline" not in states
         assert service.proc.poll() is None
     finally:

@@ -3,17 +3,12 @@ apps: response topics with correlation data, request ids, paging with cursors (s
 readings arrive), the latest reading, and a time window."""
 
 import json
-import queue
 import subprocess
 import sys
-import uuid
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
-from conftest import ROOT, Service, wait_until
+from conftest import ROOT, Mqtt5App, Service, wait_until
 
 DAY = "2026-04-01"
 
@@ -24,33 +19,6 @@ def service(broker, tmp_path, database_env):
     s = Service(broker, tmp_path, **database_env)
     yield s
     s.stop_quietly()
-
-
-class Mqtt5App:
-    def __init__(self, port, app_id):
-        self.app_id = app_id
-        self.messages = queue.Queue()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{app_id}-{uuid.uuid4().hex[:6]}",
-                                  protocol=mqtt.MQTTv5)
-        self.client.on_message = lambda c, u, m: self.messages.put(m)
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-
-    def subscribe(self, topic):
-        result, mid = self.client.subscribe(topic, qos=1)
-        assert result == mqtt.MQTT_ERR_SUCCESS
-
-    def ask(self, topic, body, response_topic=None, correlation=None):
-        props = Properties(PacketTypes.PUBLISH)
-        if response_topic:
-            props.ResponseTopic = response_topic
-        if correlation is not None:
-            props.CorrelationData = correlation
-        self.client.publish(topic, json.dumps(body), qos=1, properties=props).wait_for_publish(10)
-
-    def close(self):
-        self.client.loop_stop()
-        self.client.disconnect()
 
 
 def temperature(n, device="t1", day=DAY):
