@@ -51,6 +51,7 @@ PERMANENT_REFUSALS = {4, 5, 132, 133, 134, 135, 138, 140}
 # Retiring: the broker sends what it kept for the session as fast as acknowledgements free the
 # window, so this long with nothing in hand and nothing arriving means it has all been handed over.
 HANDED_OVER_AFTER = 3.0
+ANSWER_SETTLES = 5.0  # seconds a connection must outlive a failed request's answer to forgive it
 
 
 class Backoff:
@@ -163,6 +164,7 @@ class Session:
         self._strikes: list[tuple[int, str, str, bool]] = []  # for the writer, sent with the next flush
         self._cleared: list[str] = []
         self._clearing: set[str] = set()  # sent in a Cleared, not yet committed: sent again if the writer dies
+        self._connections = 0  # connections made so far: tells whether one survived an answer
         self._reading_paused = False  # see _hold_back
         self._drained: asyncio.Event | None = None  # set when nothing is in hand while closing
         self._received = 0  # messages taken so far; the last one's ack id
@@ -265,6 +267,7 @@ class Session:
 
     def _on_connect(self, client, session_present, result, properties):
         self.connected = True
+        self._connections += 1
         self.backoff.reset()
         self.max_packet = (properties.get("maximum_packet_size") or [None])[0]
         s = self.settings
@@ -703,15 +706,28 @@ class Session:
         if packet_ids and self.client is not None:
             self.client.acknowledge(packet_ids)
         for h in released:
-            if h.fingerprint is not None and self.deliveries.forgive(h.fingerprint):
-                self._cleared.append(h.fingerprint.hex())
-                self._schedule_flush()
+            if h.fingerprint is None or h.fingerprint not in self.deliveries.failures:
+                continue
+            if h.is_request:  # its answer may be what breaks the connection: see _forgive
+                self._loop.call_later(ANSWER_SETTLES, self._forgive, h.fingerprint, self._connections)
+            else:
+                self._forgive(h.fingerprint)
         if self.deliveries.trying is not None and self.deliveries.trying not in self.inflight.held:
             self._next_turn()  # the one tried alone is done: the next one's turn
         if self._reading_paused and self.inflight.roomy:
             self._hold_back(False)
         if not self.inflight and self._drained is not None:
             self._drained.set()
+
+    def _forgive(self, fp: bytes, connection: int | None = None) -> None:
+        """Forget a handled message's failures. A request counts as handled only once the
+        connection its answer went out on has outlived it by ANSWER_SETTLES: a broker that drops
+        us for the reply never processes the acknowledgement after it, and the request comes back."""
+        if connection is not None and (connection != self._connections or not self.connected):
+            return
+        if self.deliveries.forgive(fp):
+            self._cleared.append(fp.hex())
+            self._schedule_flush()
 
     def _abandon_all(self) -> None:
         """The connection is gone: nothing in hand can be acknowledged any more. The broker

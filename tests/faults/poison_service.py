@@ -5,7 +5,9 @@ system.py (tests/faults/test_poison.py).
 - POISON-INGEST: the ingest actor crashes while validating the batch that holds it;
 - POISON-WRITER: the writer crashes while committing the transaction that holds it;
 - POISON-QUERY: the query actor crashes while answering it;
-- POISON-EXIT: the whole process dies (exit 70) while handling it, reading or request."""
+- POISON-EXIT: the whole process dies (exit 70) while handling it, reading or request;
+- POISON-OVERSIZE: a request whose reply is too large for the broker, published all the same
+  (the link's size check is bypassed for it): the broker drops the connection."""
 
 import os
 import sys
@@ -15,11 +17,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import system  # noqa: E402
 from actors.ingest import IngestActor  # noqa: E402
-from actors.messages import Request  # noqa: E402
+from actors.messages import Reply, Request  # noqa: E402
+from actors.mqtt_link import Session  # noqa: E402
 from actors.query import QueryActor  # noqa: E402
 from actors.writer import WriterActor  # noqa: E402
 
 _validate, _on_receive, _write = IngestActor.validate, QueryActor.on_receive, WriterActor._write
+_fits = Session._fits
 
 
 def validate(self, batch):
@@ -38,7 +42,14 @@ def on_receive(self, message):
         if b"POISON-QUERY" in message.payload:
             self.suspects = (message.ack_id,)  # as the real on_receive does before answering
             raise RuntimeError("injected: a request that crashes the query actor")
+        if b"POISON-OVERSIZE" in message.payload:
+            self.peers.tell("link", Reply(message.ack_id, b'{"POISON-OVERSIZE": "' + b"x" * 10_000 + b'"}'))
+            return None
     return _on_receive(self, message)
+
+
+def fits(self, topic, payload, *args):
+    return b"POISON-OVERSIZE" in payload or _fits(self, topic, payload, *args)
 
 
 def write(self, batches, *args):
@@ -48,6 +59,7 @@ def write(self, batches, *args):
 
 
 IngestActor.validate, QueryActor.on_receive, WriterActor._write = validate, on_receive, write
+Session._fits = fits
 
 if __name__ == "__main__":
     sys.exit(system.main())

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from conftest import Mqtt5App, Service, wait_until
+from conftest import Broker, Mqtt5App, Service, wait_until
 
 DAY = "2026-09-01"
 
@@ -135,5 +135,35 @@ def test_a_message_that_kills_the_process_every_time_stops_killing_it_after_thre
     else:
         topic, reply = client.take(timeout=30)
         assert reply["request_id"] == "x-1" and reply["error"]["code"] == "internal_error"
-    assert poisoned.query("SELECT COUNT(*) FROM delivery_failures") == [(0,)]
+    # Forgotten once handled (a request, once the connection has outlived its answer by 5 s).
+    wait_until(lambda: poisoned.query("SELECT COUNT(*) FROM delivery_failures") == [(0,)], 20)
     assert poisoned.proc.poll() is None
+
+
+def test_a_request_whose_reply_gets_the_service_disconnected_is_answered_internal_error_after_three(tmp_path):
+    """The broker drops a client that publishes past its max_packet_size. With the size check
+    bypassed for one request (the fault hook), its reply does that: the request comes back after
+    each reconnect, answered before; after 3 such failures it is set aside, and the link stays up."""
+    broker = Broker(tmp_path, extra=("max_packet_size 4096",))
+    broker.start()
+    service = Service(broker, tmp_path)
+    service.script = "tests/faults/poison_service.py"
+    app = None
+    try:
+        service.start().wait_ready()
+        app = Mqtt5App(broker.port, "big")
+        app.subscribe("home/datatemp/big")
+        app.ask("home/gettemp/big", {"device_id": "POISON-OVERSIZE", "date": DAY, "request_id": "o-1"})
+        reply = json.loads(app.take(timeout=60).payload)
+        assert reply["request_id"] == "o-1" and reply["error"]["code"] == "internal_error"
+        log = service.log()
+        assert log.count("reconnected to the MQTT broker") == 3  # bounded: not once a second for ever
+        assert "set aside a request on home/gettemp/big after 3 failed deliveries" in log
+        app.ask("home/gettemp/big", {"device_id": "t1", "date": DAY})
+        assert json.loads(app.take().payload)["count"] == 0
+        assert service.log().count("reconnected to the MQTT broker") == 3 and service.proc.poll() is None
+    finally:
+        if app is not None:
+            app.close()
+        service.stop_quietly()
+        broker.stop()
