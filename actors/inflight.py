@@ -71,9 +71,13 @@ class InFlight:
     def __len__(self) -> int:
         return len(self.held)
 
-    def add(self, ack_id: int, held: Held) -> None:
+    def add(self, ack_id: int, held: Held) -> bool:
+        """True when that fills the ledger: time to stop reading."""
         self.held[ack_id] = held
-        self.peak = max(self.peak, len(self.held))
+        n = len(self.held)
+        if n > self.peak:
+            self.peak = n
+        return n >= self.limit
 
     def get(self, ack_id: int) -> Held | None:
         return self.held.get(ack_id)

@@ -37,7 +37,7 @@ from actors.models import utc_now
 from actors.notify import notify, watchdog_interval
 from actors.packets import publish_size, topic_problem
 from actors.peers import Peers, Supervised
-from actors.query import error_reply, internal_error, request_id_of
+from actors.query import error_reply, internal_error, with_request_id
 from actors.ratelimit import RateLimiter
 from actors.settings import AppsSettings, LimitsSettings, MqttSettings, StatusSettings
 from actors.tls import explain, tls_context
@@ -161,6 +161,7 @@ class Session:
         self.inflight = InFlight(settings.receive_maximum)  # every message in hand
         self.deliveries = Deliveries(limits.max_failures)  # the delivery limit (see inflight.py)
         self.max_reading_bytes = limits.max_reading_bytes
+        self.max_request_bytes = limits.max_request_bytes
         self._strikes: list[tuple[int, str, str, bool]] = []  # for the writer, sent with the next flush
         self._cleared: list[str] = []
         self._clearing: set[str] = set()  # sent in a Cleared, not yet committed: sent again if the writer dies
@@ -173,11 +174,11 @@ class Session:
         self._taking = True
         self._closing = False
         self._lost = asyncio.Event()  # the current connection is gone (or must go: retiring, failing)
-        self._failure: Exception | None = None  # a bug in the link itself: see _guard
+        self._failure: Exception | None = None  # a bug in the link itself: see _fail
         self._lost_at: float | None = None
-        self._reading_topics = {d.reading_topic: d.name for d in DEVICE_TYPES.values()}
+        self._reading_routes = {d.reading_topic: f"ingest/{d.name}" for d in DEVICE_TYPES.values()}
         self._request_stems = {d.request_stem: d.name for d in DEVICE_TYPES.values()}
-        self._topics = [*self._reading_topics, *(f"{stem}/+" for stem in self._request_stems)]
+        self._topics = [*self._reading_routes, *(f"{stem}/+" for stem in self._request_stems)]
         if settings.shared_group:  # several instances share the work: each message goes to one
             self._topics = [f"$share/{settings.shared_group}/{t}" for t in self._topics]
         self._tls = tls_context(settings)
@@ -254,7 +255,7 @@ class Session:
             client.set_auth_credentials(s.username, s.password or None)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
-        client.on_message = lambda *args: self._guard(self._on_message, *args)
+        client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
         client.on_unsubscribe = self._on_unsubscribe
         return client
@@ -362,25 +363,33 @@ class Session:
     # -- messages in ----------------------------------------------------------------------
 
     def _on_message(self, client, topic, payload, qos, properties, packet_id=None):
-        if client is not self.client or not self._taking:
-            return  # shutting down, or a connection we gave up: never acknowledged
-        self._received += 1
-        ack_id = self._received
-        if (device := self._reading_topics.get(topic)) is not None:
-            held = Held(packet_id, Inbound(ack_id, topic, payload), f"ingest/{device}")
-        elif (request := self._admit(ack_id, topic, payload, properties)) is not None:
-            held = Held(packet_id, request, "query")
-        else:
-            if packet_id is not None:
-                client.acknowledge((packet_id,))  # answered here, or refused: nothing to wait for
-            return
-        self.inflight.add(ack_id, held)
-        if self.inflight.full:
-            self._hold_back(True)  # again each time: asyncio's StreamReader may have resumed it
-        if packet_id is not None and properties.get("dup"):
-            self._redelivered(ack_id, held)
-        else:
-            self._dispatch(held)
+        """Every message from the broker; the hot path (a few µs per reading, so it is inline)."""
+        try:
+            if client is not self.client or not self._taking:
+                return  # shutting down, or a connection we gave up: never acknowledged
+            self._received += 1
+            ack_id = self._received
+            if (route := self._reading_routes.get(topic)) is not None:
+                held = Held(packet_id, Inbound(ack_id, topic, payload), route)
+            elif (request := self._admit(ack_id, topic, payload, properties)) is not None:
+                held = Held(packet_id, request, "query")
+            else:
+                if packet_id is not None:
+                    client.acknowledge((packet_id,))  # answered here, or refused: nothing to wait for
+                return
+            if self.inflight.add(ack_id, held):
+                self._hold_back(True)  # again each time: asyncio's StreamReader may have resumed it
+            if packet_id is not None and properties.get("dup"):
+                self._redelivered(ack_id, held)
+            elif route is not None:  # readings of one socket read travel together, a batch per type
+                self._readings.setdefault(route, []).append(held.message)
+                if not self._flush_scheduled:
+                    self._flush_scheduled = True
+                    self._loop.call_soon(self._flush)
+            else:
+                self._dispatch(held)
+        except Exception as exc:  # noqa: BLE001 - see _fail
+            self._fail(exc, "a message from the broker")
 
     def _dispatch(self, held: Held, alone: bool = False) -> None:
         message = held.message
@@ -455,7 +464,7 @@ class Session:
         log.error("set aside a %s on %s after %d failed deliveries, instead of trying it again: payload %r",
                   "request" if held.is_request else "reading", message.topic, failures, message.payload[:1024])
         if held.is_request:
-            self._answer(ack_id, internal_error(message.payload), error=True)
+            self._answer(ack_id, internal_error(message.payload, self.max_request_bytes), error=True)
             return
         reason = (f"set aside after {failures} failed deliveries: the service failed each time it handled this "
                   "reading (see the log at that time); it is kept here instead of being tried again")
@@ -529,9 +538,7 @@ class Session:
         return topic_problem(asked)
 
     def _refuse(self, reply_topic: str, payload: bytes, correlation: bytes | None, code: str, message: str) -> None:
-        body = error_reply(code, message)
-        if (request_id := request_id_of(_loads(payload))) is not None:
-            body["request_id"] = request_id
+        body = with_request_id(error_reply(code, message), payload, self.max_request_bytes)
         self._reply(reply_topic, orjson.dumps(body), correlation)
         self._error_replies += 1
 
@@ -575,20 +582,21 @@ class Session:
 
     # -- messages from the other actors ---------------------------------------------------
 
-    def _guard(self, handle, *args) -> None:
+    def _fail(self, exc: Exception, what: str) -> None:
         """A bug while handling a message must not leave it in hand for ever, unanswered: the link
         fails instead, and is restarted; the broker then delivers what it held again, and the
         delivery limit counts the failure against each of them."""
-        try:
-            handle(*args)
-        except Exception as exc:  # noqa: BLE001 - logged with its traceback, then the link restarts
-            log.exception("the MQTT link failed while handling %s", type(args[-1]).__name__ if args else "a message")
-            if self._failure is None:
-                self._failure = exc
-                self._lost.set()
+        log.error("the MQTT link failed while handling %s", what, exc_info=exc)
+        if self._failure is None:
+            self._failure = exc
+            self._lost.set()
 
     def receive(self, message) -> None:
-        self._guard(self._receive, message)
+        """Every message from the other actors (through LoopHandle)."""
+        try:
+            self._receive(message)
+        except Exception as exc:  # noqa: BLE001 - see _fail
+            self._fail(exc, type(message).__name__)
 
     def _receive(self, message) -> None:
         if isinstance(message, Committed):
@@ -636,9 +644,8 @@ class Session:
         if not self._fits(topic, payload, correlation):
             log.error("a reply of %d bytes on %s would exceed the broker's maximum packet size (%d bytes); "
                       "answered too_large", len(payload), topic, self.max_packet)
-            body = error_reply("too_large", "the reply would exceed the broker's maximum packet size")
-            if (request_id := request_id_of(_loads(request))) is not None:
-                body["request_id"] = request_id
+            body = with_request_id(error_reply("too_large", "the reply would exceed the broker's maximum packet size"),
+                                   request, self.max_request_bytes)
             payload = orjson.dumps(body)
             if not self._fits(topic, payload, correlation):
                 log.error("the request's correlation data (%d bytes) is too large to send back", len(correlation or b""))
@@ -825,13 +832,6 @@ def _property(properties: dict, name: str):
     """An MQTT 5 property of a received message (gmqtt gives lists), or None."""
     value = (properties or {}).get(name)
     return value[0] if isinstance(value, list) and value else value
-
-
-def _loads(payload: bytes):
-    try:
-        return orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        return None
 
 
 async def _first_of(*events: asyncio.Event) -> None:

@@ -172,14 +172,26 @@ def error_reply(code: str, message: str, **known) -> dict:
     return {**known, "error": {"code": code, "message": message}}
 
 
-def internal_error(payload: bytes) -> dict:
-    """The reply to a request the service failed to answer (its request_id echoed if readable)."""
-    body = error_reply("internal_error", "the service failed to answer this request; it has been logged")
+def request_id_in(payload: bytes, max_bytes: int) -> str | None:
+    """The request_id of a raw request, for an error reply, if it is readable: a payload over
+    `max_bytes` (limits.max_request_bytes) is not even parsed."""
+    if len(payload) > max_bytes:
+        return None
     try:
-        request_id = request_id_of(orjson.loads(payload))
+        return request_id_of(orjson.loads(payload))
     except orjson.JSONDecodeError:
-        request_id = None
+        return None
+
+
+def with_request_id(body: dict, payload: bytes, max_bytes: int) -> dict:
+    request_id = request_id_in(payload, max_bytes)
     return body if request_id is None else {"request_id": request_id, **body}
+
+
+def internal_error(payload: bytes, max_bytes: int) -> dict:
+    """The reply to a request the service failed to answer (its request_id echoed if readable)."""
+    return with_request_id(error_reply("internal_error", "the service failed to answer this request; it has "
+                                                         "been logged"), payload, max_bytes)
 
 
 class QueryActor(Supervised):
@@ -213,7 +225,7 @@ class QueryActor(Supervised):
         except Exception:  # noqa: BLE001 - a bug must cost one error reply, not the actor
             log.exception("%s failed to answer a %s request on %s (payload %r); answered internal_error",
                           self.name, message.device, message.reply_topic, message.payload[:512])
-            body = internal_error(message.payload)
+            body = internal_error(message.payload, self.rules.max_request_bytes)
         self.peers.tell("link", Reply(message.ack_id, orjson.dumps(body), error="error" in body))
         self.suspects = ()
 

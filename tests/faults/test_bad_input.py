@@ -201,7 +201,7 @@ response_topics = st.one_of(
         lambda p: f"{p[0]}/{APP}/{p[1]}" if p[1] else f"{p[0]}/{APP}"),  # own (some beyond the limits)
     st.integers(1, 300).map(lambda n: f"home/datatemp/{APP}/" + "/".join("l" * n)),  # deep
     st.integers(200, 4000).map(lambda n: f"home/datatemp/{APP}/" + "x" * n),  # long
-    st.sampled_from([f"home/datatemp/other", f"home/datatemp/{APP}/+", f"home/datatemp/{APP}/#", "elsewhere",
+    st.sampled_from(["home/datatemp/other", f"home/datatemp/{APP}/+", f"home/datatemp/{APP}/#", "elsewhere",
                      "", f"home/datatemp/{APP}x", f"$SYS/{APP}"]))
 correlations = st.none() | st.binary(max_size=64) | st.integers(1000, 7900).map(lambda n: b"c" * n)
 user_properties = st.lists(st.tuples(st.text(mqtt_text, max_size=20), st.text(mqtt_text, max_size=40)), max_size=4)
