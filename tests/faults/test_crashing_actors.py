@@ -84,7 +84,7 @@ def test_readings_held_by_a_crashed_writer_are_delivered_again_and_stored(runnin
 
     wait_until(lambda: "writer crashed" in caplog.text, what="the crash")
     wait_until(lambda: stored(settings, "held") == 50, 30, what="the 50 readings, handed on again")
-    assert "writer was restarted" in caplog.text
+    wait_until(lambda: "writer was restarted" in caplog.text)
     assert "reconnected" not in caplog.text and "lost the MQTT broker connection" not in caplog.text
     assert exits.empty(), "one crash must not end the process"
 

@@ -130,7 +130,7 @@ def test_a_message_that_kills_the_process_every_time_stops_killing_it_after_thre
     poisoned.wait_ready()
     wait_until(lambda: poisoned.query("SELECT COUNT(*) FROM temperature_logs WHERE device_id = 'good'")[0][0] == 1)
     if kind == "reading":
-        [(reason,)] = poisoned.query("SELECT reason FROM rejected_messages")
+        [(reason,)] = wait_until(lambda: poisoned.query("SELECT reason FROM rejected_messages"))
         assert reason.startswith("set aside after 3 failed deliveries")
     else:
         topic, reply = client.take(timeout=30)
