@@ -82,6 +82,16 @@ class InFlight:
     def get(self, ack_id: int) -> Held | None:
         return self.held.get(ack_id)
 
+    def reading_before(self, ack_id: int) -> bool:
+        """Whether a reading received before `ack_id` is still in hand (not yet committed). Ack ids
+        grow with arrival and the ledger keeps that order, so this looks at the oldest few only."""
+        for other, held in self.held.items():
+            if other >= ack_id:
+                return False
+            if not held.is_request:
+                return True
+        return False
+
     @property
     def full(self) -> bool:
         return len(self.held) >= self.limit

@@ -13,6 +13,7 @@ the broker in one write."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import random
 import re
@@ -51,6 +52,7 @@ PERMANENT_REFUSALS = {4, 5, 132, 133, 134, 135, 138, 140}
 # Retiring: the broker sends what it kept for the session as fast as acknowledgements free the
 # window, so this long with nothing in hand and nothing arriving means it has all been handed over.
 HANDED_OVER_AFTER = 3.0
+READ_AFTER_ARRIVAL_WAIT = 1.0  # longest a request waits for the readings received before it
 ANSWER_SETTLES = 5.0  # seconds a connection must outlive a failed request's answer to forgive it
 
 
@@ -170,6 +172,9 @@ class Session:
         self._drained: asyncio.Event | None = None  # set when nothing is in hand while closing
         self._received = 0  # messages taken so far; the last one's ack id
         self._readings: dict[str, list[Inbound]] = {}
+        # Requests held back until the readings received before them are committed (read after
+        # arrival), oldest first; each waits at most READ_AFTER_ARRIVAL_WAIT.
+        self._waiting: collections.deque[int] = collections.deque()
         self._flush_scheduled = False
         self._taking = True
         self._closing = False
@@ -386,10 +391,33 @@ class Session:
                 if not self._flush_scheduled:
                     self._flush_scheduled = True
                     self._loop.call_soon(self._flush)
+            elif self.inflight.reading_before(ack_id):
+                self._hold_request(ack_id)
             else:
                 self._dispatch(held)
         except Exception as exc:  # noqa: BLE001 - see _fail
             self._fail(exc, "a message from the broker")
+
+    def _hold_request(self, ack_id: int) -> None:
+        """Read after arrival: a request is answered with every reading received before it, so it
+        waits until those are committed (a few ms: the writer's next commit). While the database
+        cannot be written (locked, full), it waits READ_AFTER_ARRIVAL_WAIT at most, then is
+        answered from what is stored."""
+        self._waiting.append(ack_id)
+        self._loop.call_later(READ_AFTER_ARRIVAL_WAIT, self._release_requests, ack_id)
+
+    def _release_requests(self, overdue: int = 0) -> None:
+        """Hand on the waiting requests that no earlier reading holds up (and those up to
+        `overdue`, which have waited long enough)."""
+        waiting = self._waiting
+        while waiting:
+            ack_id = waiting[0]
+            held = self.inflight.get(ack_id)
+            if held is not None and ack_id > overdue and self.inflight.reading_before(ack_id):
+                return
+            waiting.popleft()
+            if held is not None:  # else given up with a lost connection: it comes back
+                self._dispatch(held)
 
     def _dispatch(self, held: Held, alone: bool = False) -> None:
         message = held.message
@@ -721,6 +749,8 @@ class Session:
                 self._forgive(h.fingerprint)
         if self.deliveries.trying is not None and self.deliveries.trying not in self.inflight.held:
             self._next_turn()  # the one tried alone is done: the next one's turn
+        if self._waiting:
+            self._release_requests()
         if self._reading_paused and self.inflight.roomy:
             self._hold_back(False)
         if not self.inflight and self._drained is not None:
@@ -740,6 +770,7 @@ class Session:
         """The connection is gone: nothing in hand can be acknowledged any more. The broker
         delivers it all again on the next connection."""
         self.deliveries.lost(self.inflight.abandon())
+        self._waiting.clear()
         self._strikes.clear()  # counted when they come back, if they are to be
         self._reading_paused = False  # the next connection starts reading
         if self._drained is not None:
