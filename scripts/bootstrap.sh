@@ -1,11 +1,26 @@
 #!/usr/bin/env bash
 # Makes .venv with the pinned requirements (with --dev: also the test requirements), and
-# installs what a fresh Debian/Ubuntu machine lacks: Python 3.11+ with venv, and Mosquitto.
-# Safe to run again: it only does what is missing.
+# installs what a fresh Debian/Ubuntu machine lacks: Python 3.11+ with venv, Mosquitto, its
+# command-line clients (mosquitto_pub, mosquitto_sub) and sqlite3, which the README uses.
+# Safe to run again: it only does what is missing. One line per thing it installs; on a failure,
+# the failing command's whole output.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-apt_install() { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq "$@"; }
+log=$(mktemp); trap 'rm -f "$log"' EXIT
+quietly() {  # run "$@" with its output kept aside; show it all if it fails
+  if ! "$@" >"$log" 2>&1; then
+    cat "$log" >&2
+    echo "bootstrap: failed: $*" >&2
+    exit 1
+  fi
+}
+apt_updated=""
+apt_install() {
+  echo "bootstrap: installing $* (apt)"
+  [ -n "$apt_updated" ] || { quietly $SUDO apt-get update; apt_updated=1; }
+  quietly $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y "$@"
+}
 
 python=""
 for candidate in python3.13 python3.12 python3.11 python3; do
@@ -15,28 +30,43 @@ for candidate in python3.13 python3.12 python3.11 python3; do
   fi
 done
 if [ -z "$python" ]; then
-  echo "bootstrap: installing Python 3.11 (this service needs 3.11 or newer)"
   apt_install python3.11 python3.11-venv
   python=python3.11
 fi
 
 if [ ! -x .venv/bin/python ]; then
-  if ! "$python" -m venv .venv 2>/dev/null; then
+  # Debian and Ubuntu ship venv without ensurepip: install their venv package, then try again.
+  if ! "$python" -m venv .venv >/dev/null 2>&1; then
     rm -rf .venv
-    apt_install "$(basename "$python")-venv" || apt_install python3-venv
-    "$python" -m venv .venv
+    "$python" -c 'import sys; print(f"python3.{sys.version_info[1]}-venv")' >"$log"
+    apt_install "$(cat "$log")" python3-venv
+    quietly "$python" -m venv .venv
   fi
+  echo "bootstrap: made .venv ($("$python" --version))"
 fi
 requirements=requirements.txt
 [ "${1:-}" = "--dev" ] && requirements="requirements-dev.txt"
-.venv/bin/python -m pip install -q --disable-pip-version-check -r "$requirements"
+pip=(.venv/bin/python -m pip install --disable-pip-version-check -r "$requirements")
+if ! plan=$("${pip[@]}" --dry-run 2>&1); then
+  echo "$plan" >&2
+  echo "bootstrap: failed: pip cannot install $requirements (is the network or the package index reachable?)" >&2
+  exit 1
+fi
+if grep -q '^Would install' <<<"$plan"; then
+  echo "bootstrap: installing the Python packages of $requirements into .venv"
+  quietly "${pip[@]}" -q
+fi
 
-if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then
-  echo "bootstrap: installing Mosquitto"
-  apt_install mosquitto
-  # Our recommended broker settings (deploy/mosquitto/mqtt-client.conf) for the broker apt just installed.
-  if [ -d /etc/mosquitto/conf.d ]; then
+missing=()
+command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
+command -v mosquitto_pub >/dev/null || missing+=(mosquitto-clients)
+command -v sqlite3 >/dev/null || missing+=(sqlite3)
+if [ ${#missing[@]} -gt 0 ]; then
+  apt_install "${missing[@]}"
+  if [[ " ${missing[*]} " == *" mosquitto "* ]] && [ -d /etc/mosquitto/conf.d ]; then
+    # Our recommended broker settings for the broker apt just installed.
+    echo "bootstrap: adding deploy/mosquitto/mqtt-client.conf to /etc/mosquitto/conf.d"
     $SUDO cp deploy/mosquitto/mqtt-client.conf /etc/mosquitto/conf.d/mqtt-client.conf
-    $SUDO systemctl restart mosquitto 2>/dev/null || true
+    $SUDO systemctl restart mosquitto >/dev/null 2>&1 || true
   fi
 fi

@@ -6,6 +6,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 
 import pytest
 
@@ -29,6 +30,12 @@ def mode(path):
 def system_root(tmp_path_factory):
     if os.geteuid() != 0 or not shutil.which("useradd"):
         pytest.skip("installing needs root and useradd")
+    probe = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "--disable-pip-version-check",
+                            "-d", str(tmp_path_factory.mktemp("probe")), "-r", str(ROOT / "requirements.txt")],
+                           capture_output=True, text=True, timeout=300)
+    if probe.returncode != 0:
+        reason = (probe.stderr.strip().splitlines() or ["no output"])[-1]
+        pytest.skip(f"installing needs the network (or a package index) for pip, and pip cannot reach it: {reason}")
     root = tmp_path_factory.mktemp("root")
     (root / "etc").mkdir()
     for name in ("passwd", "group", "shadow", "gshadow"):

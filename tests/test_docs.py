@@ -1,0 +1,44 @@
+"""The README and the operator's guide are a map: every link in them leads somewhere, and every
+script they tell a newcomer to run exists."""
+
+import re
+
+import pytest
+
+from conftest import ROOT
+
+DOCS = [ROOT / "README.md", ROOT / "deploy" / "README.md"]
+
+
+def anchors(path):
+    """GitHub's anchors for a Markdown file's headings."""
+    found = set()
+    for line in path.read_text().splitlines():
+        if m := re.match(r"#{1,6} (.+)", line):
+            slug = re.sub(r"[^\w\- ]", "", m.group(1).strip().lower()).replace(" ", "-")
+            found.add(slug)
+    return found
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_link_resolves(doc):
+    text = doc.read_text()
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if target.startswith(("http://", "https://")):
+            continue
+        file, _, anchor = target.partition("#")
+        path = (doc.parent / file).resolve() if file else doc
+        if not path.exists():
+            broken.append(target)
+        elif anchor and anchor not in anchors(path):
+            broken.append(target)
+    assert broken == []
+
+
+def test_the_readme_is_a_map_a_newcomer_can_read():
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 620
+    assert "[deploy/README.md](deploy/README.md)" in text
+    for script in re.findall(r"^(scripts/\S+)", text, re.M):
+        assert (ROOT / script).exists(), script
