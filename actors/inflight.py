@@ -146,11 +146,11 @@ class Deliveries:
 
     def answered(self, fp: bytes) -> None:
         now = self._clock()
-        self._answered[fp] = now
-        oldest = next(iter(self._answered))
-        if now - self._answered[oldest] > ANSWERED_MEMORY:  # forget in arrival order, a few at a time
-            for key in [k for k, t in self._answered.items() if now - t > ANSWERED_MEMORY]:
-                del self._answered[key]
+        answered = self._answered
+        answered.pop(fp, None)  # to the end: the dict stays in time order
+        answered[fp] = now
+        while now - answered[oldest := next(iter(answered))] > ANSWERED_MEMORY:
+            del answered[oldest]  # the newest is never past it: the loop ends
 
     def lost(self, held: list[Held]) -> None:
         """The connection is gone with `held` in hand: they come back on the next, blameless."""

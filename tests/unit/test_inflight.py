@@ -127,3 +127,12 @@ def test_publish_size_counts_the_whole_packet():
     assert publish_size("t", b"ab", correlation=b"xyz") == 8 + 1 + 2 + 3  # id, length, data
     big = publish_size("t", b"x" * 200)  # the remaining length takes two bytes past 127
     assert big == 1 + 2 + 3 + 1 + 200
+
+
+def test_forgetting_old_answers_costs_little_however_many_there_are():
+    now = [0.0]
+    deliveries = Deliveries(3, clock=lambda: now[0])
+    for i in range(10_000):
+        now[0] = i * 0.1  # 10 answers a second for 1,000 s
+        deliveries.answered(i.to_bytes(4, "big"))
+    assert len(deliveries._answered) == ANSWERED_MEMORY * 10 + 1
