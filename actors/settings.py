@@ -71,7 +71,7 @@ class QuerySettings:
 class LimitsSettings:
     max_reading_bytes: int = field(metadata=_check(64, 16 * 1024 * 1024))
     max_request_bytes: int = field(metadata=_check(64, 16 * 1024 * 1024))
-    max_failures: int = field(metadata=_check(1, 100))  # the delivery limit (see actors/inflight.py)
+    max_failures: int = field(metadata=_check(1, 100))  # the delivery limit (see actors/mqtt/inflight.py)
 
 
 @dataclass(frozen=True)

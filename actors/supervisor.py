@@ -19,7 +19,7 @@ from actors.devices import DEVICE_TYPES
 from actors.ingest import IngestActor
 from actors.messages import ChildFailed, Restarted, Retired
 from actors.models import connect_database, is_sqlite
-from actors.mqtt_link import MqttLink
+from actors.mqtt import MqttLink
 from actors.peers import Peers
 from actors.query import QueryActor, QueryRules
 from actors.readgate import ReadGate

@@ -6,7 +6,7 @@ rows), and only once it has committed are their MQTT acknowledgements released. 
 is rolled back and retried with backoff; nothing is acknowledged until it is durable.
 
 It also counts failed deliveries for the MQTT link (Strikes, answered with Struck once
-committed; see inflight.py), deletes what the retention actor has archived (Prune, one small
+committed; see actors/mqtt/inflight.py), deletes what the retention actor has archived (Prune, one small
 transaction at a time) and keeps the WAL bounded (a truncating checkpoint once it passes
 `checkpoint_mb`).
 
@@ -410,7 +410,7 @@ class WriterActor(Supervised):
 
 
 class Failures:
-    """The failed-delivery counts of one transaction (see inflight.py): count one more failure
+    """The failed-delivery counts of one transaction (see actors/mqtt/inflight.py): count one more failure
     for each strike, returning the new counts; forget the cleared ones, and any the broker has
     not delivered again for a month."""
     TABLE = DeliveryFailure._meta.table_name

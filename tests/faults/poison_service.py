@@ -7,7 +7,7 @@ system.py (tests/faults/test_poison.py).
 - POISON-QUERY: the query actor crashes while answering it;
 - POISON-EXIT: the whole process dies (exit 70) while handling it, reading or request;
 - POISON-OVERSIZE: a request whose reply is too large for the broker, published all the same
-  (the link's size check is bypassed for it): the broker drops the connection."""
+  (the outbox's size check is bypassed for it): the broker drops the connection."""
 
 import os
 import sys
@@ -18,12 +18,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import system  # noqa: E402
 from actors.ingest import IngestActor  # noqa: E402
 from actors.messages import Reply, Request  # noqa: E402
-from actors.mqtt_link import Session  # noqa: E402
+from actors.mqtt.outbox import Outbox  # noqa: E402
 from actors.query import QueryActor  # noqa: E402
 from actors.writer import WriterActor  # noqa: E402
 
 _validate, _on_receive, _write = IngestActor.validate, QueryActor.on_receive, WriterActor._write
-_fits = Session._fits
+_fits = Outbox.fits
 
 
 def validate(self, batch):
@@ -59,7 +59,7 @@ def write(self, batches, *args):
 
 
 IngestActor.validate, QueryActor.on_receive, WriterActor._write = validate, on_receive, write
-Session._fits = fits
+Outbox.fits = fits
 
 if __name__ == "__main__":
     sys.exit(system.main())

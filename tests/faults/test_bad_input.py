@@ -14,7 +14,7 @@ from actors.devices import DEVICE_TYPES, InvalidMessage
 from actors.ingest import IngestActor
 from actors.messages import Inbound, ReadingBatch
 from actors.models import MODELS, open_database
-from actors.packets import publish_size, topic_problem
+from actors.mqtt.packets import publish_size, topic_problem
 from actors.peers import Peers
 from actors.query import QueryActor, QueryRules
 from actors.settings import load_settings

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from actors.packets import publish_size
+from actors.mqtt.packets import publish_size
 from conftest import Broker, MqttClient, Mqtt5App, Service, wait_until
 
 DAY = "2026-03-03"

@@ -106,7 +106,7 @@ def test_a_certificate_that_cannot_be_trusted_is_refused_with_a_clear_reason(tmp
         wait_until(lambda: expected in service.log(), what=f"the {case} log line")
         # It keeps retrying with backoff, saying so once (at WARNING), with no traceback.
         wait_until(lambda: service.log().count("connection attempt failed again: TLS") >= 2, what="retries")
-        assert service.log().count("WARNING actors.mqtt_link: cannot connect") == 1
+        assert service.log().count("WARNING actors.mqtt.session: cannot connect") == 1
         assert service.proc.poll() is None and "Traceback" not in service.log()
         assert "taking readings and requests" not in service.log()
     finally:

@@ -3,9 +3,9 @@ memory (Deliveries) and the broker limits (packets.py)."""
 
 import pytest
 
-from actors.inflight import ANSWERED_MEMORY, Deliveries, Held, InFlight, Verdict, fingerprint
+from actors.mqtt.inflight import ANSWERED_MEMORY, Deliveries, Held, InFlight, Verdict, fingerprint
 from actors.messages import Inbound, Request
-from actors.packets import MAX_TOPIC_BYTES, MAX_TOPIC_LEVELS, publish_size, topic_problem
+from actors.mqtt.packets import MAX_TOPIC_BYTES, MAX_TOPIC_LEVELS, publish_size, topic_problem
 
 
 def reading(ack_id, payload=b"{}"):

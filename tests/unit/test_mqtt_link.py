@@ -7,7 +7,7 @@ import json
 import pytest
 
 from actors.messages import Committed, ReadingBatch, Reply, Request, Strikes, Struck
-from actors.mqtt_link import MqttLink
+from actors.mqtt import MqttLink
 from actors.peers import Peers
 from actors.settings import load_settings
 from conftest import FakePeer, MqttClient, wait_until
@@ -18,7 +18,7 @@ READING = {"device_id": "t1", "temperature": 21.0, "humidity": 40.0, "status": "
 
 @pytest.fixture
 def link_factory(broker, caplog):
-    caplog.set_level("INFO", logger="actors.mqtt_link")
+    caplog.set_level("INFO", logger="actors.mqtt")
     loaded = load_settings(environ={"MQTT_BROKER_HOST": "127.0.0.1", "MQTT_BROKER_PORT": str(broker.port),
                                     "MQTT_CLIENT_ID": "link-under-test"})
     settings = dataclasses.replace(loaded.mqtt, drain_timeout=0.5)

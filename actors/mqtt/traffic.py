@@ -1,0 +1,362 @@
+"""The traffic of the MQTT connection: every message in and out, between the broker and the
+actors. Messages in are held (inflight.py), routed (routing.py) and handed on; messages from the
+actors are committed acknowledgements, replies to publish, counts of failed deliveries, and
+restarted actors whose messages are handed on again. Nothing goes out that the broker would drop
+us for (packets.py). The connection itself, and when it comes and goes, is the session's."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from typing import Callable
+
+import orjson
+
+from actors.messages import (Cleared, Committed, Inbound, ReadingBatch, Rejection, Reply, Request, Restarted,
+                             Strikes, Struck, WriteBatch)
+from actors.models import utc_now
+from actors.mqtt.client import OneConnectionClient, property_of
+from actors.mqtt.inflight import Deliveries, Held, InFlight, Verdict, fingerprint
+from actors.mqtt.outbox import Outbox
+from actors.mqtt.routing import Refusal, Router
+from actors.mqtt.status import StatusReport
+from actors.peers import Peers
+from actors.query import internal_error
+from actors.settings import AppsSettings, LimitsSettings, MqttSettings
+
+log = logging.getLogger(__name__)
+READ_AFTER_ARRIVAL_WAIT = 1.0  # longest a request waits for the readings received before it
+ANSWER_SETTLES = 5.0  # seconds a connection must outlive a failed request's answer to forgive it
+
+
+class Traffic:
+    def __init__(self, settings: MqttSettings, apps: AppsSettings, limits: LimitsSettings, peers: Peers,
+                 report: StatusReport, outbox: Outbox, fail: Callable[[Exception, str], None]):
+        """`fail`: how a bug here is reported (the session fails, and the link is restarted)."""
+        self.peers = peers
+        self.outbox = outbox
+        self.report = report
+        self.fail = fail
+        self.router = Router(apps, settings.shared_group)
+        self._reading_routes = self.router.reading_routes
+        self.inflight = InFlight(settings.receive_maximum)  # every message in hand
+        self.deliveries = Deliveries(limits.max_failures)  # the delivery limit (see inflight.py)
+        self.max_reading_bytes = limits.max_reading_bytes
+        self.max_request_bytes = limits.max_request_bytes  # request ids are read from no larger payload
+        self.received = 0  # messages taken so far; the last one's ack id
+        self.drained: asyncio.Event | None = None  # set when nothing is in hand while closing
+        self._strikes: list[tuple[int, str, str, bool]] = []  # for the writer, sent with the next flush
+        self._cleared: list[str] = []
+        self._clearing: set[str] = set()  # sent in a Cleared, not yet committed: sent again if the writer dies
+        self._connections = 0  # connections made so far: tells whether one survived an answer
+        self._reading_paused = False  # see _hold_back
+        self._readings: dict[str, list[Inbound]] = {}
+        # Requests held back until the readings received before them are committed (read after
+        # arrival), oldest first; each waits at most READ_AFTER_ARRIVAL_WAIT.
+        self._waiting: collections.deque[int] = collections.deque()
+        self._flush_scheduled = False
+        self._taking = True
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def connected_to(self, client: OneConnectionClient, max_packet: int | None) -> None:
+        self.outbox.connected_to(client, max_packet)
+        self._connections += 1
+
+    def stop_taking(self) -> None:
+        """Closing: messages that arrive from now on are never acknowledged (the broker keeps them)."""
+        self._taking = False
+        self._flush()
+
+    async def drain(self, timeout: float) -> int:
+        """Wait up to `timeout` for what is in hand to be committed or answered; how many were not."""
+        if self.inflight:
+            self.drained = asyncio.Event()
+            try:
+                await asyncio.wait_for(self.drained.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+        return len(self.inflight)
+
+    def lost(self) -> None:
+        """The connection is gone: nothing in hand can be acknowledged any more. The broker
+        delivers it all again on the next connection."""
+        self.outbox.lost()
+        self._abandon_all()
+
+    # -- messages in ----------------------------------------------------------------------
+
+    def on_message(self, client, topic, payload, qos, properties, packet_id=None):
+        """Every message from the broker; the hot path (a few µs per reading, so it is inline)."""
+        try:
+            if client is not self.outbox.client or not self._taking:
+                return  # shutting down, or a connection we gave up: never acknowledged
+            self.received += 1
+            ack_id = self.received
+            if (route := self._reading_routes.get(topic)) is not None:
+                held = Held(packet_id, Inbound(ack_id, topic, payload), route)
+            elif (request := self._admit(ack_id, topic, payload, properties)) is not None:
+                held = Held(packet_id, request, "query")
+            else:
+                if packet_id is not None:
+                    client.acknowledge((packet_id,))  # answered here, or refused: nothing to wait for
+                return
+            if self.inflight.add(ack_id, held):
+                self._hold_back(True)  # again each time: asyncio's StreamReader may have resumed it
+            if packet_id is not None and properties.get("dup"):
+                self._redelivered(ack_id, held)
+            elif route is not None:  # readings of one socket read travel together, a batch per type
+                self._readings.setdefault(route, []).append(held.message)
+                if not self._flush_scheduled:
+                    self._flush_scheduled = True
+                    self._loop.call_soon(self._flush)
+            elif self.inflight.reading_before(ack_id):
+                self._hold_request(ack_id)
+            else:
+                self._dispatch(held)
+        except Exception as exc:  # noqa: BLE001 - see _fail
+            self.fail(exc, "a message from the broker")
+
+    def _hold_request(self, ack_id: int) -> None:
+        """Read after arrival: a request is answered with every reading received before it, so it
+        waits until those are committed (a few ms: the writer's next commit). While the database
+        cannot be written (locked, full), it waits READ_AFTER_ARRIVAL_WAIT at most, then is
+        answered from what is stored."""
+        self._waiting.append(ack_id)
+        self._loop.call_later(READ_AFTER_ARRIVAL_WAIT, self._release_requests, ack_id)
+
+    def _release_requests(self, overdue: int = 0) -> None:
+        """Hand on the waiting requests that no earlier reading holds up (and those up to
+        `overdue`, which have waited long enough)."""
+        waiting = self._waiting
+        while waiting:
+            ack_id = waiting[0]
+            held = self.inflight.get(ack_id)
+            if held is not None and ack_id > overdue and self.inflight.reading_before(ack_id):
+                return
+            waiting.popleft()
+            if held is not None:  # else given up with a lost connection: it comes back
+                self._dispatch(held)
+
+    def _dispatch(self, held: Held, alone: bool = False) -> None:
+        message = held.message
+        if held.is_request:
+            held.route = self.peers.tell_pool("query", message)
+        elif alone:
+            self.peers.tell(held.route, ReadingBatch(utc_now(), (message,), alone=True))
+        else:  # readings of one socket read travel together, one batch per device type
+            self._readings.setdefault(held.route, []).append(message)
+            self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    # -- the delivery limit (see inflight.py) ----------------------------------------------
+
+    def _redelivered(self, ack_id: int, held: Held) -> None:
+        held.fingerprint = fingerprint(held.message)
+        verdict = self.deliveries.redelivered(held.fingerprint)
+        if verdict is Verdict.STRIKE:
+            self._count(ack_id, held)
+        elif verdict is Verdict.SUSPECT:
+            self._count(ack_id, held, fresh_only=True)
+        elif verdict is Verdict.FAILED_BEFORE:
+            if self.deliveries.exhausted(held.fingerprint):
+                self._set_aside(ack_id, held, self.deliveries.failures[held.fingerprint])
+            else:
+                self._dispatch(held, alone=True)
+        else:
+            self._dispatch(held)
+
+    def _count(self, ack_id: int, held: Held, fresh_only: bool = False) -> None:
+        """Have the writer count a failure against it, durably, before it is handled again (with
+        `fresh_only`, only if it has none yet); it waits in hand until then."""
+        if held.fingerprint is None:
+            held.fingerprint = fingerprint(held.message)
+        held.awaiting = "check" if fresh_only else "count"
+        self._strikes.append((ack_id, held.fingerprint.hex(), held.message.topic, fresh_only))
+        self._schedule_flush()
+
+    def _struck(self, counts) -> None:
+        for ack_id, failures, counted in counts:
+            held = self.inflight.get(ack_id)
+            if held is None or held.awaiting is None:
+                continue  # given up with a lost connection meanwhile: it comes back
+            fresh, held.awaiting = held.awaiting == "check", None
+            if self.deliveries.counted(held.fingerprint, failures):
+                self._set_aside(ack_id, held, failures)
+            elif not counted:
+                # In hand when earlier processes died, and not counted yet in this one: tried
+                # alone, one at a time, so that it is blamed only for a failure while it is tried.
+                self.deliveries.wait_turn(ack_id)
+            elif fresh:
+                self._dispatch(held)  # redelivered after one death: tried with the others
+            else:
+                log.warning("handing on again, on its own, a %s on %s that was in hand during %d failure%s "
+                            "(set aside after %d)", "request" if held.is_request else "reading",
+                            held.message.topic, failures, "" if failures == 1 else "s", self.deliveries.max_failures)
+                self._dispatch(held, alone=True)
+        self._next_turn()
+
+    def _next_turn(self) -> None:
+        ack_id = self.deliveries.next_turn(self.inflight.held)
+        if ack_id is not None:
+            self._count(ack_id, self.inflight.get(ack_id))
+
+    def _set_aside(self, ack_id: int, held: Held, failures: int) -> None:
+        """Past the delivery limit: acknowledge it without handling it again."""
+        message = held.message
+        log.error("set aside a %s on %s after %d failed deliveries, instead of trying it again: payload %r",
+                  "request" if held.is_request else "reading", message.topic, failures, message.payload[:1024])
+        if held.is_request:
+            self._answer(ack_id, internal_error(message.payload, self.max_request_bytes), error=True)
+            return
+        reason = (f"set aside after {failures} failed deliveries: the service failed each time it handled this "
+                  "reading (see the log at that time); it is kept here instead of being tried again")
+        rejection = Rejection(message.topic, message.payload[:self.max_reading_bytes], reason, utc_now())
+        self.peers.tell("writer", WriteBatch(held.route.partition("/")[2], (), (rejection,), (ack_id,), alone=True))
+
+    def _restarted(self, restarted: Restarted) -> None:
+        """An actor crashed and runs again: hand on again what it held (a duplicate is harmless:
+        the writer ignores a row it has, the link answers a request once), and count a failure
+        against each of its suspects."""
+        name, suspects = restarted.name, set(restarted.suspects)
+        struck = again = 0
+        if name == "writer" and self._clearing:  # its Cleared went with it
+            self._cleared.extend(self._clearing)
+            self._clearing.clear()
+            self._schedule_flush()
+        for ack_id, held in list(self.inflight.held.items()):
+            if held.awaiting is not None:
+                if name == "writer":  # the Strikes it had not committed yet went with it
+                    self._count(ack_id, held, fresh_only=held.awaiting == "check")
+            elif ack_id in suspects:
+                self._count(ack_id, held)
+                struck += 1
+            elif self.deliveries.waiting(ack_id):
+                continue  # not handed on yet: its turn comes
+            elif held.route == name or (name == "writer" and not held.is_request):
+                self._dispatch(held, alone=held.fingerprint in self.deliveries.failures)
+                again += 1
+        log.warning("%s was restarted: %d messages it may have held handed on again, %d suspected of the crash",
+                    name, again, struck)
+
+    # -- requests -------------------------------------------------------------------------
+
+    def _admit(self, ack_id: int, topic: str, payload: bytes, properties: dict) -> Request | None:
+        """The request, to hand to the query pool; or None, refused (and answered) here."""
+        admitted = self.router.admit(ack_id, topic, payload, property_of(properties, "response_topic"),
+                                     property_of(properties, "correlation_data"), self.outbox.max_packet)
+        if isinstance(admitted, Refusal):
+            self.outbox.refuse(admitted.reply_topic, payload, admitted.correlation, admitted.code, admitted.message)
+            self.report.errors += 1
+            return None
+        return admitted
+
+    def _hold_back(self, pause: bool) -> None:
+        """Mosquitto 2.0.11 keeps sending past our Receive Maximum once acknowledgements flow
+        (measured: 41,500 messages in hand with 1000 allowed, while commits were slow). So the
+        link enforces it: with receive_maximum messages in hand it stops reading the socket, TCP
+        pushes back, and the broker queues the rest. What asyncio had already read still comes
+        through, so the bound is receive_maximum messages plus 384 KiB of socket data."""
+        if pause and not self._reading_paused:
+            log.debug("holding back: %d messages in hand", len(self.inflight))
+        if self.outbox.client is not None:
+            self.outbox.client.pause_reading(pause)
+        self._reading_paused = pause
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        readings, self._readings = self._readings, {}
+        received_at = utc_now()
+        for route, items in readings.items():
+            self.peers.tell(route, ReadingBatch(received_at, tuple(items)))
+        if self._strikes:
+            strikes, self._strikes = tuple(self._strikes), []
+            self.peers.tell("writer", Strikes(strikes))
+        if self._cleared:
+            cleared, self._cleared = tuple(self._cleared), []
+            self._clearing.update(cleared)
+            self.peers.tell("writer", Cleared(cleared))
+
+    # -- messages from the other actors ---------------------------------------------------
+
+    def receive(self, message) -> None:
+        """A message from another actor (the session passes them on)."""
+        if isinstance(message, Committed):
+            self._acknowledge(message.ack_ids)
+            self._clearing.difference_update(message.forgotten)
+        elif isinstance(message, Reply):
+            self._answer(message.ack_id, message.payload, message.error)
+        elif isinstance(message, Struck):
+            self._struck(message.counts)
+        elif isinstance(message, Restarted):
+            self._restarted(message)
+        else:
+            log.warning("MQTT link ignored an unexpected message: %r", message)
+
+    def _answer(self, ack_id: int, payload, error: bool) -> None:
+        """Publish the reply to a request in hand, then acknowledge the request. A reply to one
+        no longer in hand is dropped: it was answered already (handed on twice after a crash),
+        or given up with a lost connection (the broker delivers it again)."""
+        held = self.inflight.get(ack_id)
+        if held is None or not self.outbox.connected:
+            return
+        request = held.message
+        if not isinstance(payload, bytes):
+            payload = orjson.dumps(payload)
+        if not self.outbox.reply(request.reply_topic, payload, request.correlation, request.payload, error):
+            return
+        if held.fingerprint is None:
+            held.fingerprint = fingerprint(request)
+        self.deliveries.answered(held.fingerprint)
+        self._acknowledge((ack_id,))
+        self.report.answered += 1
+        self.report.errors += error
+
+    def _acknowledge(self, ack_ids) -> None:
+        """PUBACK the messages behind these ack ids that are still in hand on this connection
+        (QoS 0 messages, and those of a connection since lost, have nothing to acknowledge)."""
+        released = self.inflight.release(ack_ids)
+        packet_ids = [h.packet_id for h in released if h.packet_id is not None]
+        if packet_ids and self.outbox.client is not None:
+            self.outbox.client.acknowledge(packet_ids)
+        for h in released:
+            if h.fingerprint is None or h.fingerprint not in self.deliveries.failures:
+                continue
+            if h.is_request:  # its answer may be what breaks the connection: see _forgive
+                self._loop.call_later(ANSWER_SETTLES, self._forgive, h.fingerprint, self._connections)
+            else:
+                self._forgive(h.fingerprint)
+        if self.deliveries.trying is not None and self.deliveries.trying not in self.inflight.held:
+            self._next_turn()  # the one tried alone is done: the next one's turn
+        if self._waiting:
+            self._release_requests()
+        if self._reading_paused and self.inflight.roomy:
+            self._hold_back(False)
+        if not self.inflight and self.drained is not None:
+            self.drained.set()
+
+    def _forgive(self, fp: bytes, connection: int | None = None) -> None:
+        """Forget a handled message's failures. A request counts as handled only once the
+        connection its answer went out on has outlived it by ANSWER_SETTLES: a broker that drops
+        us for the reply never processes the acknowledgement after it, and the request comes back."""
+        if connection is not None and (connection != self._connections or not self.outbox.connected):
+            return
+        if self.deliveries.forgive(fp):
+            self._cleared.append(fp.hex())
+            self._schedule_flush()
+
+    def _abandon_all(self) -> None:
+        """The connection is gone: nothing in hand can be acknowledged any more. The broker
+        delivers it all again on the next connection."""
+        self.deliveries.lost(self.inflight.abandon())
+        self._waiting.clear()
+        self._strikes.clear()  # counted when they come back, if they are to be
+        self._reading_paused = False  # the next connection starts reading
+        if self.drained is not None:
+            self.drained.set()
