@@ -9,30 +9,22 @@ state carried to it), so pages neither skip nor repeat records while new reading
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
-import re
 from dataclasses import dataclass, field
-from datetime import date as Date
-from datetime import datetime
-from datetime import time as Time
 from fnmatch import fnmatchcase
 from itertools import accumulate
 
 import orjson
 import peewee
 
-from actors.devices import DEVICE_TYPES, DeviceType, InvalidMessage, parse_object, text_field
+from actors.devices import DEVICE_TYPES, DeviceType
 from actors.messages import Reply, Request
 from actors.models import is_sqlite
 from actors.peers import Peers, Supervised
 from actors.readgate import ReadGate
+from actors.requests import Ask, RequestError, encode_cursor, error_reply, internal_error, parse_request
 
 log = logging.getLogger(__name__)
-DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
-TIME = re.compile(r"\d{2}:\d{2}:\d{2}")
-MAX_REQUEST_ID = 128
 SMALLEST_RECORD = 50  # bytes of JSON: bounds how many rows a page can need
 
 
@@ -42,156 +34,6 @@ class QueryRules:
     max_reply_bytes: int = 100_000
     max_page_records: int = 1000  # the most a `limit` may ask for
     readable: dict = field(default_factory=dict)  # app-id glob -> device-id globs; empty: all
-
-
-@dataclass(frozen=True)
-class Ask:
-    """A parsed request."""
-    device_id: str
-    date: str | None = None  # None with latest
-    latest: bool = False
-    limit: int | None = None
-    after: tuple | None = None  # from the cursor: the last record sent ...
-    state: tuple = ()  # ... and what records carry past it
-    start: str | None = None  # "from", HH:MM:SS
-    end: str | None = None  # "to", HH:MM:SS
-    request_id: str | None = None
-
-
-class RequestError(Exception):
-    def __init__(self, code: str, message: str, **known):
-        super().__init__(message)
-        self.code = code
-        self.known = known  # request_id / device_id / date when they were readable
-
-
-def request_id_of(obj) -> str | None:
-    """The request's `request_id` when it is a usable one (it is echoed in every reply)."""
-    value = obj.get("request_id") if isinstance(obj, dict) else None
-    if isinstance(value, str) and 0 < len(value) <= MAX_REQUEST_ID and not any(ord(c) < 32 for c in value):
-        return value
-    return None
-
-
-def parse_request(payload: bytes, device: DeviceType, max_limit: int) -> Ask:
-    """The request as an Ask, or RequestError with a code for the app."""
-    try:
-        obj = parse_object(payload)
-    except InvalidMessage as exc:
-        code = "invalid_json" if str(exc).startswith("not valid JSON") else "invalid_request"
-        raise RequestError(code, str(exc)) from None
-    known = {}
-    if "request_id" in obj:
-        if (request_id := request_id_of(obj)) is None:
-            raise RequestError("invalid_field", f"field 'request_id' must be a string of 1 to {MAX_REQUEST_ID} "
-                                                "characters without control characters")
-        known["request_id"] = request_id
-
-    def fail(code, message):
-        raise RequestError(code, message, **known)
-
-    if "device_id" not in obj:
-        fail("missing_field", "missing field 'device_id'")
-    try:
-        known["device_id"] = text_field(obj, "device_id")
-    except InvalidMessage as exc:
-        fail("invalid_field", str(exc))
-    if "latest" in obj:
-        if obj["latest"] is not True:
-            fail("invalid_field", "field 'latest' can only be true")
-        if extra := [k for k in ("date", "limit", "cursor", "from", "to") if k in obj]:
-            fail("invalid_request", f"a latest request takes no {', '.join(repr(k) for k in extra)}")
-        return Ask(known["device_id"], latest=True, request_id=known.get("request_id"))
-    if "date" not in obj:
-        fail("missing_field", "missing field 'date'")
-    value = obj["date"]
-    if not _well_formed(value, DATE, Date.fromisoformat):
-        fail("invalid_field", f"field 'date' must be a date as YYYY-MM-DD, got {value!r}")
-    known["date"] = value
-    limit = obj.get("limit")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        fail("invalid_field", f"field 'limit' must be a whole number from 1, got {limit!r}")
-    times = {}
-    for name in ("from", "to"):
-        text = obj.get(name)
-        if text is None:
-            continue
-        if not _well_formed(text, TIME, Time.fromisoformat):
-            fail("invalid_field", f"field {name!r} must be a time of day as HH:MM:SS, got {text!r}")
-        times[name] = text
-    after, state = None, ()
-    if "cursor" in obj:
-        try:
-            after, state = decode_cursor(obj["cursor"], device, value)
-        except ValueError:
-            fail("invalid_field", "field 'cursor' must be a `next` value from an earlier reply")
-    return Ask(known["device_id"], value, limit=min(limit, max_limit) if limit else None, after=after,
-               state=state, start=times.get("from"), end=times.get("to"), request_id=known.get("request_id"))
-
-
-def _well_formed(value, pattern: re.Pattern, parse) -> bool:
-    """A string in exactly that format, naming a real date or time (no 2026-02-30, no 24:00:00)."""
-    if not isinstance(value, str) or not pattern.fullmatch(value):
-        return False
-    try:
-        parse(value)
-    except ValueError:
-        return False
-    return True
-
-
-def encode_cursor(device: DeviceType, key: tuple, state: tuple) -> str:
-    return base64.urlsafe_b64encode(orjson.dumps([device.name, list(key), list(state)])).rstrip(b"=").decode()
-
-
-def decode_cursor(text, device: DeviceType, date: str) -> tuple[tuple, tuple]:
-    """(key, state) of a cursor; ValueError unless it is one of ours for this device type and
-    day: every value is checked as the column holds it, so nothing an app makes up reaches SQL."""
-    try:
-        if not isinstance(text, str) or len(text) > 1024:
-            raise ValueError
-        name, key, state = orjson.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
-    except (binascii.Error, orjson.JSONDecodeError, TypeError, ValueError):
-        raise ValueError from None
-    if name != device.name or not isinstance(key, list) or not isinstance(state, list) \
-            or len(key) != 1 + len(device.value_columns):
-        raise ValueError
-    timestamp, *values = key
-    if not isinstance(timestamp, str) or timestamp[:10] != date:
-        raise ValueError
-    try:
-        canonical = datetime.fromisoformat(timestamp).isoformat()
-    except ValueError:
-        raise ValueError from None
-    if canonical != timestamp:
-        raise ValueError
-    return (timestamp, *device.cursor_values(values)), device.cursor_state(state)
-
-
-def error_reply(code: str, message: str, **known) -> dict:
-    return {**known, "error": {"code": code, "message": message}}
-
-
-def request_id_in(payload: bytes, max_bytes: int) -> str | None:
-    """The request_id of a raw request, for an error reply, if it is readable: a payload over
-    `max_bytes` (limits.max_request_bytes) is not even parsed."""
-    if len(payload) > max_bytes:
-        return None
-    try:
-        return request_id_of(orjson.loads(payload))
-    except orjson.JSONDecodeError:
-        return None
-
-
-def with_request_id(body: dict, payload: bytes, max_bytes: int) -> dict:
-    request_id = request_id_in(payload, max_bytes)
-    return body if request_id is None else {"request_id": request_id, **body}
-
-
-def internal_error(payload: bytes, max_bytes: int) -> dict:
-    """The reply to a request the service failed to answer (its request_id echoed if readable)."""
-    return with_request_id(error_reply("internal_error", "the service failed to answer this request; it has "
-                                                         "been logged"), payload, max_bytes)
 
 
 class QueryActor(Supervised):

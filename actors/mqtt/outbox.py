@@ -10,7 +10,7 @@ import orjson
 
 from actors.mqtt.client import OneConnectionClient
 from actors.mqtt.packets import publish_size
-from actors.query import error_reply, with_request_id
+from actors.requests import error_reply, with_request_id
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from actors.mqtt.outbox import Outbox
 from actors.mqtt.routing import Refusal, Router
 from actors.mqtt.status import StatusReport
 from actors.peers import Peers
-from actors.query import internal_error
+from actors.requests import internal_error
 from actors.settings import AppsSettings, LimitsSettings, MqttSettings
 
 log = logging.getLogger(__name__)
