@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import sqlite3
 import ssl
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import peewee
 from gmqtt.mqtt.constants import MQTTv50
 
 from actors.models import connect_database
+from actors.store import quick_check
 from actors.settings import Settings, describe_url
 from actors.tls import explain, tls_context
 
@@ -50,14 +50,7 @@ def check_database(settings: Settings) -> str:
     for p in (path, path.parent):  # the file, and the directory its -wal and -shm files go in
         if not os.access(p, os.W_OK):
             raise CheckFailed(f"{p} is not writable by this user")
-    try:
-        con = sqlite3.connect(path.as_uri() + "?mode=ro", uri=True)
-        try:
-            report = [line for row in con.execute("PRAGMA quick_check(5)") for line in row[0].splitlines()]
-        finally:
-            con.close()
-    except sqlite3.DatabaseError as exc:
-        report = [str(exc)]
+    report = quick_check(path) or ["it cannot be opened"]
     if report != ["ok"]:
         raise CheckFailed(f"{path} is damaged: {'; '.join(report)}")
     return f"{path} ({path.stat().st_size / 2**20:.1f} MiB): quick_check ok, writable"

@@ -1,0 +1,228 @@
+"""The database behind the writer: one interface, with a SQLite and a PostgreSQL implementation, so
+that the two differ in this one place. A store opens and checks its database, commits one
+transaction of rows, rejections and delivery counts, deletes a range of archived rows, and tells
+its size. Only the writer's thread uses it.
+
+SQLite's write lock is waited for in short polls, up to `busy_timeout`, so that a stop (the
+`stopping` event) is never held up by someone else's lock."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import peewee
+
+from actors.devices import DEVICE_TYPES
+from actors.models import MODELS, RejectedMessage, insert_fields, insert_sql, is_sqlite
+from actors.schema import prepare
+from actors.settings import DatabaseSettings, describe_url
+
+log = logging.getLogger("actors.writer")  # operators know these lines as the writer's
+LOCK_POLL_MS = 100  # how long one try for SQLite's write lock waits; see SqliteStore.begin
+STARTUP_LOCK_WAIT = 20.0  # within the supervisor's start timeout
+TABLES = {m._meta.table_name: m for m in MODELS}
+RETRIABLE = (sqlite3.OperationalError, peewee.OperationalError, peewee.InterfaceError)
+
+
+def quick_check(path: str | Path) -> list[str] | None:
+    """SQLite's quick_check of the file at `path` over a read-only connection (before anything
+    switches it to WAL): ["ok"] when sound, the problems otherwise, None if there is no file."""
+    try:
+        con = sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True)
+    except sqlite3.OperationalError:
+        return None
+    try:
+        return [line for row in con.execute("PRAGMA quick_check(5)") for line in row[0].splitlines()]
+    except sqlite3.DatabaseError as exc:
+        return [str(exc)]
+    finally:
+        con.close()
+
+
+def locked(exc: Exception) -> bool:
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
+def open_store(db: peewee.Database, settings: DatabaseSettings, stopping: threading.Event) -> Store:
+    """The store for `db`, opened: RuntimeError with the reason if it cannot be used."""
+    store = (SqliteStore if is_sqlite(db) else ServerStore)(db, settings, stopping)
+    try:
+        store.open()
+    except peewee.DatabaseError as exc:
+        raise RuntimeError(f"cannot open the database {store.where}: {exc}") from None
+    return store
+
+
+class Store:
+    def __init__(self, db: peewee.Database, settings: DatabaseSettings, stopping: threading.Event):
+        self.db = db
+        self.settings = settings
+        self.stopping = stopping
+        self.where = describe_url(settings.url) if settings.url else settings.path
+        self.fields = {name: insert_fields(d.model) for name, d in DEVICE_TYPES.items()}
+        self.fields["rejected"] = insert_fields(RejectedMessage)
+
+    def open(self) -> None:
+        raise NotImplementedError
+
+    def write(self, by_device: dict[str, list[tuple]], rejections: list[tuple], failures) -> tuple[dict, list]:
+        """One transaction: rows per device type, rejections, and the delivery counts (`failures`,
+        see writer.Failures). The rows inserted per type (redeliveries are not), and the counts."""
+        raise NotImplementedError
+
+    def delete(self, table: str, first_id: int, last_id: int) -> int:
+        """Delete rows first_id..last_id of `table` in one short transaction; how many."""
+        raise NotImplementedError
+
+    def sizes(self) -> tuple[int, int]:
+        """(bytes of the database with its WAL, bytes of the WAL alone)."""
+        raise NotImplementedError
+
+    def failed(self) -> None:
+        """A transaction failed with a retriable error."""
+
+    def close(self) -> None:
+        self.db.close()  # this thread's connection: a successor opens its own
+
+    def _prepare(self) -> None:
+        """Create the tables, or upgrade an older schema. A current schema is only read; an
+        upgrade needs the write lock, and waits for it (logged once) as long as start-up may."""
+        deadline = time.monotonic() + STARTUP_LOCK_WAIT
+        waiting = False
+        while True:
+            try:
+                return prepare(self.db)
+            except peewee.OperationalError as exc:
+                if not (is_sqlite(self.db) and locked(exc)) or time.monotonic() > deadline or self.stopping.is_set():
+                    raise
+                if not waiting:
+                    log.warning("the schema upgrade waits for the write lock, held by another connection "
+                                "(an operator's sqlite3 session?)")
+                    waiting = True
+
+
+class SqliteStore(Store):
+    def open(self) -> None:
+        # Before anything touches it (connecting switches the file to WAL). A damaged database stops
+        # start-up; it is never replaced or repaired behind the operator's back.
+        report = quick_check(self.settings.path)
+        if report is not None and report != ["ok"]:
+            raise RuntimeError(f"the database {self.settings.path} is damaged ({'; '.join(report)}). It has been "
+                               "left as it is: restore a backup, or repair it with sqlite3's .recover")
+        self.db.connect(reuse_if_open=True)
+        self._check_settings()
+        self.db.execute_sql(f"PRAGMA busy_timeout = {LOCK_POLL_MS}")  # begin() polls up to busy_timeout
+        self._prepare()
+        if self.settings.max_size_mb:
+            pages = self.settings.max_size_mb * 1024 * 1024 // self._pragma("page_size")
+            self.db.execute_sql(f"PRAGMA max_page_count = {pages}")  # this connection only
+        self._insert = {name: insert_sql(d.model, self.db) for name, d in DEVICE_TYPES.items()}
+        self._reject = insert_sql(RejectedMessage, self.db)
+        self._wal = Path(self.settings.path + "-wal")
+
+    def _pragma(self, name: str):
+        return self.db.execute_sql(f"PRAGMA {name}").fetchone()[0]
+
+    def _check_settings(self) -> None:
+        """The settings durability rests on; e.g. a filesystem without shared memory cannot do WAL."""
+        problems = [f"{name} is {value!r}, not {expected!r}" for name, value, expected in (
+            ("journal_mode", self._pragma("journal_mode"), "wal"),
+            ("synchronous", self._pragma("synchronous"), 2),  # FULL
+            ("busy_timeout", self._pragma("busy_timeout"), int(self.settings.busy_timeout * 1000)),
+        ) if value != expected]
+        if problems:
+            raise RuntimeError(f"the database {self.settings.path} cannot be used safely: {'; '.join(problems)}")
+        log.info("database %s: WAL, synchronous=FULL, busy timeout %d ms, quick_check ok",
+                 self.settings.path, self._pragma("busy_timeout"))
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        return self.db.connection()
+
+    def begin(self, conn: sqlite3.Connection) -> None:
+        """BEGIN IMMEDIATE (the write lock up front: no SQLITE_BUSY halfway), waiting up to
+        busy_timeout in LOCK_POLL_MS tries: a stop gives up at once rather than wait out someone
+        else's lock."""
+        deadline = time.monotonic() + self.settings.busy_timeout
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if not locked(exc) or self.stopping.is_set() or time.monotonic() >= deadline:
+                    raise
+
+    def _transaction(self, work):
+        # The raw connection, not db.atomic(): after SQLITE_FULL, SQLite has already rolled the
+        # transaction back, and peewee's own rollback would fail and hide the real error.
+        conn = self.connection
+        try:
+            self.begin(conn)
+            result = work(conn)
+            conn.execute("COMMIT")
+            return result
+        except BaseException:  # a bug as much as a full disk: never leave the write lock held
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def write(self, by_device, rejections, failures):
+        def work(conn):
+            inserted = {device: conn.executemany(self._insert[device], rows).rowcount
+                        for device, rows in by_device.items()}
+            if rejections:
+                conn.executemany(self._reject, rejections)
+            return inserted, failures.apply(conn.execute)
+        return self._transaction(work)
+
+    def delete(self, table, first_id, last_id):
+        model = TABLES[table]
+        sql, params = self.db.get_sql_context().sql(model.delete().where(model.id.between(first_id, last_id))).query()
+        return self._transaction(lambda conn: conn.execute(sql, params).rowcount)
+
+    def sizes(self):
+        wal = self.wal_bytes()
+        return Path(self.settings.path).stat().st_size + wal, wal
+
+    def wal_bytes(self) -> int:
+        try:
+            return self._wal.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+
+class ServerStore(Store):
+    """PostgreSQL: pooled connections; one transaction per commit, with a multi-row INSERT ... ON
+    CONFLICT DO NOTHING per table."""
+
+    def open(self) -> None:
+        self.db.connect(reuse_if_open=True)
+        self._prepare()
+        log.info("database %s: PostgreSQL, schema version ok", self.where)
+
+    def write(self, by_device, rejections, failures):
+        self.db.connect(reuse_if_open=True)
+        with self.db.atomic():
+            inserted = {device: DEVICE_TYPES[device].model.insert_many(rows, fields=self.fields[device])
+                        .on_conflict_ignore().as_rowcount().execute() for device, rows in by_device.items()}
+            if rejections:
+                RejectedMessage.insert_many(rejections, fields=self.fields["rejected"]).execute()
+            return inserted, failures.apply(lambda sql, params: self.db.execute_sql(sql, params))
+
+    def delete(self, table, first_id, last_id):
+        model = TABLES[table]
+        with self.db.atomic():
+            return model.delete().where(model.id.between(first_id, last_id)).execute()
+
+    def sizes(self):
+        try:
+            return self.db.execute_sql("SELECT pg_database_size(current_database())").fetchone()[0], 0
+        except RETRIABLE:
+            return 0, 0
+
+    def failed(self) -> None:
+        self.db.close()  # a connection that failed may be broken: the next try takes another
