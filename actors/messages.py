@@ -87,10 +87,17 @@ class Flush:
 @dataclass(frozen=True, slots=True)
 class Prune:
     """Retention actor -> writer (ask): delete rows first_id..last_id of `table`, which the
-    retention actor has archived. The answer is (rows deleted, milliseconds the delete took)."""
+    retention actor has archived. Answered with Pruned."""
     table: str
     first_id: int
     last_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pruned:
+    """Writer -> retention actor: the answer to a Prune."""
+    deleted: int  # rows
+    ms: float  # how long the delete held the write lock
 
 
 @dataclass(frozen=True, slots=True)

@@ -143,10 +143,10 @@ class RetentionActor(Supervised):
             runs = archive_day(self.archive_path(table.name, day), m._meta.sorted_field_names, rows, kept)
             for start, end in runs:
                 for low in range(start, end + 1, self.settings.batch_rows):
-                    n, ms = self.peers.ask("writer", Prune(table.name, low, min(end, low + self.settings.batch_rows - 1)),
-                                           PRUNE_TIMEOUT)
-                    deleted += n
-                    longest = max(longest, ms)
+                    pruned = self.peers.ask("writer", Prune(table.name, low, min(end, low + self.settings.batch_rows - 1)),
+                                            PRUNE_TIMEOUT)
+                    deleted += pruned.deleted
+                    longest = max(longest, pruned.ms)
         return [d for d, _, _ in days], deleted, longest
 
     def _day_rows(self, table: ExpiringTable, day: str, first: int, last: int) -> Iterator[tuple]:

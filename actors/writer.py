@@ -22,7 +22,8 @@ import peewee
 
 from actors.checkpoint import WalCheckpoint
 from actors.devices import DEVICE_TYPES
-from actors.messages import Cleared, Committed, Flush, Prune, StatsRequest, Strikes, Struck, WriteBatch, WriterStats
+from actors.messages import (Cleared, Committed, Flush, Prune, Pruned, StatsRequest, Strikes, Struck, WriteBatch,
+                             WriterStats)
 from actors.models import DeliveryFailure, utc_now
 from actors.peers import Peers, Supervised
 from actors.readgate import ReadGate
@@ -173,11 +174,11 @@ class WriterActor(Supervised):
         self._max_commit_ms = 0.0
         return stats
 
-    def _prune(self, prune: Prune) -> tuple[int, float]:
+    def _prune(self, prune: Prune) -> Pruned:
         """Delete archived rows in one short transaction: new readings wait at most this long."""
         started = time.perf_counter()
         deleted = self.store.delete(prune.table, prune.first_id, prune.last_id)
-        return deleted, (time.perf_counter() - started) * 1000
+        return Pruned(deleted, (time.perf_counter() - started) * 1000)
 
     def _write(self, batches: list[WriteBatch], strikes=(), cleared=()) -> list[tuple[int, int, bool]]:
         """One transaction: the batches' rows and rejections, the failed deliveries to count

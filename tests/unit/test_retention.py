@@ -8,14 +8,13 @@ import logging
 import shutil
 import sqlite3
 import subprocess
-import threading
 from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
 
 import pytest
 
 from actors.devices import DEVICE_TYPES
-from actors.messages import Committed, StatsRequest, WriteBatch
+from actors.messages import Committed, WriteBatch
 from actors.models import connect_database, open_database
 from actors.peers import Peers
 from actors.readgate import ReadGate
@@ -207,43 +206,3 @@ def test_an_archive_reads_back_into_its_table_with_the_sqlite3_shell(service):
     subprocess.run(["sqlite3", str(service.db_path), f'.import --csv --skip 1 "|zcat {path}" fingerprint_logs'],
                    check=True)
     assert service.rows("SELECT * FROM fingerprint_logs ORDER BY id") == before
-
-
-def test_the_wal_stays_bounded_while_reads_never_stop(tmp_path):
-    """Two readers whose reads always overlap keep SQLite from restarting the WAL by itself
-    (it grew to 1.4 GiB in 20 s without the gate); the writer's checkpoint makes it."""
-    service = Service(tmp_path)
-    service.database = dataclasses.replace(service.database, checkpoint_mb=1)
-    service.writer.stop()
-    service.writer = WriterActor.start(service.db, service.database, service.peers, None, service.gate)
-    service.store("temperature", [temperature("t0", 0, 0)])
-    stop = threading.Event()
-
-    def read(offset):
-        con = sqlite3.connect(service.db_path, isolation_level=None)
-        while not stop.is_set():
-            with service.gate.reading():
-                con.execute("BEGIN")
-                con.execute("SELECT COUNT(*) FROM temperature_logs WHERE device_id = 't1'").fetchall()
-                stop.wait(0.02)  # a read that lasts; the other reader starts while it runs
-                con.execute("COMMIT")
-        con.close()
-
-    readers = [threading.Thread(target=read, args=(i,)) for i in range(2)]
-    for r in readers:
-        r.start()
-    wal, largest = tmp_path / "mqtt_data.db-wal", 0
-    try:
-        for batch in range(300):  # some 30 MiB of WAL in all
-            service.store("temperature", [(f"t{i % 20}", 20.0, 50.0, "LOW", f"{day(0)}T00:00:00.{batch:03d}{i:03d}",
-                                           day(0)) for i in range(2000)])
-            largest = max(largest, wal.stat().st_size)
-    finally:
-        stop.set()
-        for r in readers:
-            r.join()
-    service.writer.tell(StatsRequest())
-    stats = service.link.next()
-    service.writer.stop()
-    assert stats.checkpoints >= 5
-    assert largest < 4 * 2**20, f"the WAL reached {largest / 2**20:.1f} MiB"

@@ -3,12 +3,14 @@
 import dataclasses
 import logging
 import sqlite3
+import threading
 
 import pytest
 
-from actors.messages import Committed, Rejection, WriteBatch
+from actors.messages import Committed, Rejection, StatsRequest, WriteBatch
 from actors.models import open_database
 from actors.peers import Peers
+from actors.readgate import ReadGate
 from actors.settings import load_settings
 from actors.writer import WriterActor
 from conftest import FakePeer, wait_until
@@ -21,13 +23,13 @@ def db_path(tmp_path):
     return tmp_path / "mqtt_data.db"
 
 
-def start_writer(db_path, **overrides):
+def start_writer(db_path, gate=None, **overrides):
     settings = dataclasses.replace(load_settings(environ={}).database, path=str(db_path),
-                                   busy_timeout=0.05, retry_delay=0.02, **overrides)
+                                   **{"busy_timeout": 0.05, "retry_delay": 0.02, **overrides})
     peers, link = Peers(), FakePeer()
     peers.register("link", link)
-    db = open_database(settings.path, settings.busy_timeout)
-    return WriterActor.start(db, settings, peers), link
+    db = open_database(settings.path, settings.busy_timeout, settings.checkpoint_mb)
+    return WriterActor.start(db, settings, peers, None, gate), link
 
 
 def rows(db_path, sql):
@@ -103,3 +105,45 @@ def test_stopping_commits_what_is_pending(db_path):
     writer.stop()
     assert link.next() == Committed((5,))
     assert rows(db_path, "SELECT user_id FROM fingerprint_logs") == [("u1",)]
+
+
+@pytest.mark.slow
+def test_the_wal_stays_bounded_while_reads_never_stop(db_path):
+    """Two readers whose reads always overlap keep SQLite from restarting the WAL by itself
+    (it grew to 1.4 GiB in 20 s without the gate); the writer's checkpoint makes it."""
+    gate = ReadGate()
+    writer, link = start_writer(db_path, gate, checkpoint_mb=1, busy_timeout=5.0)
+    writer.tell(WriteBatch("temperature", (ROW,), (), (0,)))
+    assert link.next() == Committed((0,))
+    stop = threading.Event()
+
+    def read():
+        con = sqlite3.connect(db_path, isolation_level=None)
+        while not stop.is_set():
+            with gate.reading():
+                con.execute("BEGIN")
+                con.execute("SELECT COUNT(*) FROM temperature_logs WHERE device_id = 't1'").fetchall()
+                stop.wait(0.02)  # a read that lasts; the other reader starts while it runs
+                con.execute("COMMIT")
+        con.close()
+
+    readers = [threading.Thread(target=read) for _ in range(2)]
+    for r in readers:
+        r.start()
+    wal, largest = db_path.parent / "mqtt_data.db-wal", 0
+    try:
+        for batch in range(1, 301):  # some 30 MiB of WAL in all
+            rows_ = tuple((f"t{i % 20}", 20.0, 50.0, "LOW", f"2026-01-22T00:00:00.{batch:03d}{i:03d}", "2026-01-22")
+                          for i in range(2000))
+            writer.tell(WriteBatch("temperature", rows_, (), (batch,)))
+            assert link.next() == Committed((batch,))
+            largest = max(largest, wal.stat().st_size)
+    finally:
+        stop.set()
+        for r in readers:
+            r.join()
+    writer.tell(StatsRequest())
+    stats = link.next()
+    writer.stop()
+    assert stats.checkpoints >= 5
+    assert largest < 4 * 2**20, f"the WAL reached {largest / 2**20:.1f} MiB"
