@@ -18,13 +18,20 @@ class Peers:
 
     The supervisor replaces an entry when it restarts a child, so senders always reach the
     live instance. A message sent to an instance that has just died is dropped: it held only
-    readings and requests the broker has not been acknowledged for, and the supervisor has the
-    MQTT link reconnect so that the broker delivers them again."""
+    readings and requests the broker has not been acknowledged for, and the supervisor tells the
+    MQTT link, which hands them on again. A name that was never registered is a bug, not a peer
+    that died: telling it raises KeyError."""
 
     def __init__(self):
         self._refs: dict[str, object] = {}
         self._pools: dict[str, itertools.cycle] = {}
         self._lock = threading.Lock()
+
+    def expect(self, names) -> None:
+        """The children to come (from the supervisor's child specs): until each has started, what
+        is told to it is dropped, as to a peer that died."""
+        for name in names:
+            self._refs.setdefault(name, None)
 
     def register(self, name: str, ref) -> None:
         """`ref` is anything with `tell(message)`: an ActorRef, or the MQTT link's loop handle."""
@@ -34,10 +41,12 @@ class Peers:
         self._pools[prefix] = itertools.cycle([f"{prefix}/{i}" for i in range(size)])
 
     def tell(self, name: str, message) -> bool:
-        ref = self._refs.get(name)
+        if name not in self._refs:
+            raise KeyError(f"no actor is named {name!r} (known: {', '.join(self._refs) or 'none'})")
         try:
+            ref = self._refs[name]
             if ref is None:
-                raise pykka.ActorDeadError(name)
+                raise pykka.ActorDeadError(name)  # not started yet
             ref.tell(message)
             return True
         except pykka.ActorDeadError:
@@ -47,9 +56,10 @@ class Peers:
 
     def ask(self, name: str, message, timeout: float):
         """Send and wait for the answer: for the rare exchange whose sender must wait (the
-        retention actor's deletes). pykka.ActorDeadError when `name` is not running."""
-        ref = self._refs.get(name)
-        if ref is None:
+        retention actor's deletes). pykka.ActorDeadError when `name` is not running, KeyError if it never was."""
+        if name not in self._refs:
+            raise KeyError(f"no actor is named {name!r}")
+        if (ref := self._refs[name]) is None:
             raise pykka.ActorDeadError(name)
         return ref.ask(message, timeout=timeout)
 

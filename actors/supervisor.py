@@ -77,6 +77,7 @@ class Supervisor(pykka.ThreadingActor):
         try:
             if self._specs is None:
                 self._specs = self.child_specs()
+            self.peers.expect(spec.name for spec in self._specs)
             self.peers.define_pool("query", sum(1 for c in self._specs if c.name.startswith("query/")))
             for spec in self._specs:
                 self._start(spec)
