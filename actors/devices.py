@@ -4,7 +4,6 @@ in DEVICE_TYPES (and a model in models.py)."""
 
 from __future__ import annotations
 
-import math
 from datetime import datetime
 
 import orjson
@@ -88,23 +87,6 @@ def _json_kind(value) -> str:
     return kinds.get(type(value), type(value).__name__)
 
 
-def _finite(value, low: float = -math.inf, high: float = math.inf) -> float:
-    """A number as a REAL column holds it. Whole numbers become floats: orjson gives integers up
-    to 2**64 as int, which SQLite cannot bind (OverflowError)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError
-    number = float(value)
-    if not low <= number <= high:  # also refuses nan
-        raise ValueError
-    return number
-
-
-def _one_of(value, choices: tuple[str, ...]) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError
-    return value
-
-
 class DeviceType:
     """One kind of device. Subclasses say how to validate a reading's own fields
     (`values`) and how a stored row reads in a reply (`record`)."""
@@ -115,6 +97,7 @@ class DeviceType:
     reply_stem: str  # ... and get the answer on {reply_stem}/{app_id}
     model: type[Model]
     value_columns: tuple[str, ...]  # the columns between device_id and timestamp
+    reading_fields: tuple[str, ...]  # the reading's fields that values() turns into those columns
 
     def parse(self, payload: bytes) -> tuple:
         """A reading's payload as a row (device_id, *values, timestamp, date); created_at is
@@ -179,9 +162,10 @@ class DeviceType:
         return ()
 
     def cursor_values(self, values: list) -> tuple:
-        """A cursor's value columns as this type stores them; ValueError if they are not values
-        a row of this type can hold (a cursor an app made up, or one of another type)."""
-        raise NotImplementedError
+        """A cursor's value columns as this type stores them; ValueError (InvalidMessage) if they
+        are not values a row of this type can hold (a cursor an app made up, or one of another
+        type). Checked by the reading's own field rules, where the row holds what was sent."""
+        return self.values(dict(zip(self.reading_fields, values)))
 
     def cursor_state(self, state: list) -> tuple:
         """A cursor's carried state; ValueError if it is not one this type carries."""
@@ -201,14 +185,11 @@ class Temperature(DeviceType):
     reply_stem = "home/datatemp"
     model = TemperatureLog
     value_columns = ("temperature", "humidity", "status")
+    reading_fields = value_columns
 
     def values(self, obj):
         return (number_field(obj, "temperature"), number_field(obj, "humidity", 0, 100),
                 choice_field(obj, "status", ("HIGH", "LOW")))
-
-    def cursor_values(self, values):
-        temperature, humidity, status = values
-        return _finite(temperature), _finite(humidity, 0, 100), _one_of(status, ("HIGH", "LOW"))
 
     def record(self, row):
         temperature, humidity, status, timestamp = row
@@ -227,6 +208,7 @@ class Power(DeviceType):
     reply_stem = "home/datapower"
     model = PowerStatusLog
     value_columns = ("ebstatus", "dgstatus")
+    reading_fields = ("status",)  # one event names one source: see values()
     STATUSES = {"EB_ON": ("ON", ""), "EB_OFF": ("OFF", ""), "DG_ON": ("", "ON"), "DG_OFF": ("", "OFF")}
 
     def values(self, obj):
@@ -251,12 +233,13 @@ class Power(DeviceType):
         return record["ebstatus"], record["dgstatus"]
 
     def cursor_values(self, values):
-        return tuple(_one_of(v, ("ON", "OFF", "")) for v in values)
+        obj = dict(zip(self.value_columns, values))  # the stored columns: ON, OFF or ""
+        return tuple(choice_field(obj, c, ("ON", "OFF", "")) for c in self.value_columns)
 
     def cursor_state(self, state):
         if len(state) != 2:
             raise ValueError
-        return tuple(_one_of(v, ("ON", "OFF", "")) for v in state)
+        return self.cursor_values(state)
 
     def _latest_before(self, device_id: str, date: str, before: str | None, column: str) -> str:
         m = self.model
@@ -291,15 +274,10 @@ class Fingerprint(DeviceType):
     reply_stem = "home/datafingerprint"
     model = FingerprintLog
     value_columns = ("user_id", "auth_status")
+    reading_fields = ("user_id", "authStatus")
 
     def values(self, obj):
         return text_field(obj, "user_id"), choice_field(obj, "authStatus", ("PASS", "FAIL"))
-
-    def cursor_values(self, values):
-        user_id, auth_status = values
-        if not isinstance(user_id, str) or not 0 < len(user_id) <= MAX_TEXT:
-            raise ValueError
-        return user_id, _one_of(auth_status, ("PASS", "FAIL"))
 
     def record(self, row):
         user_id, auth_status, timestamp = row

@@ -12,12 +12,13 @@ import logging
 import sqlite3
 import threading
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import peewee
 
 from actors.devices import DEVICE_TYPES
-from actors.models import MODELS, RejectedMessage, insert_fields, insert_sql, is_sqlite
+from actors.models import MODELS, DeliveryFailure, RejectedMessage, insert_fields, insert_sql, is_sqlite
 from actors.schema import prepare
 from actors.settings import DatabaseSettings, describe_url
 
@@ -25,6 +26,7 @@ log = logging.getLogger("actors.writer")  # operators know these lines as the wr
 LOCK_POLL_MS = 100  # how long one try for SQLite's write lock waits; see SqliteStore.begin
 STARTUP_LOCK_WAIT = 20.0  # within the supervisor's start timeout
 TABLES = {m._meta.table_name: m for m in MODELS}
+FORGET_FAILURES_AFTER = timedelta(days=30)  # a failed message the broker never delivered again
 RETRIABLE = (sqlite3.OperationalError, peewee.OperationalError, peewee.InterfaceError)
 
 
@@ -71,7 +73,7 @@ class Store:
 
     def write(self, by_device: dict[str, list[tuple]], rejections: list[tuple], failures) -> tuple[dict, list]:
         """One transaction: rows per device type, rejections, and the delivery counts (`failures`,
-        see writer.Failures). The rows inserted per type (redeliveries are not), and the counts."""
+        see Failures). The rows inserted per type (redeliveries are not), and the counts."""
         raise NotImplementedError
 
     def delete(self, table: str, first_id: int, last_id: int) -> int:
@@ -226,3 +228,38 @@ class ServerStore(Store):
 
     def failed(self) -> None:
         self.db.close()  # a connection that failed may be broken: the next try takes another
+
+
+class Failures:
+    """The failed-delivery counts of one transaction (see actors/mqtt/inflight.py): count one more failure
+    for each strike, returning the new counts; forget the cleared ones, and any the broker has
+    not delivered again for a month."""
+    TABLE = DeliveryFailure._meta.table_name
+
+    def __init__(self, db: peewee.Database, strikes, cleared, now: str):
+        self.strikes, self.cleared, self.now = strikes, sorted(cleared), now
+        p = db.param
+        insert = f"INSERT INTO {self.TABLE} (fingerprint, topic, failures, last_failed_at) VALUES ({p}, {p}, 1, {p})"
+        self.count_sql = (f"{insert} ON CONFLICT (fingerprint) DO UPDATE SET failures = {self.TABLE}.failures + 1, "
+                          "last_failed_at = excluded.last_failed_at RETURNING failures")
+        self.fresh_sql = f"{insert} ON CONFLICT (fingerprint) DO NOTHING"
+        self.read_sql = f"SELECT failures FROM {self.TABLE} WHERE fingerprint = {p}"
+        self.forget_sql = f"DELETE FROM {self.TABLE} WHERE fingerprint = {p}"
+        self.expire_sql = f"DELETE FROM {self.TABLE} WHERE last_failed_at < {p}"
+
+    def apply(self, execute) -> list[tuple[int, int, bool]]:
+        for fp in self.cleared:
+            execute(self.forget_sql, (fp,))
+        if not self.strikes:
+            return []
+        month_ago = (datetime.now(timezone.utc) - FORGET_FAILURES_AFTER).strftime("%Y-%m-%d %H:%M:%S")
+        execute(self.expire_sql, (month_ago,))
+        counts = []
+        for ack_id, fp, topic, fresh_only in self.strikes:
+            if not fresh_only:
+                counts.append((ack_id, execute(self.count_sql, (fp, topic, self.now)).fetchone()[0], True))
+            elif execute(self.fresh_sql, (fp, topic, self.now)).rowcount == 1:
+                counts.append((ack_id, 1, True))
+            else:
+                counts.append((ack_id, execute(self.read_sql, (fp,)).fetchone()[0], False))
+        return counts

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from datetime import datetime, timedelta, timezone
 
 import peewee
 
@@ -24,15 +23,14 @@ from actors.checkpoint import WalCheckpoint
 from actors.devices import DEVICE_TYPES
 from actors.messages import (Cleared, Committed, Flush, Prune, Pruned, StatsRequest, Strikes, Struck, WriteBatch,
                              WriterStats)
-from actors.models import DeliveryFailure, utc_now
+from actors.models import utc_now
 from actors.peers import Peers, Supervised
 from actors.readgate import ReadGate
 from actors.settings import DatabaseSettings
-from actors.store import RETRIABLE, SqliteStore, Store, open_store
+from actors.store import RETRIABLE, Failures, SqliteStore, Store, open_store
 
 log = logging.getLogger(__name__)
 MAX_RETRY_DELAY = 10.0
-FORGET_FAILURES_AFTER = timedelta(days=30)  # a failed message the broker never delivered again
 
 
 def _rows(batch: WriteBatch) -> int:
@@ -217,37 +215,3 @@ class WriterActor(Supervised):
             self._failing_since = None
         self._retry_delay = self.settings.retry_delay
 
-
-class Failures:
-    """The failed-delivery counts of one transaction (see actors/mqtt/inflight.py): count one more failure
-    for each strike, returning the new counts; forget the cleared ones, and any the broker has
-    not delivered again for a month."""
-    TABLE = DeliveryFailure._meta.table_name
-
-    def __init__(self, db: peewee.Database, strikes, cleared, now: str):
-        self.strikes, self.cleared, self.now = strikes, sorted(cleared), now
-        p = db.param
-        insert = f"INSERT INTO {self.TABLE} (fingerprint, topic, failures, last_failed_at) VALUES ({p}, {p}, 1, {p})"
-        self.count_sql = (f"{insert} ON CONFLICT (fingerprint) DO UPDATE SET failures = {self.TABLE}.failures + 1, "
-                          "last_failed_at = excluded.last_failed_at RETURNING failures")
-        self.fresh_sql = f"{insert} ON CONFLICT (fingerprint) DO NOTHING"
-        self.read_sql = f"SELECT failures FROM {self.TABLE} WHERE fingerprint = {p}"
-        self.forget_sql = f"DELETE FROM {self.TABLE} WHERE fingerprint = {p}"
-        self.expire_sql = f"DELETE FROM {self.TABLE} WHERE last_failed_at < {p}"
-
-    def apply(self, execute) -> list[tuple[int, int, bool]]:
-        for fp in self.cleared:
-            execute(self.forget_sql, (fp,))
-        if not self.strikes:
-            return []
-        month_ago = (datetime.now(timezone.utc) - FORGET_FAILURES_AFTER).strftime("%Y-%m-%d %H:%M:%S")
-        execute(self.expire_sql, (month_ago,))
-        counts = []
-        for ack_id, fp, topic, fresh_only in self.strikes:
-            if not fresh_only:
-                counts.append((ack_id, execute(self.count_sql, (fp, topic, self.now)).fetchone()[0], True))
-            elif execute(self.fresh_sql, (fp, topic, self.now)).rowcount == 1:
-                counts.append((ack_id, 1, True))
-            else:
-                counts.append((ack_id, execute(self.read_sql, (fp,)).fetchone()[0], False))
-        return counts

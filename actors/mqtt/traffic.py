@@ -43,7 +43,6 @@ class Traffic:
         self.inflight = InFlight(settings.receive_maximum)  # every message in hand
         self.deliveries = Deliveries(limits.max_failures)  # the delivery limit (see inflight.py)
         self.max_reading_bytes = limits.max_reading_bytes
-        self.max_request_bytes = limits.max_request_bytes  # request ids are read from no larger payload
         self.received = 0  # messages taken so far; the last one's ack id
         self.drained: asyncio.Event | None = None  # set when nothing is in hand while closing
         self._strikes: list[tuple[int, str, str, bool]] = []  # for the writer, sent with the next flush
@@ -213,7 +212,7 @@ class Traffic:
         log.error("set aside a %s on %s after %d failed deliveries, instead of trying it again: payload %r",
                   "request" if held.is_request else "reading", message.topic, failures, message.payload[:1024])
         if held.is_request:
-            self._answer(ack_id, internal_error(message.payload, self.max_request_bytes), error=True)
+            self._answer(ack_id, internal_error(message.payload, self.outbox.max_request_bytes), error=True)
             return
         reason = (f"set aside after {failures} failed deliveries: the service failed each time it handled this "
                   "reading (see the log at that time); it is kept here instead of being tried again")
