@@ -47,4 +47,4 @@ class IngestActor(Supervised):
                 rejections.append(Rejection(item.topic, payload, f"internal error while validating: {exc!r}",
                                             batch.received_at))
         return WriteBatch(self.device.name, tuple(rows), tuple(rejections),
-                          tuple(item.ack_id for item in batch.items), batch.alone)
+                          tuple(item.ack_id for item in batch.items), batch.alone, batch.forget)

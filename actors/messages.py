@@ -23,6 +23,7 @@ class ReadingBatch:
     received_at: str  # UTC
     items: tuple[Inbound, ...]
     alone: bool = False  # a reading that failed before: committed on its own (see WriteBatch)
+    forget: tuple[str, ...] = ()  # see WriteBatch
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,9 @@ class WriteBatch:
     rejections: tuple[Rejection, ...]
     ack_ids: tuple[int, ...]
     alone: bool = False  # in a transaction of its own, so that a failure names this batch alone
+    # fingerprints of readings here that had failed deliveries: their counts are deleted in the
+    # transaction that stores them (a death after it cannot leave a count behind)
+    forget: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

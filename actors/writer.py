@@ -142,7 +142,7 @@ class WriterActor(Supervised):
             cleared, self._cleared = self._cleared, set()
             self.suspects = tuple(a for b in taken for a in b.ack_ids)  # if this crashes the writer
             try:
-                counts = self._write(taken, strikes, cleared)
+                counts = self._write(taken, strikes, cleared.union(*(b.forget for b in taken)))
             except RETRIABLE as exc:  # locked, full, I/O error, server gone: worth retrying
                 self._pending[:0] = taken
                 self._strikes[:0] = strikes

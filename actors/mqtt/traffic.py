@@ -51,6 +51,7 @@ class Traffic:
         self._connections = 0  # connections made so far: tells whether one survived an answer
         self._reading_paused = False  # see _hold_back
         self._readings: dict[str, list[Inbound]] = {}
+        self._forget: dict[str, list[str]] = {}  # route -> fingerprints of those readings that failed before
         # Requests held back until the readings received before them are committed (read after
         # arrival), oldest first; each waits at most READ_AFTER_ARRIVAL_WAIT.
         self._waiting: collections.deque[int] = collections.deque()
@@ -143,10 +144,14 @@ class Traffic:
         message = held.message
         if held.is_request:
             held.route = self.peers.tell_pool("query", message)
-        elif alone:
-            self.peers.tell(held.route, ReadingBatch(utc_now(), (message,), alone=True))
+            return
+        forget = (held.fingerprint.hex(),) if held.fingerprint in self.deliveries.failures else ()
+        if alone:
+            self.peers.tell(held.route, ReadingBatch(utc_now(), (message,), alone=True, forget=forget))
         else:  # readings of one socket read travel together, one batch per device type
             self._readings.setdefault(held.route, []).append(message)
+            if forget:
+                self._forget.setdefault(held.route, []).extend(forget)
             self._schedule_flush()
 
     def _schedule_flush(self) -> None:
@@ -217,7 +222,8 @@ class Traffic:
         reason = (f"set aside after {failures} failed deliveries: the service failed each time it handled this "
                   "reading (see the log at that time); it is kept here instead of being tried again")
         rejection = Rejection(message.topic, message.payload[:self.max_reading_bytes], reason, utc_now())
-        self.peers.tell("writer", WriteBatch(held.route.partition("/")[2], (), (rejection,), (ack_id,), alone=True))
+        self.peers.tell("writer", WriteBatch(held.route.partition("/")[2], (), (rejection,), (ack_id,), alone=True,
+                                             forget=(held.fingerprint.hex(),)))
 
     def _restarted(self, restarted: Restarted) -> None:
         """An actor crashed and runs again: hand on again what it held (a duplicate is harmless:
@@ -271,9 +277,10 @@ class Traffic:
     def _flush(self) -> None:
         self._flush_scheduled = False
         readings, self._readings = self._readings, {}
+        forget, self._forget = self._forget, {}
         received_at = utc_now()
         for route, items in readings.items():
-            self.peers.tell(route, ReadingBatch(received_at, tuple(items)))
+            self.peers.tell(route, ReadingBatch(received_at, tuple(items), forget=tuple(forget.get(route, ()))))
         if self._strikes:
             strikes, self._strikes = tuple(self._strikes), []
             self.peers.tell("writer", Strikes(strikes))
@@ -329,8 +336,8 @@ class Traffic:
                 continue
             if h.is_request:  # its answer may be what breaks the connection: see _forgive
                 self._loop.call_later(ANSWER_SETTLES, self._forgive, h.fingerprint, self._connections)
-            else:
-                self._forgive(h.fingerprint)
+            else:  # its count went in the transaction that stored it (WriteBatch.forget)
+                self.deliveries.forgive(h.fingerprint)
         if self.deliveries.trying is not None and self.deliveries.trying not in self.inflight.held:
             self._next_turn()  # the one tried alone is done: the next one's turn
         if self._waiting:
