@@ -13,17 +13,18 @@ log = logging.getLogger(__name__)
 
 
 class IngestActor(Supervised):
-    def __init__(self, device: DeviceType, peers: Peers, max_bytes: int, supervisor=None):
-        super().__init__(f"ingest/{device.name}", supervisor)
+    def __init__(self, device: DeviceType, peers: Peers, max_bytes: int, supervisor=None, marks=None):
+        super().__init__(f"ingest/{device.name}", supervisor, marks)
         self.device = device
         self.peers = peers
         self.max_bytes = max_bytes
 
     def on_receive(self, message):
         if isinstance(message, ReadingBatch):
-            self.suspects = tuple(item.ack_id for item in message.items)  # see Supervised.suspects
-            self.peers.tell("writer", self.validate(message))
-            self.suspects = ()
+            self.handling(tuple(item.ack_id for item in message.items))  # see Supervised.suspects
+            batch = self.validate(message)
+            self.handled()
+            self.peers.tell("writer", batch)
         else:
             log.warning("%s ignored an unexpected message: %r", self.name, message)
 

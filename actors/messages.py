@@ -11,7 +11,8 @@ from actors.devices import DEVICE_TYPES
 
 @dataclass(frozen=True, slots=True)
 class Inbound:
-    """One MQTT message in hand. `ack_id` names its pending acknowledgement in the MQTT link."""
+    """One MQTT message in hand. `ack_id` names its pending acknowledgement in the MQTT link (its
+    low 16 bits are the broker's packet id: see actors/handling.py)."""
     ack_id: int
     topic: str
     payload: bytes
@@ -124,15 +125,15 @@ class Restarted:
 @dataclass(frozen=True, slots=True)
 class Strikes:
     """MQTT link -> writer: count one more failed delivery of each message (ack id, fingerprint,
-    topic, fresh_only), durably, before it is handled again; with fresh_only, only if it has no
-    count yet. Answered with Struck once committed."""
+    topic, look_up), durably, before it is handled again; with look_up, only tell how many it
+    has. Answered with Struck once committed."""
     entries: tuple[tuple[int, str, str, bool], ...]
 
 
 @dataclass(frozen=True, slots=True)
 class Struck:
     """Writer -> MQTT link: (ack id, failed deliveries so far, counted now) of each entry of a
-    Strikes (a fresh_only entry that had a count is not counted now)."""
+    Strikes (a look_up entry is not counted: 0 if it has no count)."""
     counts: tuple[tuple[int, int, bool], ...]
 
 

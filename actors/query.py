@@ -38,8 +38,8 @@ class QueryRules:
 
 class QueryActor(Supervised):
     def __init__(self, index: int, database: peewee.Database, peers: Peers, rules: QueryRules,
-                 supervisor=None, gate: ReadGate | None = None):
-        super().__init__(f"query/{index}", supervisor)
+                 supervisor=None, gate: ReadGate | None = None, marks=None):
+        super().__init__(f"query/{index}", supervisor, marks)
         self.db = database
         self.peers = peers
         self.rules = rules
@@ -61,15 +61,16 @@ class QueryActor(Supervised):
         if not isinstance(message, Request):
             log.warning("%s ignored an unexpected message: %r", self.name, message)
             return
-        self.suspects = (message.ack_id,)  # named to the supervisor if this crashes the actor
+        self.handling((message.ack_id,))  # named to the supervisor if this crashes the actor
         try:
             body = self.answer(message.device, message.payload, message.app_id, message.max_bytes)
         except Exception:  # noqa: BLE001 - a bug must cost one error reply, not the actor
             log.exception("%s failed to answer a %s request on %s (payload %r); answered internal_error",
                           self.name, message.device, message.reply_topic, message.payload[:512])
             body = internal_error(message.payload, self.rules.max_request_bytes)
-        self.peers.tell("link", Reply(message.ack_id, orjson.dumps(body), error="error" in body))
-        self.suspects = ()
+        reply = orjson.dumps(body)
+        self.handled()  # before the reply: once acknowledged, its packet id is the broker's to reuse
+        self.peers.tell("link", Reply(message.ack_id, reply, error="error" in body))
 
     def may_read(self, app_id: str, device_id: str) -> bool:
         """Globs match literally otherwise: fnmatchcase, so case matters and '/' is no separator."""

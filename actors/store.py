@@ -71,9 +71,11 @@ class Store:
     def open(self) -> None:
         raise NotImplementedError
 
-    def write(self, by_device: dict[str, list[tuple]], rejections: list[tuple], failures) -> tuple[dict, list]:
+    def write(self, by_device: dict[str, list[tuple]], rejections: list[tuple], failures,
+              ran=lambda: None) -> tuple[dict, list]:
         """One transaction: rows per device type, rejections, and the delivery counts (`failures`,
-        see Failures). The rows inserted per type (redeliveries are not), and the counts."""
+        see Failures); `ran` is called once the statements have run, before the commit. The rows
+        inserted per type (redeliveries are not), and the counts."""
         raise NotImplementedError
 
     def delete(self, table: str, first_id: int, last_id: int) -> int:
@@ -172,13 +174,15 @@ class SqliteStore(Store):
                 conn.execute("ROLLBACK")
             raise
 
-    def write(self, by_device, rejections, failures):
+    def write(self, by_device, rejections, failures, ran=lambda: None):
         def work(conn):
             inserted = {device: conn.executemany(self._insert[device], rows).rowcount
                         for device, rows in by_device.items()}
             if rejections:
                 conn.executemany(self._reject, rejections)
-            return inserted, failures.apply(conn.execute)
+            counts = failures.apply(conn.execute)
+            ran()
+            return inserted, counts
         return self._transaction(work)
 
     def delete(self, table, first_id, last_id):
@@ -206,14 +210,16 @@ class ServerStore(Store):
         self._prepare()
         log.info("database %s: PostgreSQL, schema version ok", self.where)
 
-    def write(self, by_device, rejections, failures):
+    def write(self, by_device, rejections, failures, ran=lambda: None):
         self.db.connect(reuse_if_open=True)
         with self.db.atomic():
             inserted = {device: DEVICE_TYPES[device].model.insert_many(rows, fields=self.fields[device])
                         .on_conflict_ignore().as_rowcount().execute() for device, rows in by_device.items()}
             if rejections:
                 RejectedMessage.insert_many(rejections, fields=self.fields["rejected"]).execute()
-            return inserted, failures.apply(lambda sql, params: self.db.execute_sql(sql, params))
+            counts = failures.apply(lambda sql, params: self.db.execute_sql(sql, params))
+            ran()
+            return inserted, counts
 
     def delete(self, table, first_id, last_id):
         model = TABLES[table]
@@ -242,7 +248,6 @@ class Failures:
         insert = f"INSERT INTO {self.TABLE} (fingerprint, topic, failures, last_failed_at) VALUES ({p}, {p}, 1, {p})"
         self.count_sql = (f"{insert} ON CONFLICT (fingerprint) DO UPDATE SET failures = {self.TABLE}.failures + 1, "
                           "last_failed_at = excluded.last_failed_at RETURNING failures")
-        self.fresh_sql = f"{insert} ON CONFLICT (fingerprint) DO NOTHING"
         self.read_sql = f"SELECT failures FROM {self.TABLE} WHERE fingerprint = {p}"
         self.forget_sql = f"DELETE FROM {self.TABLE} WHERE fingerprint = {p}"
         self.expire_sql = f"DELETE FROM {self.TABLE} WHERE last_failed_at < {p}"
@@ -255,11 +260,10 @@ class Failures:
         month_ago = (datetime.now(timezone.utc) - FORGET_FAILURES_AFTER).strftime("%Y-%m-%d %H:%M:%S")
         execute(self.expire_sql, (month_ago,))
         counts = []
-        for ack_id, fp, topic, fresh_only in self.strikes:
-            if not fresh_only:
-                counts.append((ack_id, execute(self.count_sql, (fp, topic, self.now)).fetchone()[0], True))
-            elif execute(self.fresh_sql, (fp, topic, self.now)).rowcount == 1:
-                counts.append((ack_id, 1, True))
+        for ack_id, fp, topic, look_up in self.strikes:
+            if look_up:
+                row = execute(self.read_sql, (fp,)).fetchone()
+                counts.append((ack_id, row[0] if row else 0, False))
             else:
-                counts.append((ack_id, execute(self.read_sql, (fp,)).fetchone()[0], False))
+                counts.append((ack_id, execute(self.count_sql, (fp, topic, self.now)).fetchone()[0], True))
         return counts

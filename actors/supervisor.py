@@ -16,6 +16,7 @@ import pykka
 
 from actors.backup import BackupActor
 from actors.devices import DEVICE_TYPES
+from actors.handling import Marks
 from actors.ingest import IngestActor
 from actors.messages import ChildFailed, Restarted, Retired
 from actors.models import connect_database, is_sqlite
@@ -57,20 +58,22 @@ class Supervisor(pykka.ThreadingActor):
         # A connection per thread that uses one: writer, query actors, retention, and a spare.
         self._db = connect_database(s.database, s.queries.pool_size + 3)
         db, gate = self._db, ReadGate()
-        specs = [ChildSpec("writer", lambda sup: WriterActor.start(db, s.database, peers, sup, gate, self._stopping))]
+        marks = Marks(s.database.path, s.mqtt.client_id)  # what a process that died was handling
+        specs = [ChildSpec("writer", lambda sup: WriterActor.start(db, s.database, peers, sup, gate, self._stopping,
+                                                                   marks))]
         rules = QueryRules(s.limits.max_request_bytes, s.queries.max_reply_bytes, s.queries.max_page_records,
                            s.apps.readable)
-        specs += [ChildSpec(f"query/{i}", lambda sup, i=i: QueryActor.start(i, db, peers, rules, sup, gate))
+        specs += [ChildSpec(f"query/{i}", lambda sup, i=i: QueryActor.start(i, db, peers, rules, sup, gate, marks))
                   for i in range(s.queries.pool_size)]
         if not self.retire:  # housekeeping is for instances that stay
             if is_sqlite(db):  # a database server has its own backups (pg_dump)
                 specs += [ChildSpec("backup", lambda sup: BackupActor.start(s.database.path, s.backup, sup))]
             specs += [ChildSpec("retention", lambda sup: RetentionActor.start(db, s.retention, peers, sup, gate))]
         specs += [ChildSpec(f"ingest/{d.name}", lambda sup, d=d: IngestActor.start(
-                      d, peers, max_bytes=s.limits.max_reading_bytes, supervisor=sup))
+                      d, peers, max_bytes=s.limits.max_reading_bytes, supervisor=sup, marks=marks))
                   for d in DEVICE_TYPES.values()]
         specs += [ChildSpec("link", lambda sup: MqttLink.start(s.mqtt, s.status, s.apps, s.limits, peers, sup,
-                                                               self.retire))]
+                                                               self.retire, marks))]
         return specs
 
     def on_start(self):

@@ -39,8 +39,9 @@ def _rows(batch: WriteBatch) -> int:
 
 class WriterActor(Supervised):
     def __init__(self, database: peewee.Database, settings: DatabaseSettings, peers: Peers,
-                 supervisor=None, gate: ReadGate | None = None, stopping: threading.Event | None = None):
-        super().__init__("writer", supervisor)
+                 supervisor=None, gate: ReadGate | None = None, stopping: threading.Event | None = None,
+                 marks=None):
+        super().__init__("writer", supervisor, marks)
         self.db = database
         self.settings = settings
         self.peers = peers
@@ -140,18 +141,18 @@ class WriterActor(Supervised):
                 size += _rows(batch)
             strikes, self._strikes = self._strikes, []
             cleared, self._cleared = self._cleared, set()
-            self.suspects = tuple(a for b in taken for a in b.ack_ids)  # if this crashes the writer
+            self.handling(tuple(a for b in taken for a in b.ack_ids))  # if this crashes the writer
             try:
                 counts = self._write(taken, strikes, cleared.union(*(b.forget for b in taken)))
             except RETRIABLE as exc:  # locked, full, I/O error, server gone: worth retrying
                 self._pending[:0] = taken
                 self._strikes[:0] = strikes
                 self._cleared |= cleared
-                self.suspects = ()
+                self.handled()
                 self.store.failed()
                 self._failed(exc)
                 return
-            self.suspects = ()
+            self.handled()
             self._pending_rows -= size
             self._recovered()
             if taken or cleared:
@@ -189,7 +190,10 @@ class WriterActor(Supervised):
             if batch.rows:  # a batch of rejections only has no rows for its table
                 by_device.setdefault(batch.device, []).extend(row + (created_at,) for row in batch.rows)
             rejections.extend((r.topic, r.payload, r.reason, r.received_at) for r in batch.rejections)
-        inserted, counts = self.store.write(by_device, rejections, Failures(self.db, strikes, cleared, created_at))
+        # The mark is cleared once the statements have run: a death during the commit (its fsync,
+        # where a kill from outside usually lands) is not these rows' fault.
+        inserted, counts = self.store.write(by_device, rejections, Failures(self.db, strikes, cleared, created_at),
+                                            self.mark.clear)
         for device, n in inserted.items():
             self._stored[device] += n
             self._last_stored_at[device] = created_at

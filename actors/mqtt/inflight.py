@@ -4,15 +4,16 @@
 acknowledged, with what is needed to hand it on again if the actor holding it crashes.
 
 `Deliveries` is the delivery limit. Acknowledging only after handling means a message whose
-handling fails comes back, again and again; one that was in hand during `max_failures` failures
-in a row is set aside instead (a reading into rejected_messages, a request answered
+handling fails comes back, again and again; one that was being handled during `max_failures`
+failures in a row is set aside instead (a reading into rejected_messages, a request answered
 internal_error). A failure counts against the messages it can have been caused by:
 - an actor crash: the messages that actor was handling (its suspects), nothing else;
-- a process (or MQTT link) that died: the messages the broker redelivers (DUP) on the first
-  connection after it. Nothing else survives to tell which one it died of, so those without a
-  count are tried together (each counted once, first), and those that have one already are tried
-  alone, one at a time, each counted just before its try: a message is blamed for a death only
-  while it is being tried, never while it waits its turn;
+- a process (or MQTT link) that died: the messages its actors were handling at that moment, as
+  their handling marks name them (actors/handling.py), when the broker delivers them again (DUP,
+  same packet id) on the first connection after it. A kill from outside while the service waits
+  (on a commit's fsync, on the network) names nothing and blames nothing; a message that kills
+  the process dies marked, every time. A redelivery that is not named is looked up (it may have
+  failed before): one with a count is tried alone, so that it never takes others down with it;
 - a lost connection: a request that we had answered and that the broker redelivers anyway (our
   reply, or the acknowledgement after it, never made it: the reply may be what the broker
   refused). A reading, or a request not yet answered, never touches the connection, so a lost
@@ -22,7 +23,6 @@ restarts they count; a message handled after all is forgiven."""
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import time
 from dataclasses import dataclass
@@ -41,7 +41,7 @@ class Held:
     message: Inbound | Request
     route: str  # the actor it was handed to: "ingest/<type>" or "query/<n>"
     fingerprint: bytes | None = None  # set once it has failed before, or came back as a redelivery
-    awaiting: str | None = None  # "count" or "check": waiting for the writer's Struck before going on
+    awaiting: str | None = None  # "count" or "look up": waiting for the writer's Struck before going on
 
     @property
     def is_request(self) -> bool:
@@ -115,24 +115,25 @@ class InFlight:
 class Verdict(Enum):
     FRESH = "handle it as usual"
     STRIKE = "count a failure against it first"
-    SUSPECT = "in hand when the process before us died: look up its count first"
+    LOOK_UP = "delivered again after the process before us died: look up its count first"
     FAILED_BEFORE = "it has failed before: handle it on its own"
 
 
 class Deliveries:
-    """The delivery limit's memory in this process (see the module's docstring)."""
+    """The delivery limit's memory in this process (see the module's docstring). `died_with`:
+    the packet ids the process (or link) before this one died handling; None when that cannot be
+    told (no handling marks): then every redelivery on the first connection is a suspect."""
 
-    def __init__(self, max_failures: int, clock=time.monotonic):
+    def __init__(self, max_failures: int, died_with: frozenset[int] | None = frozenset(), clock=time.monotonic):
         self.max_failures = max_failures
         self._clock = clock
         self.first_connection = True
+        self.died_with = died_with
         self.failures: dict[bytes, int] = {}  # fingerprint -> failed deliveries, as the writer counted
         self._answered: dict[bytes, float] = {}  # fingerprint -> when its reply went out
         self._abandoned: dict[bytes, None] = {}  # in hand at a lost connection: coming back, blameless
-        self._turns: collections.deque[int] = collections.deque()  # ack ids waiting to be tried alone
-        self.trying: int | None = None  # the ack id being tried alone now
 
-    def redelivered(self, fp: bytes) -> Verdict:
+    def redelivered(self, fp: bytes, packet_id: int) -> Verdict:
         """A message the broker marked DUP: why has it come back?"""
         if fp in self._answered:
             del self._answered[fp]
@@ -140,8 +141,10 @@ class Deliveries:
         if fp in self._abandoned:
             del self._abandoned[fp]
             return Verdict.FAILED_BEFORE if fp in self.failures else Verdict.FRESH
-        if self.first_connection:
-            return Verdict.SUSPECT  # in hand when the process (or the link) before us died
+        if self.first_connection:  # in hand when the process (or the link) before us died
+            if self.died_with is None or packet_id in self.died_with:
+                return Verdict.STRIKE  # it was being handled: the death may be its doing
+            return Verdict.LOOK_UP
         return Verdict.FRESH  # the broker sent it on the lost connection, but we never read it
 
     def answered(self, fp: bytes) -> None:
@@ -155,8 +158,6 @@ class Deliveries:
     def lost(self, held: list[Held]) -> None:
         """The connection is gone with `held` in hand: they come back on the next, blameless."""
         self.first_connection = False
-        self._turns.clear()
-        self.trying = None
         for h in held:
             if h.packet_id is None:
                 continue  # QoS 0: the broker never delivers it again
@@ -177,22 +178,3 @@ class Deliveries:
     def forgive(self, fp: bytes) -> bool:
         """It has been handled (or set aside): True if it had failures for the writer to forget."""
         return self.failures.pop(fp, None) is not None
-
-    def wait_turn(self, ack_id: int) -> None:
-        self._turns.append(ack_id)
-
-    def waiting(self, ack_id: int) -> bool:
-        return ack_id in self._turns
-
-    def next_turn(self, in_hand) -> int | None:
-        """The ack id to try alone now, if none is being tried (those no longer `in_hand` are
-        skipped: they come back); None while one is being tried, or none waits."""
-        if self.trying is not None and self.trying in in_hand:
-            return None
-        self.trying = None
-        while self._turns:
-            ack_id = self._turns.popleft()
-            if ack_id in in_hand:
-                self.trying = ack_id
-                return ack_id
-        return None

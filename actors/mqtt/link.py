@@ -10,6 +10,7 @@ import threading
 
 import pykka
 
+from actors.handling import Marks
 from actors.messages import Crash, Retired
 from actors.mqtt.session import Session
 from actors.peers import Peers, Supervised
@@ -35,8 +36,10 @@ class LoopHandle:
 
 class MqttLink(Supervised):
     def __init__(self, settings: MqttSettings, status: StatusSettings, apps: AppsSettings, limits: LimitsSettings,
-                 peers: Peers, supervisor=None, retire: bool = False):
-        super().__init__("link", supervisor)
+                 peers: Peers, supervisor=None, retire: bool = False, marks: Marks | None = None):
+        # What the process (or the link) before this one died handling: read before this link marks.
+        self.died_with = marks.left_by("link") if marks is not None else frozenset()
+        super().__init__("link", supervisor, marks)
         self.retire = retire
         self.settings = settings
         self.apps = apps
@@ -95,6 +98,7 @@ class MqttLink(Supervised):
         self._loop = asyncio.get_running_loop()
         self._stop_event = asyncio.Event()
         on_retired = (lambda: self.supervisor.tell(Retired())) if self.retire else None
-        self._session = Session(self.settings, self.status_settings, self.peers, self.apps, self.limits, on_retired)
+        self._session = Session(self.settings, self.status_settings, self.peers, self.apps, self.limits, on_retired,
+                                self.died_with, self.mark)
         ready.set()
         await self._session.run(self._stop_event)

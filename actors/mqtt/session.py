@@ -24,6 +24,7 @@ from typing import Callable
 import gmqtt
 from gmqtt.mqtt.constants import MQTTv50
 
+from actors.handling import Mark
 from actors.messages import StatsRequest, WriterStats
 from actors.mqtt.client import PERMANENT_REFUSALS, OneConnectionClient, property_of
 from actors.mqtt.outbox import Outbox
@@ -59,8 +60,10 @@ class Session:
     """Lives in the asyncio loop: the gmqtt client, and the acknowledgements it owes."""
 
     def __init__(self, settings: MqttSettings, status: StatusSettings, peers: Peers, apps: AppsSettings,
-                 limits: LimitsSettings, on_retired: Callable[[], None] | None = None):
-        """With `on_retired`, retire this instance instead of serving: see _hand_over."""
+                 limits: LimitsSettings, on_retired: Callable[[], None] | None = None,
+                 died_with: frozenset[int] | None = frozenset(), mark: Mark | None = None):
+        """With `on_retired`, retire this instance instead of serving: see _hand_over. `died_with`
+        and `mark`: see Traffic."""
         self.settings = settings
         self.on_retired = on_retired
         self.status_settings = status
@@ -73,7 +76,8 @@ class Session:
         self.backoff = Backoff(settings.reconnect_min_delay, settings.reconnect_max_delay)
         self.client: OneConnectionClient | None = None  # the one connecting or connected
         self.outbox = Outbox(limits.max_request_bytes)
-        self.traffic = Traffic(settings, apps, limits, peers, self.report, self.outbox, self._fail)
+        self.traffic = Traffic(settings, apps, limits, peers, self.report, self.outbox, self._fail, died_with,
+                               mark or Mark(None))
         self._closing = False
         self._lost = asyncio.Event()  # the current connection is gone (or must go: retiring, failing)
         self._failure: Exception | None = None  # a bug in the link itself: see _fail
@@ -252,7 +256,7 @@ class Session:
     def _fail(self, exc: Exception, what: str) -> None:
         """A bug while handling a message must not leave it in hand for ever, unanswered: the link
         fails instead, and is restarted; the broker then delivers what it held again, and the
-        delivery limit counts the failure against each of them."""
+        delivery limit counts the failure against the message it failed on (Traffic.blame)."""
         log.error("the MQTT link failed while handling %s", what, exc_info=exc)
         if self._failure is None:
             self._failure = exc
@@ -268,6 +272,7 @@ class Session:
             else:
                 self.traffic.receive(message)
         except Exception as exc:  # noqa: BLE001 - see _fail
+            self.traffic.blame(message)
             self._fail(exc, type(message).__name__)
 
     def _ask_for_stats(self) -> None:

@@ -15,6 +15,7 @@ import orjson
 
 from actors.messages import (Cleared, Committed, Inbound, ReadingBatch, Rejection, Reply, Request, Restarted,
                              Strikes, Struck, WriteBatch)
+from actors.handling import Mark, ack_id as make_ack_id
 from actors.models import utc_now
 from actors.mqtt.client import OneConnectionClient, property_of
 from actors.mqtt.inflight import Deliveries, Held, InFlight, Verdict, fingerprint
@@ -32,8 +33,11 @@ ANSWER_SETTLES = 5.0  # seconds a connection must outlive a failed request's ans
 
 class Traffic:
     def __init__(self, settings: MqttSettings, apps: AppsSettings, limits: LimitsSettings, peers: Peers,
-                 report: StatusReport, outbox: Outbox, fail: Callable[[Exception, str], None]):
-        """`fail`: how a bug here is reported (the session fails, and the link is restarted)."""
+                 report: StatusReport, outbox: Outbox, fail: Callable[[Exception, str], None],
+                 died_with: frozenset[int] | None = frozenset(), mark: Mark | None = None):
+        """`fail`: how a bug here is reported (the session fails, and the link is restarted);
+        `died_with`: what the process or link before this one died handling (Deliveries); `mark`:
+        the link's handling mark, naming the message a bug here failed on (see blame)."""
         self.peers = peers
         self.outbox = outbox
         self.report = report
@@ -41,9 +45,10 @@ class Traffic:
         self.router = Router(apps, settings.shared_group)
         self._reading_routes = self.router.reading_routes
         self.inflight = InFlight(settings.receive_maximum)  # every message in hand
-        self.deliveries = Deliveries(limits.max_failures)  # the delivery limit (see inflight.py)
+        self.deliveries = Deliveries(limits.max_failures, died_with)  # the delivery limit (see inflight.py)
+        self.mark = mark or Mark(None)
         self.max_reading_bytes = limits.max_reading_bytes
-        self.received = 0  # messages taken so far; the last one's ack id
+        self.received = 0  # messages taken so far (the high bits of their ack ids: handling.ack_id)
         self.drained: asyncio.Event | None = None  # set when nothing is in hand while closing
         self._strikes: list[tuple[int, str, str, bool]] = []  # for the writer, sent with the next flush
         self._cleared: list[str] = []
@@ -94,7 +99,7 @@ class Traffic:
             if client is not self.outbox.client or not self._taking:
                 return  # shutting down, or a connection we gave up: never acknowledged
             self.received += 1
-            ack_id = self.received
+            ack_id = make_ack_id(self.received, packet_id)
             if (route := self._reading_routes.get(topic)) is not None:
                 held = Held(packet_id, Inbound(ack_id, topic, payload), route)
             elif (request := self._admit(ack_id, topic, payload, properties)) is not None:
@@ -117,6 +122,7 @@ class Traffic:
             else:
                 self._dispatch(held)
         except Exception as exc:  # noqa: BLE001 - see _fail
+            self.mark.set((packet_id or 0,))  # the message this failed on: see blame
             self.fail(exc, "a message from the broker")
 
     def _hold_request(self, ack_id: int) -> None:
@@ -163,11 +169,11 @@ class Traffic:
 
     def _redelivered(self, ack_id: int, held: Held) -> None:
         held.fingerprint = fingerprint(held.message)
-        verdict = self.deliveries.redelivered(held.fingerprint)
+        verdict = self.deliveries.redelivered(held.fingerprint, held.packet_id)
         if verdict is Verdict.STRIKE:
             self._count(ack_id, held)
-        elif verdict is Verdict.SUSPECT:
-            self._count(ack_id, held, fresh_only=True)
+        elif verdict is Verdict.LOOK_UP:
+            self._count(ack_id, held, look_up=True)
         elif verdict is Verdict.FAILED_BEFORE:
             if self.deliveries.exhausted(held.fingerprint):
                 self._set_aside(ack_id, held, self.deliveries.failures[held.fingerprint])
@@ -176,13 +182,13 @@ class Traffic:
         else:
             self._dispatch(held)
 
-    def _count(self, ack_id: int, held: Held, fresh_only: bool = False) -> None:
+    def _count(self, ack_id: int, held: Held, look_up: bool = False) -> None:
         """Have the writer count a failure against it, durably, before it is handled again (with
-        `fresh_only`, only if it has none yet); it waits in hand until then."""
+        `look_up`, only tell how many it has); it waits in hand until then."""
         if held.fingerprint is None:
             held.fingerprint = fingerprint(held.message)
-        held.awaiting = "check" if fresh_only else "count"
-        self._strikes.append((ack_id, held.fingerprint.hex(), held.message.topic, fresh_only))
+        held.awaiting = "look up" if look_up else "count"
+        self._strikes.append((ack_id, held.fingerprint.hex(), held.message.topic, look_up))
         self._schedule_flush()
 
     def _struck(self, counts) -> None:
@@ -190,26 +196,28 @@ class Traffic:
             held = self.inflight.get(ack_id)
             if held is None or held.awaiting is None:
                 continue  # given up with a lost connection meanwhile: it comes back
-            fresh, held.awaiting = held.awaiting == "check", None
-            if self.deliveries.counted(held.fingerprint, failures):
+            held.awaiting = None
+            if not failures:
+                self._dispatch(held)  # looked up: it never failed
+            elif self.deliveries.counted(held.fingerprint, failures):
                 self._set_aside(ack_id, held, failures)
-            elif not counted:
-                # In hand when earlier processes died, and not counted yet in this one: tried
-                # alone, one at a time, so that it is blamed only for a failure while it is tried.
-                self.deliveries.wait_turn(ack_id)
-            elif fresh:
-                self._dispatch(held)  # redelivered after one death: tried with the others
-            else:
-                log.warning("handing on again, on its own, a %s on %s that was in hand during %d failure%s "
-                            "(set aside after %d)", "request" if held.is_request else "reading",
-                            held.message.topic, failures, "" if failures == 1 else "s", self.deliveries.max_failures)
+            else:  # alone: if it fails again, it fails on its own
+                if counted:
+                    log.warning("handing on again, on its own, a %s on %s that was being handled during %d "
+                                "failure%s (set aside after %d)", "request" if held.is_request else "reading",
+                                held.message.topic, failures, "" if failures == 1 else "s",
+                                self.deliveries.max_failures)
                 self._dispatch(held, alone=True)
-        self._next_turn()
 
-    def _next_turn(self) -> None:
-        ack_id = self.deliveries.next_turn(self.inflight.held)
-        if ack_id is not None:
-            self._count(ack_id, self.inflight.get(ack_id))
+    def blame(self, message) -> None:
+        """A bug here failed on a message from another actor: mark what it concerns, so that the
+        next link counts the failure against it (and only it)."""
+        if isinstance(message, Reply):
+            self.mark.set((message.ack_id,))
+        elif isinstance(message, Committed):
+            self.mark.set(message.ack_ids)
+        elif isinstance(message, Struck):
+            self.mark.set(tuple(entry[0] for entry in message.counts))
 
     def _set_aside(self, ack_id: int, held: Held, failures: int) -> None:
         """Past the delivery limit: acknowledge it without handling it again."""
@@ -238,12 +246,10 @@ class Traffic:
         for ack_id, held in list(self.inflight.held.items()):
             if held.awaiting is not None:
                 if name == "writer":  # the Strikes it had not committed yet went with it
-                    self._count(ack_id, held, fresh_only=held.awaiting == "check")
+                    self._count(ack_id, held, look_up=held.awaiting == "look up")
             elif ack_id in suspects:
                 self._count(ack_id, held)
                 struck += 1
-            elif self.deliveries.waiting(ack_id):
-                continue  # not handed on yet: its turn comes
             elif held.route == name or (name == "writer" and not held.is_request):
                 self._dispatch(held, alone=held.fingerprint in self.deliveries.failures)
                 again += 1
@@ -338,8 +344,6 @@ class Traffic:
                 self._loop.call_later(ANSWER_SETTLES, self._forgive, h.fingerprint, self._connections)
             else:  # its count went in the transaction that stored it (WriteBatch.forget)
                 self.deliveries.forgive(h.fingerprint)
-        if self.deliveries.trying is not None and self.deliveries.trying not in self.inflight.held:
-            self._next_turn()  # the one tried alone is done: the next one's turn
         if self._waiting:
             self._release_requests()
         if self._reading_paused and self.inflight.roomy:

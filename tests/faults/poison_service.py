@@ -37,10 +37,11 @@ def validate(self, batch):
 
 def on_receive(self, message):
     if isinstance(message, Request):
+        if b"POISON-EXIT" in message.payload or b"POISON-QUERY" in message.payload:
+            self.handling((message.ack_id,))  # as the real on_receive does before answering
         if b"POISON-EXIT" in message.payload:
             os._exit(70)
         if b"POISON-QUERY" in message.payload:
-            self.suspects = (message.ack_id,)  # as the real on_receive does before answering
             raise RuntimeError("injected: a request that crashes the query actor")
         if b"POISON-OVERSIZE" in message.payload:
             self.peers.tell("link", Reply(message.ack_id, b'{"POISON-OVERSIZE": "' + b"x" * 10_000 + b'"}'))

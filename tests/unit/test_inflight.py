@@ -38,22 +38,28 @@ def test_a_fingerprint_names_the_content_and_where_the_reply_goes_not_the_delive
     assert fingerprint(a) != fingerprint(b)
 
 
-def test_on_the_first_connection_a_redelivery_is_a_suspect_and_later_one_that_we_never_read_is_fresh():
-    deliveries = Deliveries(3)
-    assert deliveries.redelivered(b"m") is Verdict.SUSPECT  # the process before us died with it
+def test_on_the_first_connection_a_redelivery_is_struck_only_if_the_dead_process_was_handling_it():
+    deliveries = Deliveries(3, died_with=frozenset({5}))
+    assert deliveries.redelivered(b"m", 5) is Verdict.STRIKE  # marked: the process may have died of it
+    assert deliveries.redelivered(b"n", 6) is Verdict.LOOK_UP  # in hand, not handled: it may have failed before
     deliveries.lost([])
-    assert deliveries.redelivered(b"m") is Verdict.FRESH  # sent on a lost connection, never read
+    assert deliveries.redelivered(b"m", 5) is Verdict.FRESH  # sent on a lost connection, never read
+
+
+def test_without_handling_marks_every_redelivery_after_a_death_is_a_suspect():
+    deliveries = Deliveries(3, died_with=None)
+    assert deliveries.redelivered(b"m", 5) is deliveries.redelivered(b"n", 6) is Verdict.STRIKE
 
 
 def test_a_message_in_hand_at_a_lost_connection_comes_back_blameless():
     deliveries = Deliveries(3)
     held = reading(7)
     deliveries.lost([held])
-    assert deliveries.redelivered(held.fingerprint) is Verdict.FRESH
+    assert deliveries.redelivered(held.fingerprint, 7) is Verdict.FRESH
     held_before = reading(8, b"failed before")
     deliveries.counted(fingerprint(held_before.message), 1)
     deliveries.lost([held_before])
-    assert deliveries.redelivered(held_before.fingerprint) is Verdict.FAILED_BEFORE  # still tried alone
+    assert deliveries.redelivered(held_before.fingerprint, 8) is Verdict.FAILED_BEFORE  # still tried alone
 
 
 def test_a_qos_0_message_is_not_remembered_at_a_loss_it_never_comes_back():
@@ -68,8 +74,8 @@ def test_a_request_we_answered_that_comes_back_is_struck_our_reply_may_have_brok
     deliveries.lost([])
     fp = fingerprint(request(1).message)
     deliveries.answered(fp)
-    assert deliveries.redelivered(fp) is Verdict.STRIKE
-    assert deliveries.redelivered(fp) is Verdict.FRESH  # once
+    assert deliveries.redelivered(fp, 1) is Verdict.STRIKE
+    assert deliveries.redelivered(fp, 1) is Verdict.FRESH  # once
 
 
 def test_answers_are_remembered_for_a_while_only():
@@ -79,8 +85,8 @@ def test_answers_are_remembered_for_a_while_only():
     deliveries.answered(b"old")
     now[0] = ANSWERED_MEMORY + 1
     deliveries.answered(b"new")
-    assert deliveries.redelivered(b"old") is Verdict.FRESH
-    assert deliveries.redelivered(b"new") is Verdict.STRIKE
+    assert deliveries.redelivered(b"old", 1) is Verdict.FRESH
+    assert deliveries.redelivered(b"new", 2) is Verdict.STRIKE
 
 
 def test_counts_reach_the_limit_and_handled_messages_are_forgiven():
@@ -88,20 +94,6 @@ def test_counts_reach_the_limit_and_handled_messages_are_forgiven():
     assert not deliveries.counted(b"m", 2) and not deliveries.exhausted(b"m")
     assert deliveries.counted(b"m", 3) and deliveries.exhausted(b"m")
     assert deliveries.forgive(b"m") and not deliveries.forgive(b"m")
-
-
-def test_suspects_with_a_count_are_tried_one_at_a_time_and_a_loss_ends_the_turns():
-    deliveries = Deliveries(3)
-    in_hand = {1: None, 2: None, 3: None}
-    for ack_id in (1, 2, 3):
-        deliveries.wait_turn(ack_id)
-    assert deliveries.next_turn(in_hand) == 1
-    assert deliveries.next_turn(in_hand) is None  # 1 is being tried
-    del in_hand[1], in_hand[2]  # 1 handled; 2 given up meanwhile
-    assert deliveries.next_turn(in_hand) == 3 and deliveries.waiting(3) is False
-    deliveries.wait_turn(4)
-    deliveries.lost([])
-    assert deliveries.trying is None and not deliveries.waiting(4)
 
 
 @pytest.mark.parametrize("topic, problem", [
