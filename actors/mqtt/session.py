@@ -256,7 +256,7 @@ class Session:
     def _fail(self, exc: Exception, what: str) -> None:
         """A bug while handling a message must not leave it in hand for ever, unanswered: the link
         fails instead, and is restarted; the broker then delivers what it held again, and the
-        delivery limit counts the failure against the message it failed on (Traffic.blame)."""
+        delivery limit counts the failure against the message it failed on (DeliveryLimit.blame)."""
         log.error("the MQTT link failed while handling %s", what, exc_info=exc)
         if self._failure is None:
             self._failure = exc
@@ -272,7 +272,7 @@ class Session:
             else:
                 self.traffic.receive(message)
         except Exception as exc:  # noqa: BLE001 - see _fail
-            self.traffic.blame(message)
+            self.traffic.limit.blame(message)
             self._fail(exc, type(message).__name__)
 
     def _ask_for_stats(self) -> None:

@@ -13,22 +13,20 @@ from typing import Callable
 
 import orjson
 
-from actors.messages import (Cleared, Committed, Inbound, ReadingBatch, Rejection, Reply, Request, Restarted,
-                             Strikes, Struck, WriteBatch)
 from actors.handling import Mark, ack_id as make_ack_id
+from actors.messages import Committed, Inbound, ReadingBatch, Reply, Request, Restarted, Struck
 from actors.models import utc_now
 from actors.mqtt.client import OneConnectionClient, property_of
-from actors.mqtt.inflight import Deliveries, Held, InFlight, Verdict, fingerprint
+from actors.mqtt.inflight import Held, InFlight
+from actors.mqtt.limit import DeliveryLimit
 from actors.mqtt.outbox import Outbox
 from actors.mqtt.routing import Refusal, Router
 from actors.mqtt.status import StatusReport
 from actors.peers import Peers
-from actors.requests import internal_error
 from actors.settings import AppsSettings, LimitsSettings, MqttSettings
 
 log = logging.getLogger(__name__)
 READ_AFTER_ARRIVAL_WAIT = 1.0  # longest a request waits for the readings received before it
-ANSWER_SETTLES = 5.0  # seconds a connection must outlive a failed request's answer to forgive it
 
 
 class Traffic:
@@ -37,7 +35,7 @@ class Traffic:
                  died_with: frozenset[int] | None = frozenset(), mark: Mark | None = None):
         """`fail`: how a bug here is reported (the session fails, and the link is restarted);
         `died_with`: what the process or link before this one died handling (Deliveries); `mark`:
-        the link's handling mark, naming the message a bug here failed on (see blame)."""
+        the link's handling mark, naming the message a bug here failed on (DeliveryLimit.blame)."""
         self.peers = peers
         self.outbox = outbox
         self.report = report
@@ -45,15 +43,11 @@ class Traffic:
         self.router = Router(apps, settings.shared_group)
         self._reading_routes = self.router.reading_routes
         self.inflight = InFlight(settings.receive_maximum)  # every message in hand
-        self.deliveries = Deliveries(limits.max_failures, died_with)  # the delivery limit (see inflight.py)
         self.mark = mark or Mark(None)
-        self.max_reading_bytes = limits.max_reading_bytes
+        self.limit = DeliveryLimit(limits, died_with, self.mark, self.inflight, peers, outbox, self._dispatch,
+                                   self._answer, self._schedule_flush)
         self.received = 0  # messages taken so far (the high bits of their ack ids: handling.ack_id)
         self.drained: asyncio.Event | None = None  # set when nothing is in hand while closing
-        self._strikes: list[tuple[int, str, str, bool]] = []  # for the writer, sent with the next flush
-        self._cleared: list[str] = []
-        self._clearing: set[str] = set()  # sent in a Cleared, not yet committed: sent again if the writer dies
-        self._connections = 0  # connections made so far: tells whether one survived an answer
         self._reading_paused = False  # see _hold_back
         self._readings: dict[str, list[Inbound]] = {}
         self._forget: dict[str, list[str]] = {}  # route -> fingerprints of those readings that failed before
@@ -65,10 +59,11 @@ class Traffic:
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        self.limit.start(loop)
 
     def connected_to(self, client: OneConnectionClient, max_packet: int | None) -> None:
         self.outbox.connected_to(client, max_packet)
-        self._connections += 1
+        self.limit.connections += 1
 
     def stop_taking(self) -> None:
         """Closing: messages that arrive from now on are never acknowledged (the broker keeps them)."""
@@ -111,7 +106,7 @@ class Traffic:
             if self.inflight.add(ack_id, held):
                 self._hold_back(True)  # again each time: asyncio's StreamReader may have resumed it
             if packet_id is not None and properties.get("dup"):
-                self._redelivered(ack_id, held)
+                self.limit.redelivered(ack_id, held)
             elif route is not None:  # readings of one socket read travel together, a batch per type
                 self._readings.setdefault(route, []).append(held.message)
                 if not self._flush_scheduled:
@@ -122,7 +117,7 @@ class Traffic:
             else:
                 self._dispatch(held)
         except Exception as exc:  # noqa: BLE001 - see _fail
-            self.mark.set((packet_id or 0,))  # the message this failed on: see blame
+            self.mark.set((packet_id or 0,))  # the message this failed on: see DeliveryLimit.blame
             self.fail(exc, "a message from the broker")
 
     def _hold_request(self, ack_id: int) -> None:
@@ -151,7 +146,7 @@ class Traffic:
         if held.is_request:
             held.route = self.peers.tell_pool("query", message)
             return
-        forget = (held.fingerprint.hex(),) if held.fingerprint in self.deliveries.failures else ()
+        forget = (held.fingerprint.hex(),) if self.limit.failed_before(held) else ()
         if alone:
             self.peers.tell(held.route, ReadingBatch(utc_now(), (message,), alone=True, forget=forget))
         else:  # readings of one socket read travel together, one batch per device type
@@ -165,93 +160,22 @@ class Traffic:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
 
-    # -- the delivery limit (see inflight.py) ----------------------------------------------
-
-    def _redelivered(self, ack_id: int, held: Held) -> None:
-        held.fingerprint = fingerprint(held.message)
-        verdict = self.deliveries.redelivered(held.fingerprint, held.packet_id)
-        if verdict is Verdict.STRIKE:
-            self._count(ack_id, held)
-        elif verdict is Verdict.LOOK_UP:
-            self._count(ack_id, held, look_up=True)
-        elif verdict is Verdict.FAILED_BEFORE:
-            if self.deliveries.exhausted(held.fingerprint):
-                self._set_aside(ack_id, held, self.deliveries.failures[held.fingerprint])
-            else:
-                self._dispatch(held, alone=True)
-        else:
-            self._dispatch(held)
-
-    def _count(self, ack_id: int, held: Held, look_up: bool = False) -> None:
-        """Have the writer count a failure against it, durably, before it is handled again (with
-        `look_up`, only tell how many it has); it waits in hand until then."""
-        if held.fingerprint is None:
-            held.fingerprint = fingerprint(held.message)
-        held.awaiting = "look up" if look_up else "count"
-        self._strikes.append((ack_id, held.fingerprint.hex(), held.message.topic, look_up))
-        self._schedule_flush()
-
-    def _struck(self, counts) -> None:
-        for ack_id, failures, counted in counts:
-            held = self.inflight.get(ack_id)
-            if held is None or held.awaiting is None:
-                continue  # given up with a lost connection meanwhile: it comes back
-            held.awaiting = None
-            if not failures:
-                self._dispatch(held)  # looked up: it never failed
-            elif self.deliveries.counted(held.fingerprint, failures):
-                self._set_aside(ack_id, held, failures)
-            else:  # alone: if it fails again, it fails on its own
-                if counted:
-                    log.warning("handing on again, on its own, a %s on %s that was being handled during %d "
-                                "failure%s (set aside after %d)", "request" if held.is_request else "reading",
-                                held.message.topic, failures, "" if failures == 1 else "s",
-                                self.deliveries.max_failures)
-                self._dispatch(held, alone=True)
-
-    def blame(self, message) -> None:
-        """A bug here failed on a message from another actor: mark what it concerns, so that the
-        next link counts the failure against it (and only it)."""
-        if isinstance(message, Reply):
-            self.mark.set((message.ack_id,))
-        elif isinstance(message, Committed):
-            self.mark.set(message.ack_ids)
-        elif isinstance(message, Struck):
-            self.mark.set(tuple(entry[0] for entry in message.counts))
-
-    def _set_aside(self, ack_id: int, held: Held, failures: int) -> None:
-        """Past the delivery limit: acknowledge it without handling it again."""
-        message = held.message
-        log.error("set aside a %s on %s after %d failed deliveries, instead of trying it again: payload %r",
-                  "request" if held.is_request else "reading", message.topic, failures, message.payload[:1024])
-        if held.is_request:
-            self._answer(ack_id, internal_error(message.payload, self.outbox.max_request_bytes), error=True)
-            return
-        reason = (f"set aside after {failures} failed deliveries: the service failed each time it handled this "
-                  "reading (see the log at that time); it is kept here instead of being tried again")
-        rejection = Rejection(message.topic, message.payload[:self.max_reading_bytes], reason, utc_now())
-        self.peers.tell("writer", WriteBatch(held.route.partition("/")[2], (), (rejection,), (ack_id,), alone=True,
-                                             forget=(held.fingerprint.hex(),)))
-
     def _restarted(self, restarted: Restarted) -> None:
         """An actor crashed and runs again: hand on again what it held (a duplicate is harmless:
         the writer ignores a row it has, the link answers a request once), and count a failure
         against each of its suspects."""
         name, suspects = restarted.name, set(restarted.suspects)
         struck = again = 0
-        if name == "writer" and self._clearing:  # its Cleared went with it
-            self._cleared.extend(self._clearing)
-            self._clearing.clear()
-            self._schedule_flush()
+        if name == "writer":
+            self.limit.writer_restarted()
         for ack_id, held in list(self.inflight.held.items()):
             if held.awaiting is not None:
-                if name == "writer":  # the Strikes it had not committed yet went with it
-                    self._count(ack_id, held, look_up=held.awaiting == "look up")
-            elif ack_id in suspects:
-                self._count(ack_id, held)
+                continue  # waiting for its count: handed on once it has it
+            if ack_id in suspects:
+                self.limit.count(ack_id, held)
                 struck += 1
             elif held.route == name or (name == "writer" and not held.is_request):
-                self._dispatch(held, alone=held.fingerprint in self.deliveries.failures)
+                self._dispatch(held, alone=self.limit.failed_before(held))
                 again += 1
         log.warning("%s was restarted: %d messages it may have held handed on again, %d suspected of the crash",
                     name, again, struck)
@@ -287,13 +211,7 @@ class Traffic:
         received_at = utc_now()
         for route, items in readings.items():
             self.peers.tell(route, ReadingBatch(received_at, tuple(items), forget=tuple(forget.get(route, ()))))
-        if self._strikes:
-            strikes, self._strikes = tuple(self._strikes), []
-            self.peers.tell("writer", Strikes(strikes))
-        if self._cleared:
-            cleared, self._cleared = tuple(self._cleared), []
-            self._clearing.update(cleared)
-            self.peers.tell("writer", Cleared(cleared))
+        self.limit.flush()
 
     # -- messages from the other actors ---------------------------------------------------
 
@@ -301,11 +219,11 @@ class Traffic:
         """A message from another actor (the session passes them on)."""
         if isinstance(message, Committed):
             self._acknowledge(message.ack_ids)
-            self._clearing.difference_update(message.forgotten)
+            self.limit.committed(message.forgotten)
         elif isinstance(message, Reply):
             self._answer(message.ack_id, message.payload, message.error)
         elif isinstance(message, Struck):
-            self._struck(message.counts)
+            self.limit.struck(message.counts)
         elif isinstance(message, Restarted):
             self._restarted(message)
         else:
@@ -323,9 +241,7 @@ class Traffic:
             payload = orjson.dumps(payload)
         if not self.outbox.reply(request.reply_topic, payload, request.correlation, request.payload, error):
             return
-        if held.fingerprint is None:
-            held.fingerprint = fingerprint(request)
-        self.deliveries.answered(held.fingerprint)
+        self.limit.answered(held)
         self._acknowledge((ack_id,))
         self.report.answered += 1
         self.report.errors += error
@@ -337,13 +253,7 @@ class Traffic:
         packet_ids = [h.packet_id for h in released if h.packet_id is not None]
         if packet_ids and self.outbox.client is not None:
             self.outbox.client.acknowledge(packet_ids)
-        for h in released:
-            if h.fingerprint is None or h.fingerprint not in self.deliveries.failures:
-                continue
-            if h.is_request:  # its answer may be what breaks the connection: see _forgive
-                self._loop.call_later(ANSWER_SETTLES, self._forgive, h.fingerprint, self._connections)
-            else:  # its count went in the transaction that stored it (WriteBatch.forget)
-                self.deliveries.forgive(h.fingerprint)
+        self.limit.released(released)
         if self._waiting:
             self._release_requests()
         if self._reading_paused and self.inflight.roomy:
@@ -351,22 +261,11 @@ class Traffic:
         if not self.inflight and self.drained is not None:
             self.drained.set()
 
-    def _forgive(self, fp: bytes, connection: int | None = None) -> None:
-        """Forget a handled message's failures. A request counts as handled only once the
-        connection its answer went out on has outlived it by ANSWER_SETTLES: a broker that drops
-        us for the reply never processes the acknowledgement after it, and the request comes back."""
-        if connection is not None and (connection != self._connections or not self.outbox.connected):
-            return
-        if self.deliveries.forgive(fp):
-            self._cleared.append(fp.hex())
-            self._schedule_flush()
-
     def _abandon_all(self) -> None:
         """The connection is gone: nothing in hand can be acknowledged any more. The broker
         delivers it all again on the next connection."""
-        self.deliveries.lost(self.inflight.abandon())
+        self.limit.lost(self.inflight.abandon())
         self._waiting.clear()
-        self._strikes.clear()  # counted when they come back, if they are to be
         self._reading_paused = False  # the next connection starts reading
         if self.drained is not None:
             self.drained.set()

@@ -7,6 +7,7 @@ import threading
 
 import pytest
 
+from actors.handling import Marks, ack_id
 from actors.messages import Committed, Rejection, StatsRequest, WriteBatch
 from actors.models import open_database
 from actors.peers import Peers
@@ -23,13 +24,13 @@ def db_path(tmp_path):
     return tmp_path / "mqtt_data.db"
 
 
-def start_writer(db_path, gate=None, **overrides):
+def start_writer(db_path, gate=None, marks=None, **overrides):
     settings = dataclasses.replace(load_settings(environ={}).database, path=str(db_path),
                                    **{"busy_timeout": 0.05, "retry_delay": 0.02, **overrides})
     peers, link = Peers(), FakePeer()
     peers.register("link", link)
     db = open_database(settings.path, settings.busy_timeout, settings.checkpoint_mb)
-    return WriterActor.start(db, settings, peers, None, gate), link
+    return WriterActor.start(db, settings, peers, None, gate, marks=marks), link
 
 
 def rows(db_path, sql):
@@ -50,6 +51,18 @@ def test_rows_and_rejections_are_committed_then_acknowledged(db_path):
     assert stored[:6] == ROW and len(stored[6]) == 19  # created_at: 'YYYY-MM-DD HH:MM:SS' UTC
     assert rows(db_path, "SELECT topic, payload, reason, received_at FROM rejected_messages") == \
         [("home/temperature", b"\xff{x", "not valid JSON", "2026-01-22 10:00:01")]
+
+
+def test_the_writer_names_a_transaction_in_its_mark_until_its_statements_have_run(db_path):
+    """What a process that dies in the writer leaves behind (actors/handling.py): the packet ids
+    of the transaction whose statements were running; nothing once they have run."""
+    writer, link = start_writer(db_path, marks=Marks(str(db_path), "svc"))
+    writer.tell(WriteBatch("temperature", (ROW,), (), (ack_id(1, 41),)))
+    assert link.next() == Committed((ack_id(1, 41),))
+    assert Marks(str(db_path), "svc").left_by("link") == frozenset()  # cleared before the commit
+    writer.tell(WriteBatch("temperature", (ROW[:2],), (), (ack_id(2, 42), ack_id(3, 43))))  # breaks its statement
+    wait_until(lambda: not writer.is_alive(), what="the writer to crash")
+    assert Marks(str(db_path), "svc").left_by("link") == {42, 43}
 
 
 def test_the_database_is_in_wal_mode_with_the_day_index(db_path):
