@@ -100,5 +100,8 @@ class MqttLink(Supervised):
         on_retired = (lambda: self.supervisor.tell(Retired())) if self.retire else None
         self._session = Session(self.settings, self.status_settings, self.peers, self.apps, self.limits, on_retired,
                                 self.died_with, self.mark)
+        # Reachable before it connects: the writer's answers to what the broker delivers first
+        # (Struck, Committed) must not be dropped as if told to a link that has not started.
+        self.peers.register("link", self.address())
         ready.set()
         await self._session.run(self._stop_event)
