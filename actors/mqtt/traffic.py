@@ -1,7 +1,8 @@
 """The traffic of the MQTT connection: every message in and out, between the broker and the
-actors. Messages in are held (inflight.py), routed (routing.py) and handed on; messages from the
-actors are committed acknowledgements, replies to publish, counts of failed deliveries, and
-restarted actors whose messages are handed on again. Nothing goes out that the broker would drop
+actors. Messages in are held (inflight.py), routed (routing.py) and handed on, those that come
+back as the delivery limit says (limit.py); messages from the actors are committed
+acknowledgements, replies to publish, counts of failed deliveries, and restarted actors whose
+messages are handed on again. Nothing goes out that the broker would drop
 us for (packets.py). The connection itself, and when it comes and goes, is the session's."""
 
 from __future__ import annotations
