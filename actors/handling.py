@@ -23,6 +23,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 PACKET_BITS = 16
+PACKET_MASK = (1 << PACKET_BITS) - 1
 
 
 def ack_id(received: int, packet_id: int | None) -> int:
@@ -31,7 +32,7 @@ def ack_id(received: int, packet_id: int | None) -> int:
 
 
 def packet_id(ack: int) -> int:
-    return ack & 0xFFFF
+    return ack & PACKET_MASK
 
 
 class Mark:
@@ -42,8 +43,10 @@ class Mark:
         self._marked = False
 
     def set(self, ack_ids) -> None:
-        if self._fd is not None:
-            ids = [a & 0xFFFF for a in ack_ids]
+        if not ack_ids:  # e.g. a transaction of delivery counts only
+            self.clear()
+        elif self._fd is not None:
+            ids = [a & PACKET_MASK for a in ack_ids]
             os.pwrite(self._fd, struct.pack(f"<I{len(ids)}H", len(ids), *ids), 0)
             self._marked = True
 
@@ -90,7 +93,10 @@ class Marks:
 
     def mark(self, name: str) -> Mark:
         """The mark of actor `name` (a new instance's starts empty)."""
-        return Mark(self.directory / name.replace("/", "-") if self.directory else None)
+        return Mark(self._file(name) if self.directory else None)
+
+    def _file(self, name: str) -> Path:
+        return self.directory / name.replace("/", "-")
 
     def left_by(self, name: str) -> frozenset[int] | None:
         """The packet ids the predecessor of actor `name` had marked: the first time, all that the
@@ -102,4 +108,4 @@ class Marks:
         if self._left is not None:
             left, self._left = self._left, None
             return frozenset().union(*left.values())
-        return frozenset(_read(self.directory / name.replace("/", "-")))
+        return frozenset(_read(self._file(name)))
