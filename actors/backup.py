@@ -60,8 +60,8 @@ class BackupNow:
 class BackupActor(Supervised):
     """Backs the database up every `interval_hours` (0: never)."""
 
-    def __init__(self, database_path: str, settings: BackupSettings, supervisor=None):
-        super().__init__("backup", supervisor)
+    def __init__(self, name: str, database_path: str, settings: BackupSettings, supervisor=None):
+        super().__init__(name, supervisor)
         self.database_path = database_path
         self.settings = settings
         self._timer: threading.Timer | None = None

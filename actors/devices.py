@@ -285,3 +285,4 @@ class Fingerprint(DeviceType):
 
 
 DEVICE_TYPES: dict[str, DeviceType] = {d.name: d for d in (Temperature(), Power(), Fingerprint())}
+BY_READING_TOPIC: dict[str, DeviceType] = {d.reading_topic: d for d in DEVICE_TYPES.values()}

@@ -7,14 +7,14 @@ import logging
 
 from actors.devices import DeviceType, InvalidMessage
 from actors.messages import ReadingBatch, Rejection, WriteBatch
-from actors.peers import Peers, Supervised
+from actors.peers import WRITER, Peers, Supervised
 
 log = logging.getLogger(__name__)
 
 
 class IngestActor(Supervised):
-    def __init__(self, device: DeviceType, peers: Peers, max_bytes: int, supervisor=None, marks=None):
-        super().__init__(f"ingest/{device.name}", supervisor, marks)
+    def __init__(self, name: str, device: DeviceType, peers: Peers, max_bytes: int, supervisor=None, marks=None):
+        super().__init__(name, supervisor, marks)
         self.device = device
         self.peers = peers
         self.max_bytes = max_bytes
@@ -24,7 +24,7 @@ class IngestActor(Supervised):
             self.handling(tuple(item.ack_id for item in message.items))  # see Supervised.suspects
             batch = self.validate(message)
             self.handled()
-            self.peers.tell("writer", batch)
+            self.peers.tell(WRITER, batch)
         else:
             log.warning("%s ignored an unexpected message: %r", self.name, message)
 

@@ -13,6 +13,19 @@ from actors.messages import ChildFailed
 
 log = logging.getLogger(__name__)
 
+# The children's names, defined once: the supervisor's child specs give each actor its own, and
+# actors reach each other by them.
+WRITER, LINK, BACKUP, RETENTION = "writer", "link", "backup", "retention"
+QUERY_POOL = "query"  # its members are query/0, query/1, ...
+
+
+def ingest_name(device_type: str) -> str:
+    return f"ingest/{device_type}"
+
+
+def pool_member(pool: str, index: int) -> str:
+    return f"{pool}/{index}"
+
 
 class Peers:
     """The current address of every child, by name ("writer", "ingest/power", "query/0", "link").
@@ -39,7 +52,7 @@ class Peers:
         self._refs[name] = ref
 
     def define_pool(self, prefix: str, size: int) -> None:
-        self._pools[prefix] = itertools.cycle([f"{prefix}/{i}" for i in range(size)])
+        self._pools[prefix] = itertools.cycle([pool_member(prefix, i) for i in range(size)])
 
     def tell(self, name: str, message) -> bool:
         if name not in self._refs:

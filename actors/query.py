@@ -20,7 +20,7 @@ import peewee
 from actors.devices import DEVICE_TYPES, DeviceType
 from actors.messages import Reply, Request
 from actors.models import is_sqlite
-from actors.peers import Peers, Supervised
+from actors.peers import LINK, Peers, Supervised
 from actors.readgate import ReadGate
 from actors.requests import Ask, RequestError, encode_cursor, error_reply, internal_error, parse_request
 
@@ -37,9 +37,9 @@ class QueryRules:
 
 
 class QueryActor(Supervised):
-    def __init__(self, index: int, database: peewee.Database, peers: Peers, rules: QueryRules,
+    def __init__(self, name: str, database: peewee.Database, peers: Peers, rules: QueryRules,
                  supervisor=None, gate: ReadGate | None = None, marks=None):
-        super().__init__(f"query/{index}", supervisor, marks)
+        super().__init__(name, supervisor, marks)
         self.db = database
         self.peers = peers
         self.rules = rules
@@ -70,7 +70,7 @@ class QueryActor(Supervised):
             body = internal_error(message.payload, self.rules.max_request_bytes)
         reply = orjson.dumps(body)
         self.handled()  # before the reply: once acknowledged, its packet id is the broker's to reuse
-        self.peers.tell("link", Reply(message.ack_id, reply, error="error" in body))
+        self.peers.tell(LINK, Reply(message.ack_id, reply, error="error" in body))
 
     def may_read(self, app_id: str, device_id: str) -> bool:
         """Globs match literally otherwise: fnmatchcase, so case matters and '/' is no separator."""

@@ -27,7 +27,7 @@ from peewee import fn
 from actors.devices import DEVICE_TYPES
 from actors.messages import Prune
 from actors.models import RejectedMessage, is_sqlite
-from actors.peers import Peers, Supervised
+from actors.peers import WRITER, Peers, Supervised
 from actors.readgate import ReadGate
 from actors.settings import RetentionSettings
 
@@ -64,9 +64,9 @@ class RetentionNow:
 
 
 class RetentionActor(Supervised):
-    def __init__(self, database: peewee.Database, settings: RetentionSettings, peers: Peers,
+    def __init__(self, name: str, database: peewee.Database, settings: RetentionSettings, peers: Peers,
                  supervisor=None, gate: ReadGate | None = None):
-        super().__init__("retention", supervisor)
+        super().__init__(name, supervisor)
         self.db = database
         self.settings = settings
         self.peers = peers
@@ -143,7 +143,7 @@ class RetentionActor(Supervised):
             runs = archive_day(self.archive_path(table.name, day), m._meta.sorted_field_names, rows, kept)
             for start, end in runs:
                 for low in range(start, end + 1, self.settings.batch_rows):
-                    pruned = self.peers.ask("writer", Prune(table.name, low, min(end, low + self.settings.batch_rows - 1)),
+                    pruned = self.peers.ask(WRITER, Prune(table.name, low, min(end, low + self.settings.batch_rows - 1)),
                                             PRUNE_TIMEOUT)
                     deleted += pruned.deleted
                     longest = max(longest, pruned.ms)

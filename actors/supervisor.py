@@ -21,7 +21,7 @@ from actors.ingest import IngestActor
 from actors.messages import ChildFailed, Restarted, Retired
 from actors.models import connect_database, is_sqlite
 from actors.mqtt import MqttLink
-from actors.peers import Peers
+from actors.peers import BACKUP, LINK, QUERY_POOL, RETENTION, WRITER, Peers, ingest_name, pool_member
 from actors.query import QueryActor, QueryRules
 from actors.readgate import ReadGate
 from actors.retention import RetentionActor
@@ -36,7 +36,7 @@ STOP_TIMEOUT = 20.0
 @dataclass(frozen=True)
 class ChildSpec:
     name: str
-    start: Callable[[pykka.ActorRef], pykka.ActorRef]  # supervisor's ref -> a new, started instance
+    start: Callable[[str, pykka.ActorRef], pykka.ActorRef]  # (name, supervisor) -> a new, started instance
 
 
 class Supervisor(pykka.ThreadingActor):
@@ -59,21 +59,23 @@ class Supervisor(pykka.ThreadingActor):
         self._db = connect_database(s.database, s.queries.pool_size + 3)
         db, gate = self._db, ReadGate()
         marks = Marks(s.database.path, s.mqtt.client_id)  # what a process that died was handling
-        specs = [ChildSpec("writer", lambda sup: WriterActor.start(db, s.database, peers, sup, gate, self._stopping,
-                                                                   marks))]
+        specs = [ChildSpec(WRITER, lambda name, sup: WriterActor.start(name, db, s.database, peers, sup, gate,
+                                                                       self._stopping, marks))]
         rules = QueryRules(s.limits.max_request_bytes, s.queries.max_reply_bytes, s.queries.max_page_records,
                            s.apps.readable)
-        specs += [ChildSpec(f"query/{i}", lambda sup, i=i: QueryActor.start(i, db, peers, rules, sup, gate, marks))
+        specs += [ChildSpec(pool_member(QUERY_POOL, i),
+                            lambda name, sup: QueryActor.start(name, db, peers, rules, sup, gate, marks))
                   for i in range(s.queries.pool_size)]
         if not self.retire:  # housekeeping is for instances that stay
             if is_sqlite(db):  # a database server has its own backups (pg_dump)
-                specs += [ChildSpec("backup", lambda sup: BackupActor.start(s.database.path, s.backup, sup))]
-            specs += [ChildSpec("retention", lambda sup: RetentionActor.start(db, s.retention, peers, sup, gate))]
-        specs += [ChildSpec(f"ingest/{d.name}", lambda sup, d=d: IngestActor.start(
-                      d, peers, max_bytes=s.limits.max_reading_bytes, supervisor=sup, marks=marks))
+                specs += [ChildSpec(BACKUP, lambda name, sup: BackupActor.start(name, s.database.path, s.backup, sup))]
+            specs += [ChildSpec(RETENTION, lambda name, sup: RetentionActor.start(name, db, s.retention, peers, sup,
+                                                                                  gate))]
+        specs += [ChildSpec(ingest_name(d.name), lambda name, sup, d=d: IngestActor.start(
+                      name, d, peers, max_bytes=s.limits.max_reading_bytes, supervisor=sup, marks=marks))
                   for d in DEVICE_TYPES.values()]
-        specs += [ChildSpec("link", lambda sup: MqttLink.start(s.mqtt, s.status, s.apps, s.limits, peers, sup,
-                                                               self.retire, marks))]
+        specs += [ChildSpec(LINK, lambda name, sup: MqttLink.start(name, s.mqtt, s.status, s.apps, s.limits, peers,
+                                                                   sup, self.retire, marks))]
         return specs
 
     def on_start(self):
@@ -81,7 +83,7 @@ class Supervisor(pykka.ThreadingActor):
             if self._specs is None:
                 self._specs = self.child_specs()
             self.peers.expect(spec.name for spec in self._specs)
-            self.peers.define_pool("query", sum(1 for c in self._specs if c.name.startswith("query/")))
+            self.peers.define_pool(QUERY_POOL, sum(1 for c in self._specs if c.name.partition("/")[0] == QUERY_POOL))
             for spec in self._specs:
                 self._start(spec)
             log.info("service started: %s", ", ".join(self._children))
@@ -107,7 +109,7 @@ class Supervisor(pykka.ThreadingActor):
             log.warning("supervisor ignored an unexpected message: %r", message)
 
     def _start(self, spec: ChildSpec) -> None:
-        ref = spec.start(self.actor_ref)
+        ref = spec.start(spec.name, self.actor_ref)
         try:
             # Waits for on_start; an actor whose on_start failed is dead by the time this asks.
             address = ref.proxy().address().get(timeout=START_TIMEOUT)
@@ -139,14 +141,14 @@ class Supervisor(pykka.ThreadingActor):
             log.critical("cannot restart %s: %s", failed.name, exc)
             self.exit_process(1)
             return
-        if failed.name != "link":
+        if failed.name != LINK:
             # What the crashed actor held was never acknowledged: the link hands it on again.
-            if "link" in self._children:
-                self.peers.tell("link", Restarted(failed.name, failed.suspects))
+            if LINK in self._children:
+                self.peers.tell(LINK, Restarted(failed.name, failed.suspects))
 
     def _stop_children(self) -> None:
         for name, ref in reversed(list(self._children.items())):
-            if name == "writer":  # the last to stop: what it cannot commit now, the broker redelivers
+            if name == WRITER:  # the last to stop: what it cannot commit now, the broker redelivers
                 self._stopping.set()
             try:
                 ref.stop(block=True, timeout=STOP_TIMEOUT)

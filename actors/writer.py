@@ -24,7 +24,7 @@ from actors.devices import DEVICE_TYPES
 from actors.messages import (Cleared, Committed, Flush, Prune, Pruned, StatsRequest, Strikes, Struck, WriteBatch,
                              WriterStats)
 from actors.models import utc_now
-from actors.peers import Peers, Supervised
+from actors.peers import LINK, Peers, Supervised
 from actors.readgate import ReadGate
 from actors.settings import DatabaseSettings
 from actors.store import RETRIABLE, Failures, SqliteStore, Store, open_store
@@ -38,10 +38,10 @@ def _rows(batch: WriteBatch) -> int:
 
 
 class WriterActor(Supervised):
-    def __init__(self, database: peewee.Database, settings: DatabaseSettings, peers: Peers,
+    def __init__(self, name: str, database: peewee.Database, settings: DatabaseSettings, peers: Peers,
                  supervisor=None, gate: ReadGate | None = None, stopping: threading.Event | None = None,
                  marks=None):
-        super().__init__("writer", supervisor, marks)
+        super().__init__(name, supervisor, marks)
         self.db = database
         self.settings = settings
         self.peers = peers
@@ -106,7 +106,7 @@ class WriterActor(Supervised):
         elif isinstance(message, Prune):
             return self._prune(message)
         elif isinstance(message, StatsRequest):
-            self.peers.tell("link", self._stats())
+            self.peers.tell(LINK, self._stats())
         else:
             log.warning("writer ignored an unexpected message: %r", message)
 
@@ -156,9 +156,9 @@ class WriterActor(Supervised):
             self._pending_rows -= size
             self._recovered()
             if taken or cleared:
-                self.peers.tell("link", Committed(tuple(a for b in taken for a in b.ack_ids), tuple(cleared)))
+                self.peers.tell(LINK, Committed(tuple(a for b in taken for a in b.ack_ids), tuple(cleared)))
             if counts:
-                self.peers.tell("link", Struck(tuple(counts)))
+                self.peers.tell(LINK, Struck(tuple(counts)))
         if self.checkpoint is not None:
             self.checkpoint.if_due()
 

@@ -9,12 +9,13 @@ import asyncio
 import logging
 from typing import Callable
 
+from actors.devices import BY_READING_TOPIC
 from actors.handling import Mark
 from actors.messages import Cleared, Committed, Rejection, Reply, Struck, Strikes, WriteBatch
 from actors.models import utc_now
 from actors.mqtt.inflight import Deliveries, Held, InFlight, Verdict, fingerprint
 from actors.mqtt.outbox import Outbox
-from actors.peers import Peers
+from actors.peers import WRITER, Peers
 from actors.requests import internal_error
 from actors.settings import LimitsSettings
 
@@ -116,8 +117,8 @@ class DeliveryLimit:
         reason = (f"set aside after {failures} failed deliveries: the service failed each time it handled this "
                   "reading (see the log at that time); it is kept here instead of being tried again")
         rejection = Rejection(message.topic, message.payload[:self.max_reading_bytes], reason, utc_now())
-        self.peers.tell("writer", WriteBatch(held.route.partition("/")[2], (), (rejection,), (ack_id,), alone=True,
-                                             forget=(held.fingerprint.hex(),)))
+        self.peers.tell(WRITER, WriteBatch(BY_READING_TOPIC[message.topic].name, (), (rejection,), (ack_id,),
+                                           alone=True, forget=(held.fingerprint.hex(),)))
 
     def writer_restarted(self) -> None:
         """The writer crashed: the Strikes and Cleared it had not committed went with it."""
@@ -164,11 +165,11 @@ class DeliveryLimit:
     def flush(self) -> None:
         if self._strikes:
             strikes, self._strikes = tuple(self._strikes), []
-            self.peers.tell("writer", Strikes(strikes))
+            self.peers.tell(WRITER, Strikes(strikes))
         if self._cleared:
             cleared, self._cleared = tuple(self._cleared), []
             self._clearing.update(cleared)
-            self.peers.tell("writer", Cleared(cleared))
+            self.peers.tell(WRITER, Cleared(cleared))
 
     def lost(self, held: list[Held]) -> None:
         """The connection is gone with `held` in hand."""

@@ -35,11 +35,11 @@ class LoopHandle:
 
 
 class MqttLink(Supervised):
-    def __init__(self, settings: MqttSettings, status: StatusSettings, apps: AppsSettings, limits: LimitsSettings,
-                 peers: Peers, supervisor=None, retire: bool = False, marks: Marks | None = None):
+    def __init__(self, name: str, settings: MqttSettings, status: StatusSettings, apps: AppsSettings,
+                 limits: LimitsSettings, peers: Peers, supervisor=None, retire: bool = False, marks: Marks | None = None):
         # What the process (or the link) before this one died handling: read before this link marks.
-        self.died_with = marks.left_by("link") if marks is not None else frozenset()
-        super().__init__("link", supervisor, marks)
+        self.died_with = marks.left_by(name) if marks is not None else frozenset()
+        super().__init__(name, supervisor, marks)
         self.retire = retire
         self.settings = settings
         self.apps = apps
@@ -102,6 +102,6 @@ class MqttLink(Supervised):
                                 self.died_with, self.mark)
         # Reachable before it connects: the writer's answers to what the broker delivers first
         # (Struck, Committed) must not be dropped as if told to a link that has not started.
-        self.peers.register("link", self.address())
+        self.peers.register(self.name, self.address())
         ready.set()
         await self._session.run(self._stop_event)

@@ -11,9 +11,10 @@ import logging
 import re
 from dataclasses import dataclass
 
-from actors.devices import DEVICE_TYPES
+from actors.devices import BY_READING_TOPIC, DEVICE_TYPES
 from actors.messages import Request
 from actors.mqtt.packets import publish_size, topic_problem
+from actors.peers import ingest_name
 from actors.ratelimit import RateLimiter
 from actors.settings import AppsSettings
 
@@ -32,7 +33,7 @@ class Refusal:
 
 class Router:
     def __init__(self, apps: AppsSettings, shared_group: str = "", limiter: RateLimiter | None = None):
-        self.reading_routes = {d.reading_topic: f"ingest/{d.name}" for d in DEVICE_TYPES.values()}
+        self.reading_routes = {topic: ingest_name(d.name) for topic, d in BY_READING_TOPIC.items()}
         self._request_stems = {d.request_stem: d.name for d in DEVICE_TYPES.values()}
         topics = [*self.reading_routes, *(f"{stem}/+" for stem in self._request_stems)]
         # Several instances in one shared group take turns: the broker hands each message to one.

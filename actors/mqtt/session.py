@@ -31,7 +31,7 @@ from actors.mqtt.outbox import Outbox
 from actors.mqtt.status import StatusReport
 from actors.mqtt.traffic import Traffic
 from actors.notify import notify, watchdog_interval
-from actors.peers import Peers
+from actors.peers import WRITER, Peers
 from actors.settings import AppsSettings, LimitsSettings, MqttSettings, StatusSettings
 from actors.tls import explain, tls_context
 
@@ -276,7 +276,7 @@ class Session:
             self._fail(exc, type(message).__name__)
 
     def _ask_for_stats(self) -> None:
-        self.peers.tell("writer", StatsRequest())  # the writer answers with WriterStats
+        self.peers.tell(WRITER, StatsRequest())  # the writer answers with WriterStats
         every = self.status_settings.stats_interval
         self._loop.call_later(min(every, self._watchdog or every), self._ask_for_stats)
 

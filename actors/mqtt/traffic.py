@@ -23,7 +23,7 @@ from actors.mqtt.limit import DeliveryLimit
 from actors.mqtt.outbox import Outbox
 from actors.mqtt.routing import Refusal, Router
 from actors.mqtt.status import StatusReport
-from actors.peers import Peers
+from actors.peers import QUERY_POOL, WRITER, Peers
 from actors.settings import AppsSettings, LimitsSettings, MqttSettings
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ class Traffic:
             if (route := self._reading_routes.get(topic)) is not None:
                 held = Held(packet_id, Inbound(ack_id, topic, payload), route)
             elif (request := self._admit(ack_id, topic, payload, properties)) is not None:
-                held = Held(packet_id, request, "query")
+                held = Held(packet_id, request, QUERY_POOL)
             else:
                 if packet_id is not None:
                     client.acknowledge((packet_id,))  # answered here, or refused: nothing to wait for
@@ -145,7 +145,7 @@ class Traffic:
     def _dispatch(self, held: Held, alone: bool = False) -> None:
         message = held.message
         if held.is_request:
-            held.route = self.peers.tell_pool("query", message)
+            held.route = self.peers.tell_pool(QUERY_POOL, message)
             return
         forget = (held.fingerprint.hex(),) if self.limit.failed_before(held) else ()
         if alone:
@@ -167,7 +167,7 @@ class Traffic:
         against each of its suspects."""
         name, suspects = restarted.name, set(restarted.suspects)
         struck = again = 0
-        if name == "writer":
+        if name == WRITER:
             self.limit.writer_restarted()
         for ack_id, held in list(self.inflight.held.items()):
             if held.awaiting is not None:
@@ -175,7 +175,7 @@ class Traffic:
             if ack_id in suspects:
                 self.limit.count(ack_id, held)
                 struck += 1
-            elif held.route == name or (name == "writer" and not held.is_request):
+            elif held.route == name or (name == WRITER and not held.is_request):
                 self._dispatch(held, alone=self.limit.failed_before(held))
                 again += 1
         log.warning("%s was restarted: %d messages it may have held handed on again, %d suspected of the crash",

@@ -15,7 +15,7 @@ from actors.ingest import IngestActor
 from actors.messages import Inbound, ReadingBatch
 from actors.models import MODELS, open_database
 from actors.mqtt.packets import publish_size, topic_problem
-from actors.peers import Peers
+from actors.peers import Peers, ingest_name
 from actors.query import QueryActor, QueryRules
 from actors.settings import load_settings
 from conftest import Broker, FakePeer, Mqtt5App, Service, wait_until
@@ -93,7 +93,7 @@ def test_parsing_any_payload_gives_a_sound_row_or_a_reason(device, payload):
 def ingest_actors():
     peers, writer = Peers(), FakePeer()
     peers.register("writer", writer)
-    actors = {name: IngestActor.start(d, peers, max_bytes=LIMITS.max_reading_bytes)
+    actors = {name: IngestActor.start(ingest_name(name), d, peers, max_bytes=LIMITS.max_reading_bytes)
               for name, d in DEVICE_TYPES.items()}
     yield actors, writer
     for actor in actors.values():

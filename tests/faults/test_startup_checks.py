@@ -11,7 +11,7 @@ import pykka
 import pytest
 
 from actors.models import open_database
-from actors.peers import Peers
+from actors.peers import WRITER, Peers
 from actors.settings import load_settings
 from actors.writer import WriterActor
 from conftest import ROOT, FakePeer
@@ -70,7 +70,7 @@ def test_a_database_that_cannot_do_wal_is_refused(caplog):
     peers = Peers()
     peers.register("link", FakePeer())
     caplog.set_level(logging.ERROR)
-    writer = WriterActor.start(open_database(settings.path, settings.busy_timeout), settings, peers)
+    writer = WriterActor.start(WRITER, open_database(settings.path, settings.busy_timeout), settings, peers)
     with pytest.raises(pykka.ActorDeadError):
         writer.proxy().address().get(timeout=10)
     assert "cannot be used safely: journal_mode is 'memory', not 'wal'" in caplog.text

@@ -5,7 +5,7 @@ import json
 from actors.devices import DEVICE_TYPES
 from actors.ingest import IngestActor
 from actors.messages import ChildFailed, Inbound, ReadingBatch, WriteBatch
-from actors.peers import Peers
+from actors.peers import Peers, ingest_name
 from conftest import FakePeer
 
 RECEIVED = "2026-01-22 14:30:01"
@@ -14,7 +14,7 @@ RECEIVED = "2026-01-22 14:30:01"
 def start(device_name):
     peers, writer = Peers(), FakePeer()
     peers.register("writer", writer)
-    return IngestActor.start(DEVICE_TYPES[device_name], peers, max_bytes=8192), writer
+    return IngestActor.start(ingest_name(device_name), DEVICE_TYPES[device_name], peers, max_bytes=8192), writer
 
 
 def test_valid_and_invalid_readings_reach_the_writer_in_one_batch_with_every_ack():
@@ -46,7 +46,7 @@ def test_each_device_type_has_its_own_ingest_actor():
 def test_a_crash_is_reported_to_the_supervisor():
     peers, supervisor = Peers(), FakePeer()
     peers.register("writer", FakePeer())
-    ingest = IngestActor.start(DEVICE_TYPES["power"], peers, max_bytes=8192, supervisor=supervisor)
+    ingest = IngestActor.start(ingest_name("power"), DEVICE_TYPES["power"], peers, max_bytes=8192, supervisor=supervisor)
     ingest.tell(ReadingBatch(RECEIVED, None))  # a bug, not bad input: no items at all
     failed = supervisor.next()
     assert isinstance(failed, ChildFailed) and failed.name == "ingest/power"
@@ -56,7 +56,7 @@ def test_a_crash_is_reported_to_the_supervisor():
 def test_an_oversized_reading_is_refused_before_parsing_and_kept_cut_to_the_limit():
     peers, writer = Peers(), FakePeer()
     peers.register("writer", writer)
-    ingest = IngestActor.start(DEVICE_TYPES["temperature"], peers, max_bytes=100)
+    ingest = IngestActor.start(ingest_name("temperature"), DEVICE_TYPES["temperature"], peers, max_bytes=100)
     huge = b'{"device_id": "' + b"x" * 10_000 + b'"}'
     ingest.tell(ReadingBatch(RECEIVED, (Inbound(3, "home/temperature", huge),)))
     [rejection] = writer.next().rejections

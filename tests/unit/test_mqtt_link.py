@@ -8,7 +8,7 @@ import pytest
 
 from actors.messages import Committed, ReadingBatch, Reply, Request, Strikes, Struck
 from actors.mqtt import MqttLink
-from actors.peers import Peers
+from actors.peers import LINK, Peers
 from actors.settings import load_settings
 from conftest import FakePeer, MqttClient, wait_until
 
@@ -32,7 +32,7 @@ def link_factory(broker, caplog):
 
     def start():
         """A new link, once its subscriptions are acknowledged."""
-        link = MqttLink.start(settings, loaded.status, loaded.apps, loaded.limits, peers)
+        link = MqttLink.start(LINK, settings, loaded.status, loaded.apps, loaded.limits, peers)
         links.append(link)
         wait_until(lambda: caplog.text.count("taking readings and requests") == len(links))
         return link, link.proxy().address().get()

@@ -28,7 +28,7 @@ def db(tmp_path):
 def ask(db):
     peers, link = Peers(), FakePeer()
     peers.register("link", link)
-    query = QueryActor.start(0, db, peers, QueryRules(max_request_bytes=200))
+    query = QueryActor.start("query/0", db, peers, QueryRules(max_request_bytes=200))
 
     def ask(device, body, app_id="app1", max_bytes=None):
         payload = body if isinstance(body, bytes) else json.dumps(body).encode()

@@ -16,7 +16,7 @@ import pytest
 from actors.devices import DEVICE_TYPES
 from actors.messages import Committed, WriteBatch
 from actors.models import connect_database, open_database
-from actors.peers import Peers
+from actors.peers import RETENTION, WRITER, Peers
 from actors.readgate import ReadGate
 from actors.retention import RetentionActor, RetentionNow, archive_day, exclusive_pass
 from actors.settings import load_settings
@@ -42,7 +42,7 @@ class Service:
         self.db = open_database(str(self.db_path), 5)
         self.peers, self.link, self.gate = Peers(), FakePeer(), ReadGate()
         self.peers.register("link", self.link)
-        self.writer = WriterActor.start(self.db, self.database, self.peers, None, self.gate)
+        self.writer = WriterActor.start(WRITER, self.db, self.database, self.peers, None, self.gate)
         self.peers.register("writer", self.writer)
 
     def store(self, device: str, rows) -> None:
@@ -50,7 +50,7 @@ class Service:
         assert self.link.next() == Committed((1,))
 
     def start_retention(self):
-        return RetentionActor.start(self.db, self.retention, self.peers, None, self.gate)
+        return RetentionActor.start(RETENTION, self.db, self.retention, self.peers, None, self.gate)
 
     def rows(self, sql):
         con = sqlite3.connect(self.db_path)

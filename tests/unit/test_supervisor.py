@@ -41,7 +41,7 @@ def supervise(names, max_restarts=3, fail_start=()):
     settings = dataclasses.replace(settings, supervisor=dataclasses.replace(
         settings.supervisor, max_restarts=max_restarts, restart_window=3600))
     events, exit_process = queue.Queue(), Exit()
-    specs = [ChildSpec(n, lambda sup, n=n: Child.start(n, events, sup, fail_start=n in fail_start))
+    specs = [ChildSpec(n, lambda name, sup: Child.start(name, events, sup, fail_start=name in fail_start))
              for n in names]
     return Supervisor.start(settings, exit_process, specs), events, exit_process
 

@@ -10,7 +10,7 @@ import pytest
 from actors.handling import Marks, ack_id
 from actors.messages import Committed, Rejection, StatsRequest, WriteBatch
 from actors.models import open_database
-from actors.peers import Peers
+from actors.peers import WRITER, Peers
 from actors.readgate import ReadGate
 from actors.settings import load_settings
 from actors.writer import WriterActor
@@ -30,7 +30,7 @@ def start_writer(db_path, gate=None, marks=None, **overrides):
     peers, link = Peers(), FakePeer()
     peers.register("link", link)
     db = open_database(settings.path, settings.busy_timeout, settings.checkpoint_mb)
-    return WriterActor.start(db, settings, peers, None, gate, marks=marks), link
+    return WriterActor.start(WRITER, db, settings, peers, None, gate, marks=marks), link
 
 
 def rows(db_path, sql):
