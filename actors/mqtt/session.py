@@ -10,7 +10,7 @@ unique index makes a second delivery harmless.
 Readings are passed to the ingest actors in batches: everything gmqtt parsed from one socket
 read goes out as one message per device type, and the acknowledgements of one commit go back to
 the broker in one write. What is in hand and the delivery limit are in inflight.py, where
-messages go in routing.py, what the service says about itself in status.py."""
+messages go in routing.py, what the service says about itself in status.py, retiring in retire.py."""
 
 from __future__ import annotations
 
@@ -25,20 +25,18 @@ import gmqtt
 from gmqtt.mqtt.constants import MQTTv50
 
 from actors.handling import Mark
-from actors.messages import StatsRequest, WriterStats
+from actors.messages import WriterStats
 from actors.mqtt.client import PERMANENT_REFUSALS, OneConnectionClient, property_of
 from actors.mqtt.outbox import Outbox
-from actors.mqtt.status import StatusReport
+from actors.mqtt.retire import Retirement
+from actors.mqtt.status import Heartbeat, StatusReport
 from actors.mqtt.traffic import Traffic
-from actors.notify import notify, watchdog_interval
-from actors.peers import WRITER, Peers
+from actors.notify import notify
+from actors.peers import Peers
 from actors.settings import AppsSettings, LimitsSettings, MqttSettings, StatusSettings
 from actors.tls import explain, tls_context
 
 log = logging.getLogger(__name__)
-# Retiring: the broker sends what it kept for the session as fast as acknowledgements free the
-# window, so this long with nothing in hand and nothing arriving means it has all been handed over.
-HANDED_OVER_AFTER = 3.0
 
 
 class Backoff:
@@ -62,16 +60,10 @@ class Session:
     def __init__(self, settings: MqttSettings, status: StatusSettings, peers: Peers, apps: AppsSettings,
                  limits: LimitsSettings, on_retired: Callable[[], None] | None = None,
                  died_with: frozenset[int] | None = frozenset(), mark: Mark | None = None):
-        """With `on_retired`, retire this instance instead of serving: see _hand_over. `died_with`
+        """With `on_retired`, retire this instance instead of serving (retire.py). `died_with`
         and `mark`: see Traffic."""
         self.settings = settings
-        self.on_retired = on_retired
-        self.status_settings = status
-        self.peers = peers
         self.report = StatusReport(settings.client_id, status)
-        # The writer answers a stats request only when it is making progress; under systemd the
-        # watchdog is fed with each answer, so a stuck writer gets the process restarted.
-        self._watchdog = watchdog_interval()
         self._ready = False
         self.backoff = Backoff(settings.reconnect_min_delay, settings.reconnect_max_delay)
         self.client: OneConnectionClient | None = None  # the one connecting or connected
@@ -84,7 +76,10 @@ class Session:
         self._lost_at: float | None = None
         self._topics = self.traffic.router.subscriptions
         self._tls = tls_context(settings)
-        self._handing_over: asyncio.Task | None = None
+        self.heartbeat = Heartbeat(self.report, status.stats_interval, peers, self.outbox,
+                                   lambda: len(self.traffic.inflight))
+        self.retirement = None if on_retired is None else Retirement(
+            self.traffic, self.outbox, self.report, self._topics, self._end_session, self._lost.set, on_retired)
 
     # -- connection ---------------------------------------------------------------------
 
@@ -93,7 +88,7 @@ class Session:
         self._loop = asyncio.get_running_loop()
         self._stop = stop
         self.traffic.start(self._loop)
-        self._ask_for_stats()
+        self.heartbeat.start(self._loop)
         while await self._connect():
             await _first_of(stop, self._lost)
             if self._failure is not None:
@@ -179,9 +174,8 @@ class Session:
             log.warning("reconnected to the MQTT broker after %.1f s (session %s)",
                         time.monotonic() - self._lost_at, session)
             self._lost_at = None
-        if self.on_retired is not None:
-            client.unsubscribe(self._topics)
-            self.outbox.send(self.report.status_topic, self.report.status("retiring"), qos=1, retain=True)
+        if self.retirement is not None:
+            self.retirement.connected(client)
             return
         # gmqtt never resubscribes. Subscribing again is harmless when the session survived,
         # and essential when the broker had no session for us.
@@ -199,32 +193,12 @@ class Session:
                 notify("READY=1")
 
     def _on_unsubscribe(self, client, mid, granted):
-        if self._handing_over is None:
-            log.info("retiring: unsubscribed (no new readings or requests come to this instance); "
-                     "storing and answering what the broker kept for it")
-            self._handing_over = self._loop.create_task(self._hand_over())
+        self.retirement.unsubscribed()
 
-    async def _hand_over(self) -> None:
-        """Retire this instance for good: once the broker has handed over all it kept for the
-        session (delivered even after unsubscribing) and all of it is committed or answered,
-        end the session (Session Expiry 0), so that the broker stops keeping a share of new
-        messages for an instance that will not come back, and clear its retained status."""
-        seen, quiet_since = self.traffic.received, time.monotonic()
-        while time.monotonic() - quiet_since < HANDED_OVER_AFTER:
-            await asyncio.sleep(0.1)
-            if self.traffic.received != seen or self.traffic.inflight or not self.outbox.connected:
-                seen, quiet_since = self.traffic.received, time.monotonic()
-        for topic in (self.report.status_topic, self.report.stats_topic):
-            self.outbox.send(topic, b"", qos=1, retain=True)  # an empty retained message deletes it
+    async def _end_session(self) -> bool:
+        """Disconnect with Session Expiry 0 (retiring); True once the broker confirmed it."""
         client, self.client, self.outbox.connected = self.client, None, False
-        if await client.end_session(self.settings.connect_timeout):
-            log.info("retired: %d messages the broker kept for %s stored or answered, and its session "
-                     "ended; this instance may be removed", self.traffic.received, self.settings.client_id)
-            self.on_retired()
-            return
-        log.warning("the broker did not confirm the end of the session; trying again")
-        self._handing_over = None
-        self._lost.set()  # reconnect, resume the session, hand over again
+        return await client.end_session(self.settings.connect_timeout)
 
     def _on_disconnect(self, client, packet, exc=None):
         if client is not self.client or not self.outbox.connected or self._lost.is_set() or self._closing:
@@ -262,29 +236,19 @@ class Session:
             self._failure = exc
             self._lost.set()
 
-    # -- status and stats -------------------------------------------------------------------
+    # -- messages from the other actors ---------------------------------------------------
 
     def receive(self, message) -> None:
         """Every message from the other actors (through LoopHandle)."""
         try:
             if isinstance(message, WriterStats):
-                self._report(message)
+                self.heartbeat.answered(message)
             else:
                 self.traffic.receive(message)
         except Exception as exc:  # noqa: BLE001 - see _fail
             self.traffic.limit.blame(message)
             self._fail(exc, type(message).__name__)
 
-    def _ask_for_stats(self) -> None:
-        self.peers.tell(WRITER, StatsRequest())  # the writer answers with WriterStats
-        every = self.status_settings.stats_interval
-        self._loop.call_later(min(every, self._watchdog or every), self._ask_for_stats)
-
-    def _report(self, writer: WriterStats) -> None:
-        if self._watchdog:
-            notify("WATCHDOG=1")
-        if (stats := self.report.stats(writer, self.outbox.connected, len(self.traffic.inflight))) is not None:
-            self.outbox.send(self.report.stats_topic, stats, retain=True)
 
 async def _first_of(*events: asyncio.Event) -> None:
     waiters = [asyncio.ensure_future(e.wait()) for e in events]

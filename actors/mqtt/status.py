@@ -1,17 +1,23 @@
 """What the service says about itself on the broker: its retained status (online, offline,
-retiring, with version and start time) and its periodic stats, which also go to the log. Pure
-formatting and timing; the session publishes."""
+retiring, with version and start time) and its periodic stats, which also go to the log
+(StatusReport: formatting and timing), and the heartbeat that gathers them from the writer and
+feeds systemd's watchdog."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from typing import Callable
 
 import orjson
 
 from actors import __version__
-from actors.messages import WriterStats
+from actors.messages import StatsRequest, WriterStats
 from actors.models import utc_now
+from actors.mqtt.outbox import Outbox
+from actors.notify import notify, watchdog_interval
+from actors.peers import WRITER, Peers
 from actors.settings import StatusSettings
 
 log = logging.getLogger(__name__)
@@ -54,3 +60,32 @@ class StatusReport:
             "commit_ms": {"last": writer.last_commit_ms, "max": writer.max_commit_ms},
             "database_bytes": writer.database_bytes, "wal_bytes": writer.wal_bytes,
             "wal_checkpoints": writer.checkpoints, "last_stored_at": dict(writer.last_stored_at)})
+
+
+class Heartbeat:
+    """Asks the writer for its stats every stats_interval (more often under a systemd watchdog)
+    and, with each answer, feeds the watchdog and publishes the stats when due. The writer
+    answers only while it makes progress, so a stuck writer gets the process restarted."""
+
+    def __init__(self, report: StatusReport, every: float, peers: Peers, outbox: Outbox,
+                 in_hand: Callable[[], int]):
+        self.report = report
+        self.peers = peers
+        self.outbox = outbox
+        self.in_hand = in_hand
+        self._watchdog = watchdog_interval()
+        self._every = min(every, self._watchdog or every)
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._ask()
+
+    def _ask(self) -> None:
+        self.peers.tell(WRITER, StatsRequest())  # the writer answers with WriterStats
+        self._loop.call_later(self._every, self._ask)
+
+    def answered(self, writer: WriterStats) -> None:
+        if self._watchdog:
+            notify("WATCHDOG=1")
+        if (stats := self.report.stats(writer, self.outbox.connected, self.in_hand())) is not None:
+            self.outbox.send(self.report.stats_topic, stats, retain=True)

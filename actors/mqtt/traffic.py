@@ -1,6 +1,7 @@
 """The traffic of the MQTT connection: every message in and out, between the broker and the
-actors. Messages in are held (inflight.py), routed (routing.py) and handed on, those that come
-back as the delivery limit says (limit.py); messages from the actors are committed
+actors. Messages in are held (inflight.py), routed (routing.py) and handed on (a request once
+the readings before it are stored: arrival.py), those that come back as the delivery limit says
+(limit.py); messages from the actors are committed
 acknowledgements, replies to publish, counts of failed deliveries, and restarted actors whose
 messages are handed on again. Nothing goes out that the broker would drop
 us for (packets.py). The connection itself, and when it comes and goes, is the session's."""
@@ -8,7 +9,6 @@ us for (packets.py). The connection itself, and when it comes and goes, is the s
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 from typing import Callable
 
@@ -17,6 +17,7 @@ import orjson
 from actors.handling import Mark, ack_id as make_ack_id
 from actors.messages import Committed, Inbound, ReadingBatch, Reply, Request, Restarted, Struck
 from actors.models import utc_now
+from actors.mqtt.arrival import WaitingRequests
 from actors.mqtt.client import OneConnectionClient, property_of
 from actors.mqtt.inflight import Held, InFlight
 from actors.mqtt.limit import DeliveryLimit
@@ -27,7 +28,6 @@ from actors.peers import QUERY_POOL, WRITER, Peers
 from actors.settings import AppsSettings, LimitsSettings, MqttSettings
 
 log = logging.getLogger(__name__)
-READ_AFTER_ARRIVAL_WAIT = 1.0  # longest a request waits for the readings received before it
 
 
 class Traffic:
@@ -49,18 +49,16 @@ class Traffic:
                                    self._answer, self._schedule_flush)
         self.received = 0  # messages taken so far (the high bits of their ack ids: handling.ack_id)
         self.drained: asyncio.Event | None = None  # set when nothing is in hand while closing
-        self._reading_paused = False  # see _hold_back
         self._readings: dict[str, list[Inbound]] = {}
         self._forget: dict[str, list[str]] = {}  # route -> fingerprints of those readings that failed before
-        # Requests held back until the readings received before them are committed (read after
-        # arrival), oldest first; each waits at most READ_AFTER_ARRIVAL_WAIT.
-        self._waiting: collections.deque[int] = collections.deque()
+        self.waiting = WaitingRequests(self.inflight, self._dispatch)  # read after arrival
         self._flush_scheduled = False
         self._taking = True
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self.limit.start(loop)
+        self.waiting.start(loop)
 
     def connected_to(self, client: OneConnectionClient, max_packet: int | None) -> None:
         self.outbox.connected_to(client, max_packet)
@@ -105,7 +103,7 @@ class Traffic:
                     client.acknowledge((packet_id,))  # answered here, or refused: nothing to wait for
                 return
             if self.inflight.add(ack_id, held):
-                self._hold_back(True)  # again each time: asyncio's StreamReader may have resumed it
+                client.pause_reading(True)  # flow control: see OneConnectionClient.pause_reading
             if packet_id is not None and properties.get("dup"):
                 self.limit.redelivered(ack_id, held)
             elif route is not None:  # readings of one socket read travel together, a batch per type
@@ -114,33 +112,12 @@ class Traffic:
                     self._flush_scheduled = True
                     self._loop.call_soon(self._flush)
             elif self.inflight.reading_before(ack_id):
-                self._hold_request(ack_id)
+                self.waiting.hold(ack_id)
             else:
                 self._dispatch(held)
         except Exception as exc:  # noqa: BLE001 - see _fail
             self.mark.set((packet_id or 0,))  # the message this failed on: see DeliveryLimit.blame
             self.fail(exc, "a message from the broker")
-
-    def _hold_request(self, ack_id: int) -> None:
-        """Read after arrival: a request is answered with every reading received before it, so it
-        waits until those are committed (a few ms: the writer's next commit). While the database
-        cannot be written (locked, full), it waits READ_AFTER_ARRIVAL_WAIT at most, then is
-        answered from what is stored."""
-        self._waiting.append(ack_id)
-        self._loop.call_later(READ_AFTER_ARRIVAL_WAIT, self._release_requests, ack_id)
-
-    def _release_requests(self, overdue: int = 0) -> None:
-        """Hand on the waiting requests that no earlier reading holds up (and those up to
-        `overdue`, which have waited long enough)."""
-        waiting = self._waiting
-        while waiting:
-            ack_id = waiting[0]
-            held = self.inflight.get(ack_id)
-            if held is not None and ack_id > overdue and self.inflight.reading_before(ack_id):
-                return
-            waiting.popleft()
-            if held is not None:  # else given up with a lost connection: it comes back
-                self._dispatch(held)
 
     def _dispatch(self, held: Held, alone: bool = False) -> None:
         message = held.message
@@ -193,18 +170,6 @@ class Traffic:
             return None
         return admitted
 
-    def _hold_back(self, pause: bool) -> None:
-        """Mosquitto 2.0.11 keeps sending past our Receive Maximum once acknowledgements flow
-        (measured: 41,500 messages in hand with 1000 allowed, while commits were slow). So the
-        link enforces it: with receive_maximum messages in hand it stops reading the socket, TCP
-        pushes back, and the broker queues the rest. What asyncio had already read still comes
-        through, so the bound is receive_maximum messages plus 384 KiB of socket data."""
-        if pause and not self._reading_paused:
-            log.debug("holding back: %d messages in hand", len(self.inflight))
-        if self.outbox.client is not None:
-            self.outbox.client.pause_reading(pause)
-        self._reading_paused = pause
-
     def _flush(self) -> None:
         self._flush_scheduled = False
         readings, self._readings = self._readings, {}
@@ -252,13 +217,14 @@ class Traffic:
         (QoS 0 messages, and those of a connection since lost, have nothing to acknowledge)."""
         released = self.inflight.release(ack_ids)
         packet_ids = [h.packet_id for h in released if h.packet_id is not None]
-        if packet_ids and self.outbox.client is not None:
-            self.outbox.client.acknowledge(packet_ids)
+        if (client := self.outbox.client) is not None:
+            if packet_ids:
+                client.acknowledge(packet_ids)
+            if client.reading_paused and self.inflight.roomy:
+                client.pause_reading(False)
         self.limit.released(released)
-        if self._waiting:
-            self._release_requests()
-        if self._reading_paused and self.inflight.roomy:
-            self._hold_back(False)
+        if self.waiting:
+            self.waiting.release()
         if not self.inflight and self.drained is not None:
             self.drained.set()
 
@@ -266,7 +232,6 @@ class Traffic:
         """The connection is gone: nothing in hand can be acknowledged any more. The broker
         delivers it all again on the next connection."""
         self.limit.lost(self.inflight.abandon())
-        self._waiting.clear()
-        self._reading_paused = False  # the next connection starts reading
+        self.waiting.clear()
         if self.drained is not None:
             self.drained.set()

@@ -1,0 +1,47 @@
+"""Read after arrival: a request is answered with every reading the service received before it,
+so it waits until those are committed (a few ms: the writer's next commit). While the database
+cannot be written (locked, full), it waits READ_AFTER_ARRIVAL_WAIT at most, then is answered from
+what is stored."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from typing import Callable
+
+from actors.mqtt.inflight import Held, InFlight
+
+READ_AFTER_ARRIVAL_WAIT = 1.0  # longest a request waits for the readings received before it
+
+
+class WaitingRequests:
+    def __init__(self, inflight: InFlight, hand_on: Callable[[Held], None]):
+        self.inflight = inflight
+        self.hand_on = hand_on
+        self._waiting: collections.deque[int] = collections.deque()  # ack ids, oldest first
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def __bool__(self) -> bool:
+        return bool(self._waiting)
+
+    def hold(self, ack_id: int) -> None:
+        self._waiting.append(ack_id)
+        self._loop.call_later(READ_AFTER_ARRIVAL_WAIT, self.release, ack_id)
+
+    def release(self, overdue: int = 0) -> None:
+        """Hand on the waiting requests that no earlier reading holds up (and those up to
+        `overdue`, which have waited long enough)."""
+        waiting = self._waiting
+        while waiting:
+            ack_id = waiting[0]
+            held = self.inflight.get(ack_id)
+            if held is not None and ack_id > overdue and self.inflight.reading_before(ack_id):
+                return
+            waiting.popleft()
+            if held is not None:  # else given up with a lost connection: it comes back
+                self.hand_on(held)
+
+    def clear(self) -> None:
+        self._waiting.clear()
