@@ -58,6 +58,8 @@ def main(argv=None) -> int:
     if args.check_config:
         return 0 if check_config(settings) else 1
     configure_logging(settings.logging)
+    for warning in settings.warnings:
+        log.warning("settings: %s", warning)
 
     exit_code = ExitCode()
     for signum in (signal.SIGTERM, signal.SIGINT):

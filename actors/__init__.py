@@ -1,3 +1,3 @@
 """The actors of the IoT data service, and the plain modules they share."""
 
-__version__ = "1.1.0"
+__version__ = "1.2.0"

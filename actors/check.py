@@ -14,8 +14,8 @@ import peewee
 from gmqtt.mqtt.constants import MQTTv50
 
 from actors.models import connect_database
-from actors.store import quick_check
 from actors.settings import Settings, describe_url
+from actors.store import quick_check
 from actors.tls import explain, tls_context
 
 
@@ -27,6 +27,8 @@ def check_config(settings: Settings, out=print) -> bool:
     database = describe_url(settings.database.url) if settings.database.url else settings.database.path
     out(f"ok      settings: {settings.mqtt.client_id} -> {settings.mqtt.host}:{settings.mqtt.port}, "
         f"database {database}")
+    for warning in settings.warnings:
+        out(f"WARNING settings: {warning}")
     ok = True
     for name, probe in (("database", check_database), ("broker", check_broker)):
         try:

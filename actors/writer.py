@@ -1,7 +1,7 @@
 """The database writer: the only actor that writes, over the process's only write connection.
 
 Batches from the ingest actors pile up while a transaction is running; the next transaction
-takes all of them (group commit: it waits up to `commit_interval` for more, at most `max_batch`
+takes all of them (group commit: it waits up to `commit_linger` for more, at most `max_batch`
 rows), and only once it has committed are their MQTT acknowledgements released. A failed commit
 is rolled back and retried with backoff; nothing is acknowledged until it is durable.
 
@@ -94,7 +94,7 @@ class WriterActor(Supervised):
         elif isinstance(message, Flush):
             self._flush_queued = False
             self._retry_timer = None
-            linger = self._oldest + self.settings.commit_interval - time.monotonic()
+            linger = self._oldest + self.settings.commit_linger - time.monotonic()
             if self._pending and linger > 0 and self._pending_rows < self.settings.max_batch:
                 # A commit costs about as much as 100 rows: wait a moment for more batches, then
                 # queue behind them so that they join this transaction.

@@ -4,7 +4,8 @@ import sys
 
 import pytest
 
-from actors.settings import SECTIONS, SettingsError, describe_url, load_settings
+from actors.settings import SECTIONS, SettingsError, describe_url, keys, load_settings
+from actors.settings.values import Integer
 from conftest import ROOT
 
 
@@ -94,8 +95,8 @@ def test_a_database_url_with_a_password_belongs_in_the_environment_and_never_in_
     assert describe_url(settings.database.url) == "postgresql://mqtt:***@db.internal/mqtt"
 
 
-NUMERIC = [(section, f.name) for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)
-           if f.type in ("int", "float")]
+NUMERIC = [(section, key) for section in SECTIONS for key, value in keys(section).items()
+           if isinstance(value, Integer)]
 
 
 @pytest.mark.parametrize("section, key", NUMERIC)
@@ -109,11 +110,60 @@ def test_nan_and_infinity_are_bad_values_for_every_numeric_setting(tmp_path, sec
     assert f"{section}.{key} must be a" in str(err.value)
 
 
-def test_every_whole_number_setting_has_an_upper_bound():
-    """A huge whole number is a bad value too, not one that overflows later (e.g. in a PRAGMA)."""
-    unbounded = [f"{section}.{f.name}" for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)
-                 if f.type in ("int", "float") and f.metadata["maximum"] is None]
-    assert unbounded == []
+@pytest.mark.parametrize("section, key", NUMERIC)
+def test_a_huge_number_is_a_bad_value_for_every_numeric_setting(tmp_path, section, key):
+    """Not one that overflows later (e.g. in a PRAGMA)."""
+    path = tmp_path / "bad.toml"
+    path.write_text(f"[{section}]\n{key} = {2**63}\n")
+    with pytest.raises(SettingsError) as err:
+        load_settings(path, environ={})
+    assert f"{section}.{key} must be at most" in str(err.value)
+
+
+def test_every_key_has_a_type_and_every_numeric_one_is_checked_as_its_field_says():
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            value = keys(section)[f.name]
+            assert isinstance(value, Integer) == (f.type in ("int", "float")), f"{section}.{f.name}"
+
+
+def test_every_problem_is_reported_at_once(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('[mqtt]\nprot = 1883\nkeepalive = 1\n[queries]\npool_size = "two"\n[logging]\nlevel = "LOUD"\n')
+    with pytest.raises(SettingsError) as err:
+        load_settings(path, environ={"MQTT_TLS": "maybe"})
+    message = str(err.value)
+    assert message.startswith("5 problems:")
+    for named in ("'mqtt.prot' (did you mean 'mqtt.port'?)", "mqtt.keepalive must be at least 5",
+                  "queries.pool_size must be a whole number", "logging.level must be one of",
+                  "MQTT_TLS='maybe': expected true or false"):
+        assert named in message
+
+
+def test_a_renamed_key_still_works_with_a_warning_and_twice_is_an_error(tmp_path):
+    """An upgrade never breaks a deployed settings file: database.commit_interval became commit_linger."""
+    path = tmp_path / "old.toml"
+    path.write_text("[database]\ncommit_interval = 0.05\n")
+    settings = load_settings(path, environ={})
+    assert settings.database.commit_linger == 0.05
+    assert settings.warnings == (f"database.commit_interval in {path} was renamed database.commit_linger in "
+                                 "version 1.2.0; it still works, but please rename it",)
+    assert load_settings(environ={}).warnings == ()
+    path.write_text("[database]\ncommit_interval = 0.05\ncommit_linger = 0.02\n")
+    with pytest.raises(SettingsError, match="the same setting twice"):
+        load_settings(path, environ={})
+    path.write_text("[database]\ncommit_interval = 5\n")  # the new key's checks apply
+    with pytest.raises(SettingsError, match="database.commit_linger must be at most 1"):
+        load_settings(path, environ={})
+
+
+def test_system_py_logs_a_renamed_key_and_check_config_shows_it(tmp_path):
+    path = tmp_path / "old.toml"
+    path.write_text(f'[database]\ncommit_interval = 0.05\npath = "{tmp_path / "x.db"}"\n'
+                    '[mqtt]\nport = 1\nconnect_timeout = 1\n')
+    check = subprocess.run([sys.executable, "system.py", "--config", str(path), "--check-config"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=60)
+    assert "WARNING settings: database.commit_interval" in check.stdout, check.stdout + check.stderr
 
 
 @pytest.mark.parametrize("variable", ["MQTT_BROKER_PORT"])

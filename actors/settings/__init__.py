@@ -1,0 +1,290 @@
+"""Settings: the defaults in settings.toml, an optional --config file over them, then the
+environment over both. Every key has a type (values.py) that checks it, so a typo stops start-up
+with a message naming the key instead of surfacing hours later; every problem is reported at once."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Mapping, get_type_hints
+
+from actors.settings.values import (Boolean, Deprecated, Float, GlobTable, Integer, Invalid, Port, Secret, String,
+                                    Value, setting, value_of)
+
+DEFAULTS_FILE = Path(__file__).resolve().parent.parent.parent / "settings.toml"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+DAYS = Integer(0, 100_000)
+
+
+class SettingsError(Exception):
+    """Settings are unknown, missing or have bad values; the message names each one."""
+
+
+def describe_url(url: str) -> str:
+    """A database URL fit for a log line: its password replaced by ***."""
+    return re.sub(r"(://[^:/@]*:)[^/]*@", r"\1***@", url)
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    host: str = setting(String(env="MQTT_BROKER_HOST", nonempty=True))
+    port: int = setting(Port(env="MQTT_BROKER_PORT"))  # 0: 1883, or 8883 with TLS (resolved on loading)
+    client_id: str = setting(String(env="MQTT_CLIENT_ID", nonempty=True))
+    username: str = setting(String(env="MQTT_USERNAME"))
+    password: str = setting(Secret(env="MQTT_PASSWORD"))
+    tls: bool = setting(Boolean(env="MQTT_TLS"))
+    tls_ca_file: str = setting(String(env="MQTT_TLS_CA_FILE"))
+    tls_cert_file: str = setting(String(env="MQTT_TLS_CERT_FILE"))
+    tls_key_file: str = setting(String(env="MQTT_TLS_KEY_FILE"))
+    tls_insecure: bool = setting(Boolean())
+    keepalive: int = setting(Integer(5, 3600))
+    session_expiry: int = setting(Integer(3600, 0xFFFFFFFF))
+    receive_maximum: int = setting(Integer(1, 65535))
+    connect_timeout: float = setting(Float(1, 300))
+    reconnect_min_delay: float = setting(Float(0.1, 3600))
+    reconnect_max_delay: float = setting(Float(0.1, 3600))
+    drain_timeout: float = setting(Float(0, 60))
+    shared_group: str = setting(String(env="MQTT_SHARED_GROUP"))
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    path: str = setting(String(env="DATABASE_PATH", nonempty=True))
+    # postgresql://...; when set, wins over path. A URL without a password may be in a file.
+    url: str = setting(Secret(env="DATABASE_URL", in_file_ok=lambda url: describe_url(url) == url))
+    busy_timeout: float = setting(Float(0, 600))
+    max_batch: int = setting(Integer(1, 100_000))
+    commit_linger: float = setting(Float(0, 1))
+    retry_delay: float = setting(Float(0.01, 60))
+    max_size_mb: int = setting(Integer(0, 16 * 1024 * 1024))
+    checkpoint_mb: int = setting(Integer(1, 4096))
+    commit_interval: ClassVar = Deprecated("commit_linger", since="1.2.0")
+
+
+@dataclass(frozen=True)
+class QuerySettings:
+    pool_size: int = setting(Integer(1, 64))
+    max_reply_bytes: int = setting(Integer(1024, 256 * 1024 * 1024))
+    max_page_records: int = setting(Integer(1, 1_000_000))
+
+
+@dataclass(frozen=True)
+class LimitsSettings:
+    max_reading_bytes: int = setting(Integer(64, 16 * 1024 * 1024))
+    max_request_bytes: int = setting(Integer(64, 16 * 1024 * 1024))
+    max_failures: int = setting(Integer(1, 100))  # the delivery limit (see actors/mqtt/inflight.py)
+
+
+@dataclass(frozen=True)
+class AppsSettings:
+    rate: float = setting(Float(0, 10_000))  # requests/s per app on average; 0 = no limit
+    burst: int = setting(Integer(1, 100_000))  # ... and at once
+    readable: dict = setting(GlobTable())  # app-id glob -> device-id globs; empty = all
+
+
+@dataclass(frozen=True)
+class BackupSettings:
+    dir: str = setting(String(nonempty=True))
+    interval_hours: float = setting(Float(0, 24 * 365))
+    keep: int = setting(Integer(1, 10_000))
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    # days of readings each table keeps; 0 keeps everything (one key per device type, `{name}_days`)
+    temperature_days: int = setting(DAYS)
+    power_days: int = setting(DAYS)
+    fingerprint_days: int = setting(DAYS)
+    rejected_days: int = setting(DAYS)
+    archive_dir: str = setting(String(nonempty=True))
+    interval_hours: float = setting(Float(0.01, 24 * 365))
+    batch_rows: int = setting(Integer(1, 100_000))
+
+
+@dataclass(frozen=True)
+class StatusSettings:
+    stats_interval: float = setting(Float(1, 86400))
+    log_interval: float = setting(Float(1, 86400))
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    file: str = setting(String(env="LOG_FILE"))
+    level: str = setting(String(env="LOG_LEVEL", choices=LOG_LEVELS))
+    max_bytes: int = setting(Integer(1024, 2**40))
+    backups: int = setting(Integer(0, 100))
+
+
+@dataclass(frozen=True)
+class SupervisorSettings:
+    max_restarts: int = setting(Integer(0, 1000))
+    restart_window: float = setting(Float(1, 86400))
+
+
+@dataclass(frozen=True)
+class Settings:
+    mqtt: MqttSettings
+    database: DatabaseSettings
+    queries: QuerySettings
+    limits: LimitsSettings
+    apps: AppsSettings
+    backup: BackupSettings
+    retention: RetentionSettings
+    status: StatusSettings
+    logging: LoggingSettings
+    supervisor: SupervisorSettings
+    # What start-up should warn about (a deprecated key in use), once logging is set up.
+    warnings: tuple[str, ...] = dataclasses.field(default=(), compare=False)
+
+
+SECTIONS = {name: kind for name, kind in get_type_hints(Settings).items() if name != "warnings"}
+
+
+def keys(section: str) -> dict[str, Value]:
+    return {f.name: value_of(f) for f in dataclasses.fields(SECTIONS[section])}
+
+
+def deprecated(section: str) -> dict[str, Deprecated]:
+    return {name: v for name, v in vars(SECTIONS[section]).items() if isinstance(v, Deprecated)}
+
+
+# Each environment variable overrides one key (the seed's and ours), named beside it above.
+ENVIRONMENT = {value.env: (section, key) for section in SECTIONS for key, value in keys(section).items()
+               if value.env}
+
+
+def load_settings(config_path: str | Path | None = None,
+                  environ: Mapping[str, str] | None = None) -> Settings:
+    """Read the defaults, overlay `config_path` and the environment, and check it all: a
+    SettingsError names every problem found."""
+    loading = _Loading()
+    raw = loading.read(DEFAULTS_FILE)
+    if config_path is not None:
+        loading.overlay(raw, loading.read(Path(config_path)), str(config_path))
+    environ = os.environ if environ is None else environ
+    for variable, (section, key) in ENVIRONMENT.items():
+        if variable in environ:
+            try:
+                raw[section][key] = keys(section)[key].parse(environ[variable])
+            except Invalid as exc:
+                loading.errors.append(f"{variable}={environ[variable]!r}: {exc}")
+    built = loading.build(raw)
+    if loading.errors:
+        problems = loading.errors
+        raise SettingsError(problems[0] if len(problems) == 1 else
+                            f"{len(problems)} problems:\n" + "\n".join(f"  - {p}" for p in problems))
+    return dataclasses.replace(_resolve(built), warnings=tuple(loading.warnings))
+
+
+class _Loading:
+    """One load's raw values, and the problems and warnings found along the way."""
+
+    def __init__(self):
+        self.errors: list[str] = []
+        self.warnings: list[str] = []
+
+    def read(self, path: Path) -> dict[str, Any]:
+        try:
+            with open(path, "rb") as f:
+                return tomllib.load(f)
+        except OSError as exc:
+            raise SettingsError(f"cannot read settings file {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"settings file {path} is not valid TOML: {exc}") from exc
+
+    def overlay(self, base: dict, extra: dict, source: str) -> None:
+        for section, values in extra.items():
+            if section not in SECTIONS:
+                self.errors.append(_unknown(f"section in {source}:", section, SECTIONS))
+                continue
+            if not isinstance(values, dict):
+                self.errors.append(f"[{section}] in {source} must be a table")
+                continue
+            known, old = keys(section), deprecated(section)
+            for key, value in values.items():
+                if key in old:
+                    new = old[key].renamed_to
+                    self.warnings.append(f"{section}.{key} in {source} was renamed {section}.{new} in version "
+                                         f"{old[key].since}; it still works, but please rename it")
+                    if new in values:
+                        self.errors.append(f"{section}.{key} and {section}.{new} in {source}: "
+                                           f"the same setting twice (keep {new})")
+                    key = new
+                if key not in known:
+                    self.errors.append(_unknown(f"setting in {source}:", f"{section}.{key}",
+                                                [f"{section}.{k}" for k in known]))
+                elif known[key].secret and value and not known[key].in_file_ok(value):
+                    self.errors.append(f"{section}.{key} in {source}: secrets come from the environment only "
+                                       f"({known[key].env}, e.g. in /etc/mqtt-client/mqtt-client.env)")
+                else:
+                    base[section][key] = value
+
+    def build(self, raw: dict) -> Settings | None:
+        for section in raw:
+            if section not in SECTIONS:
+                self.errors.append(_unknown("section", section, SECTIONS))
+        built = {}
+        for section, cls in SECTIONS.items():
+            values = raw.get(section)
+            if not isinstance(values, dict):
+                self.errors.append(f"section [{section}] is missing from the settings")
+                continue
+            known = keys(section)
+            self.errors += [_unknown("setting", f"{section}.{key}", [f"{section}.{k}" for k in known])
+                            for key in values if key not in known]
+            checked = {}
+            for key, value in known.items():
+                if key not in values:
+                    self.errors.append(f"setting {section}.{key} is missing")
+                    continue
+                try:
+                    checked[key] = value.check(values[key])
+                except Invalid as exc:
+                    self.errors.append(f"{section}.{key} {exc}")
+            if len(checked) == len(known):
+                built[section] = cls(**checked)
+        if len(built) < len(SECTIONS):
+            return None
+        self.errors += _together(Settings(**built))
+        return Settings(**built)
+
+
+def _unknown(kind: str, name: str, known) -> str:
+    hint = difflib.get_close_matches(name, list(known), n=1)
+    return f"unknown {kind} {name!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+
+
+def _together(s: Settings) -> list[str]:
+    """What is wrong with settings that are each fine on their own."""
+    mqtt, url, problems = s.mqtt, s.database.url, []
+    if mqtt.reconnect_min_delay > mqtt.reconnect_max_delay:
+        problems.append("mqtt.reconnect_min_delay must not exceed mqtt.reconnect_max_delay")
+    if any(c in mqtt.shared_group for c in "/+#$ "):
+        problems.append(f"mqtt.shared_group must be a plain name (no / + # $ or spaces), not {mqtt.shared_group!r}")
+    if bool(mqtt.tls_cert_file) != bool(mqtt.tls_key_file):
+        problems.append("mqtt.tls_cert_file and mqtt.tls_key_file go together: set both or neither")
+    if (mqtt.tls_ca_file or mqtt.tls_cert_file or mqtt.tls_insecure) and not mqtt.tls:
+        problems.append("mqtt.tls_* settings are set but mqtt.tls is false (MQTT_TLS)")
+    for name in ("tls_ca_file", "tls_cert_file", "tls_key_file"):
+        path = getattr(mqtt, name)
+        if path and not os.access(path, os.R_OK):
+            problems.append(f"mqtt.{name}: cannot read {path}")
+    if url and not url.startswith(("postgresql://", "postgres://", "sqlite:///")):
+        problems.append("database.url (DATABASE_URL) must start with postgresql:// (or sqlite:///), "
+                        f"not {describe_url(url)!r}")
+    return problems
+
+
+def _resolve(s: Settings) -> Settings:
+    """Defaults that depend on other settings, and equivalent spellings made one."""
+    if s.database.url.startswith("sqlite:///"):  # the same as DATABASE_PATH
+        s = dataclasses.replace(s, database=dataclasses.replace(s.database, path=s.database.url[len("sqlite:///"):],
+                                                                url=""))
+    if not s.mqtt.port:
+        s = dataclasses.replace(s, mqtt=dataclasses.replace(s.mqtt, port=8883 if s.mqtt.tls else 1883))
+    return s
