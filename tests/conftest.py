@@ -203,8 +203,42 @@ class Mqtt5App:
         self.client.disconnect()
 
 
+class FakeSystemd:
+    """systemd's notify socket, as a test's: what the service says (READY=1, WATCHDOG=1, STOPPING=1),
+    in order. An abstract socket, so that no path length limit applies."""
+
+    def __init__(self):
+        self.address = f"@mqtt-client-test-{uuid.uuid4().hex}"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind("\0" + self.address[1:])
+        self.sock.settimeout(0.2)
+        self.received: list[tuple[float, str]] = []
+        self._open = True
+        threading.Thread(target=self._listen, daemon=True).start()
+
+    def _listen(self):
+        while self._open:
+            try:
+                data = self.sock.recv(4096)
+            except OSError:
+                continue
+            self.received.append((time.monotonic(), data.decode()))
+
+    def states(self) -> list[str]:
+        return [state for _, state in self.received]
+
+    def last(self, state: str) -> float | None:
+        times = [t for t, s in self.received if s == state]
+        return times[-1] if times else None
+
+    def close(self):
+        self._open = False
+        self.sock.close()
+
+
 class Service:
-    """`python system.py` as a child process, configured by environment variables."""
+    """`python system.py` as a child process, configured by environment variables, with a
+    notify socket of its own standing in for systemd's (`systemd`)."""
 
     def __init__(self, broker: Broker, workdir: Path, **env):
         self.broker = broker
@@ -216,23 +250,56 @@ class Service:
         self.extra_env = env
         self.script = "system.py"  # or a wrapper around it (tests/faults/slow_service.py)
         self.proc = None
+        self.systemd: FakeSystemd | None = None
 
     def start(self, *args):
         inherited = {k: v for k, v in os.environ.items() if k not in ("MQTT_USERNAME", "MQTT_PASSWORD")}
         env = {**inherited, "MQTT_BROKER_HOST": "127.0.0.1", "MQTT_BROKER_PORT": str(self.broker.port),
                "MQTT_CLIENT_ID": self.client_id, "DATABASE_PATH": str(self.db_path),
                "LOG_FILE": str(self.log_path), "LOG_LEVEL": "INFO", **self.extra_env}
+        if self.systemd is not None:
+            self.systemd.close()
+        self.systemd = FakeSystemd()  # each run's own
+        env["NOTIFY_SOCKET"] = self.systemd.address
         self.env = env
         with open(self.output, "wb") as out:  # each run's output on its own
             self.proc = subprocess.Popen([sys.executable, self.script, *args], cwd=ROOT, env=env,
                                          stdout=out, stderr=subprocess.STDOUT)
         return self
 
-    def wait_ready(self, count: int = 1):
-        """Until the service has had its subscriptions acknowledged `count` times in this run."""
-        wait_until(lambda: self.log().count("taking readings and requests") >= count
-                   or self.proc.poll() is not None, 30, what="the service to subscribe")
+    def wait_ready(self):
+        """Until the service has told systemd READY=1: its database is open and it is subscribed."""
+        wait_until(lambda: "READY=1" in self.systemd.states() or self.proc.poll() is not None, 30,
+                   what="the service to be ready")
         assert self.proc.poll() is None, f"the service exited:\n{self.log()}"
+
+    def wait_online(self, connections: int):
+        """Until the service's retained status says it is subscribed on its `connections`-th
+        connection to the broker (reconnected `connections - 1` times) in this run."""
+        wait_until(lambda: (s := self.status()) is not None and s["state"] == "online"
+                   and s["connections"] >= connections or self.proc.poll() is not None, 60,
+                   what=f"the service online on connection {connections}")
+        assert self.proc.poll() is None, f"the service exited:\n{self.log()}"
+
+    def status(self) -> dict | None:
+        """The retained home/status/{client_id} as the broker has it now (None: none, or no broker)."""
+        watcher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        got = queue.Queue()
+        watcher.on_message = lambda c, u, m: got.put(m.payload)
+        try:
+            watcher.connect("127.0.0.1", self.broker.port)
+        except OSError:
+            return None
+        watcher.loop_start()
+        try:
+            watcher.subscribe(f"home/status/{self.client_id}", qos=1)
+            payload = got.get(timeout=1)
+            return json.loads(payload) if payload else None
+        except queue.Empty:
+            return None
+        finally:
+            watcher.loop_stop()
+            watcher.disconnect()
 
     def log(self) -> str:
         try:
@@ -271,6 +338,8 @@ class Service:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        if self.systemd is not None:
+            self.systemd.close()
 
 
 class FakePeer:

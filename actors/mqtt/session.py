@@ -180,7 +180,6 @@ class Session:
         # gmqtt never resubscribes. Subscribing again is harmless when the session survived,
         # and essential when the broker had no session for us.
         client.subscribe([gmqtt.Subscription(t, qos=1) for t in self._topics])
-        self.outbox.send(self.report.status_topic, self.report.status("online"), qos=1, retain=True)
 
     def _on_subscribe(self, client, mid, granted, properties):
         refused = [t for t, code in zip(self._topics, granted) if code >= 0x80]
@@ -188,6 +187,8 @@ class Session:
             log.error("the broker refused our subscription to %s (check its ACL)", ", ".join(refused))
         else:
             log.info("subscribed to %d topics; taking readings and requests", len(granted))
+            # Online once subscribed: a device or app that sees it can count on being heard.
+            self.outbox.send(self.report.status_topic, self.report.status("online"), qos=1, retain=True)
             if not self._ready:  # the database is open (the writer started first) and we listen
                 self._ready = True
                 notify("READY=1")

@@ -30,13 +30,15 @@ class StatusReport:
         self.stats_topic = f"home/stats/{client_id}"
         self.started_at = utc_now()
         self.answered = self.errors = 0  # requests answered, of which error replies
+        self.connections = 0  # to the broker, since the service started
         self._settings = settings
         self._clock = clock
         self._next_stats = clock() + settings.stats_interval
         self._next_log = clock() + settings.log_interval
 
     def status(self, state: str, reason: str | None = None) -> bytes:
-        status = {"state": state, "client_id": self.client_id, "version": __version__, "started_at": self.started_at}
+        status = {"state": state, "client_id": self.client_id, "version": __version__, "started_at": self.started_at,
+                  "connections": self.connections}
         return orjson.dumps(status if reason is None else {**status, "reason": reason})
 
     def stats(self, writer: WriterStats, connected: bool, in_hand: int) -> bytes | None:

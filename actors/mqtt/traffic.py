@@ -62,7 +62,8 @@ class Traffic:
 
     def connected_to(self, client: OneConnectionClient, max_packet: int | None) -> None:
         self.outbox.connected_to(client, max_packet)
-        self.limit.connections += 1
+        self.report.connections += 1
+        self.limit.connections = self.report.connections  # tells whether one outlived an answer
 
     def stop_taking(self) -> None:
         """Closing: messages that arrive from now on are never acknowledged (the broker keeps them)."""

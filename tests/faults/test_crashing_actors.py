@@ -14,7 +14,8 @@ from actors.messages import WriteBatch
 from actors.query import QueryActor
 from actors.settings import load_settings
 from actors.supervisor import Supervisor
-from conftest import MqttClient, wait_until
+from conftest import FakeSystemd, MqttClient, wait_until
+from builders import temperature
 
 
 @pytest.fixture
@@ -29,16 +30,19 @@ def settings(broker, tmp_path):
 
 
 @pytest.fixture
-def running(settings, broker, caplog):
+def running(settings, broker, caplog, monkeypatch):
     """The whole service in this process; yields (peers, exit codes queue, a device/app client)."""
     caplog.set_level(logging.INFO)
     exits = queue.Queue()
+    systemd = FakeSystemd()
+    monkeypatch.setenv("NOTIFY_SOCKET", systemd.address)
     supervisor = Supervisor.start(settings, exits.put)
-    wait_until(lambda: "taking readings and requests" in caplog.text, what="the service to subscribe")
+    wait_until(lambda: "READY=1" in systemd.states(), what="the service to be ready")
     client = MqttClient(broker.port)
     yield supervisor.proxy().peers.get(), exits, client
     client.close()
     supervisor.stop()
+    systemd.close()
 
 
 def stored(settings, device):
@@ -50,8 +54,7 @@ def stored(settings, device):
 
 
 def reading(device, i):
-    return {"device_id": device, "temperature": 20.0, "humidity": 40.0, "status": "LOW",
-            "timestamp": f"2026-06-01T00:00:{i:02d}"}
+    return temperature(device, i, "2026-06-01", value=20.0, humidity=40.0)
 
 
 def crash_once(monkeypatch, cls, name):

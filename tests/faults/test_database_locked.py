@@ -8,13 +8,13 @@ import time
 import pytest
 
 from conftest import wait_until
+from builders import temperature
 
 LOCK_SECONDS = float(os.environ.get("FAULT_LOCK_SECONDS", "60"))
 
 
 def reading(i):
-    return {"device_id": "locked", "temperature": 20.0, "humidity": 50.0, "status": "LOW",
-            "timestamp": f"2026-08-01T00:{i // 60:02d}:{i % 60:02d}"}
+    return temperature("locked", i, "2026-08-01", value=20.0)
 
 
 @pytest.mark.slow

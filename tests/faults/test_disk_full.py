@@ -4,11 +4,11 @@
 import sqlite3
 
 from conftest import wait_until
+from builders import temperature
 
 
 def reading(i):
-    return {"device_id": "full", "temperature": 20.0 + i % 7, "humidity": 50.0, "status": "HIGH",
-            "timestamp": f"2026-09-01T{i // 3600:02d}:{i // 60 % 60:02d}:{i % 60:02d}"}
+    return temperature("full", i, "2026-09-01", value=20.0 + i % 7, status="HIGH")
 
 
 def test_a_full_database_acknowledges_nothing_says_so_and_catches_up_when_space_returns(service, client, tmp_path):

@@ -7,13 +7,13 @@ import time
 import pytest
 
 from conftest import wait_until
+from builders import temperature
 
 TOTAL, KILLS = 10_000, 20
 
 
 def reading(i):
-    return {"device_id": f"k9-{i % 10}", "temperature": round(15 + (i % 200) / 10, 1), "humidity": 55.0,
-            "status": "LOW", "timestamp": f"2026-10-01T{i // 3600:02d}:{i // 60 % 60:02d}:{i % 60:02d}"}
+    return temperature(f"k9-{i % 10}", i, "2026-10-01", value=round(15 + (i % 200) / 10, 1), humidity=55.0)
 
 
 @pytest.mark.slow

@@ -7,11 +7,11 @@ import time
 import pytest
 
 from conftest import Broker, MqttClient, Service, free_port, wait_until
+from builders import temperature
 
 
-def temperature(dev, i):
-    return {"device_id": dev, "temperature": 20.0, "humidity": 40.0, "status": "LOW",
-            "timestamp": f"2026-11-01T{i // 3600:02d}:{i // 60 % 60:02d}:{i % 60:02d}"}
+def reading(dev, i):
+    return temperature(dev, i, "2026-11-01", value=20.0, humidity=40.0)
 
 
 def config(tmp_path, text="[mqtt]\nreconnect_min_delay = 0.2\nreconnect_max_delay = 1.0\n"):
@@ -88,12 +88,12 @@ def go_dark(dark, broker, seconds, tmp_path, settings):
     service.start("--config", config(tmp_path, settings)).wait_ready()
     client = MqttClient(broker.port)  # devices and apps reach the broker directly
     client.subscribe_replies("netapp")
-    client.publish("home/temperature", temperature("before", 0))
+    client.publish("home/temperature", reading("before", 0))
     wait_until(lambda: count(service, "before") == 1)
     network.cut()
     started = time.monotonic()
     for i in range(200):  # the broker keeps these for our session
-        client.publish("home/temperature", temperature("dark", i))
+        client.publish("home/temperature", reading("dark", i))
     time.sleep(max(0.0, seconds - (time.monotonic() - started)))  # the length of the outage itself
     network.restore()
     wait_until(lambda: count(service, "dark") == 200, 120, what="the readings sent in the dark")
@@ -134,10 +134,10 @@ def test_after_each_broker_restart_without_its_session_the_service_subscribes_ag
             wait_until(lambda: service.log().count("lost the MQTT broker connection") == n,
                        what="the loss to be noticed")
             broker.start()
-            service.wait_ready(n + 1)
+            service.wait_online(n + 1)
             client = MqttClient(broker.port)
             try:
-                client.publish("home/temperature", temperature("after", n))
+                client.publish("home/temperature", reading("after", n))
                 client.subscribe_replies("app2")
                 reply = wait_until(lambda: (r := client.request(
                     "temp", "app2", {"device_id": "after", "date": "2026-11-01"}))["count"] == n and r)
@@ -163,12 +163,12 @@ def test_readings_a_persistent_broker_held_for_us_across_its_restart_are_stored(
         broker.stop()  # a broker restart while we are connected ...
         wait_until(lambda: "lost the MQTT broker connection" in service.log())
         broker.start()
-        service.wait_ready(2)
+        service.wait_online(2)
         assert "(session resumed)" in service.log()
         assert service.terminate() == 0  # ... and one while we are away, with readings queued
         client = MqttClient(broker.port)
         for i in range(100):
-            client.publish("home/temperature", temperature("held", i))
+            client.publish("home/temperature", reading("held", i))
         client.close()
         broker.stop()  # saves the queued readings to disk
         broker.start()

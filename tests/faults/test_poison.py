@@ -9,13 +9,13 @@ import json
 import pytest
 
 from conftest import Broker, Mqtt5App, Service, wait_until
+from builders import temperature
 
 DAY = "2026-09-01"
 
 
 def reading(device, i, **extra):
-    return {"device_id": device, "temperature": 20.0 + i, "humidity": 50.0, "status": "LOW",
-            "timestamp": f"{DAY}T00:{i // 60:02d}:{i % 60:02d}", **extra}
+    return temperature(device, i, DAY, value=20.0 + i, **extra)
 
 
 @pytest.fixture

@@ -9,11 +9,11 @@ import pytest
 
 from actors.backup import BackupFailed, backup_database
 from conftest import ROOT, wait_until
+from builders import temperature
 
 
 def reading(i):
-    return {"device_id": "bk", "temperature": 20.0, "humidity": 50.0, "status": "LOW",
-            "timestamp": f"2026-06-01T{i // 3600:02d}:{i // 60 % 60:02d}:{i % 60:02d}"}
+    return temperature("bk", i, "2026-06-01", value=20.0)
 
 
 def rows(path):

@@ -8,6 +8,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from conftest import ROOT, Broker, MqttClient, Service, wait_until
+from builders import temperature
 
 USERS = {"mqtt-client": "svc-pw", "device": "dev-pw", "phone-a": "a-pw", "phone-b": "b-pw"}
 
@@ -38,8 +39,7 @@ def locked(tmp_path):
 
 
 def reading(device_id, minute):
-    return {"device_id": device_id, "temperature": 20.0, "humidity": 40.0, "status": "LOW",
-            "timestamp": f"2026-03-01T10:{minute:02d}:00"}
+    return temperature(device_id, 36000 + minute * 60, "2026-03-01", value=20.0, humidity=40.0)
 
 
 def ask(client, app_id, device_id):

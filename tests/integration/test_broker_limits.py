@@ -9,6 +9,7 @@ import pytest
 
 from actors.mqtt.packets import publish_size
 from conftest import Broker, MqttClient, Mqtt5App, Service, wait_until
+from builders import temperature
 
 DAY = "2026-03-03"
 MAX_PACKET = 2048
@@ -29,9 +30,8 @@ def service(small_broker, tmp_path):
     s.stop_quietly()
 
 
-def temperature(n):
-    return {"device_id": "busy", "temperature": 20.0 + n / 100, "humidity": 50.0, "status": "LOW",
-            "timestamp": f"{DAY}T{n // 3600:02d}:{n // 60 % 60:02d}:{n % 60:02d}"}
+def reading(n):
+    return temperature("busy", n, DAY, value=20.0 + n / 100)
 
 
 def test_replies_fit_the_brokers_maximum_packet_size_and_the_service_stays_connected(service, small_broker):
@@ -41,7 +41,7 @@ def test_replies_fit_the_brokers_maximum_packet_size_and_the_service_stays_conne
         app.subscribe(f"home/status/{service.client_id}")
         app.subscribe("home/datatemp/small/#")
         for n in range(300):
-            devices.publish("home/temperature", temperature(n), wait=(n % 100 == 99))
+            devices.publish("home/temperature", reading(n), wait=(n % 100 == 99))
         wait_until(lambda: service.query("SELECT COUNT(*) FROM temperature_logs")[0][0] == 300)
 
         # The seed's request for a day of 300 readings (~25 KB): pages that each fit.

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from conftest import ROOT, Mqtt5App, Service, wait_until
+from builders import second_of, temperature
 
 DAY = "2026-04-01"
 
@@ -21,9 +22,8 @@ def service(broker, tmp_path, database_env):
     s.stop_quietly()
 
 
-def temperature(n, device="t1", day=DAY):
-    return {"device_id": device, "temperature": float(n), "humidity": 50.0, "status": "LOW",
-            "timestamp": f"{day}T{n // 3600:02d}:{n // 60 % 60:02d}:{n % 60:02d}"}
+def reading(n, device="t1", day=DAY):
+    return temperature(device, n, day, value=float(n))
 
 
 def store(service, client, readings, table="temperature_logs"):
@@ -49,7 +49,7 @@ def all_pages(client, stem, app_id, body, max_pages=1000):
 
 def test_an_mqtt5_request_is_answered_on_its_response_topic_with_its_correlation_data(service, broker, client):
     service.start().wait_ready()
-    store(service, client, [temperature(60)])
+    store(service, client, [reading(60)])
     app = Mqtt5App(broker.port, "app5")
     try:
         app.subscribe("home/datatemp/app5/#")
@@ -95,17 +95,17 @@ def test_a_request_id_is_echoed_in_replies_and_errors(service, client):
 
 def test_pages_neither_skip_nor_repeat_records_while_new_readings_arrive(service, client):
     service.start().wait_ready()
-    store(service, client, [temperature(n) for n in range(0, 3000, 10)])  # 300 readings, every 10 s
+    store(service, client, [reading(n) for n in range(0, 3000, 10)])  # 300 readings, every 10 s
     client.subscribe_replies("pager")
     body = {"device_id": "t1", "date": DAY, "limit": 100}
     first = client.request("temp", "pager", body)
     assert first["count"] == 100 and "next" in first
     # New readings, before and after where the pages have got to.
-    store(service, client, [temperature(5), temperature(2995), temperature(4000)])
+    store(service, client, [reading(5), reading(2995), reading(4000)])
     rest = all_pages(client, "temp", "pager", {**body, "cursor": first["next"]})
     stamps = [r["timestamp"] for page in [first, *rest] for r in page["records"]]
     assert len(stamps) == len(set(stamps)) and stamps == sorted(stamps)
-    expected = {temperature(n)["timestamp"] for n in [*range(0, 3000, 10), 2995, 4000]}
+    expected = {reading(n)["timestamp"] for n in [*range(0, 3000, 10), 2995, 4000]}
     assert set(stamps) == expected  # only the one that arrived behind the pages (00:00:05) is not there
     assert [p["count"] for p in rest] == [100, 100, 2]
 
@@ -119,7 +119,7 @@ def test_a_day_over_the_reply_size_cap_comes_in_pages_and_power_state_carries_ac
     try:
         events = ["EB_ON", "DG_ON", "EB_OFF", "DG_OFF"]
         store(service, client, [{"device_id": "p1", "status": "DG_ON", "timestamp": "2026-03-31T23:00:00"}]
-              + [{"device_id": "p1", "status": events[n % 4], "timestamp": temperature(n * 7)["timestamp"]}
+              + [{"device_id": "p1", "status": events[n % 4], "timestamp": second_of(DAY, n * 7)}
                  for n in range(200)], table="power_status_logs")
         client.subscribe("home/datapower/big")
         collected = []  # the size of every reply
@@ -144,7 +144,7 @@ def test_a_day_over_the_reply_size_cap_comes_in_pages_and_power_state_carries_ac
 
 def test_the_latest_reading_of_each_device_type(service, client):
     service.start().wait_ready()
-    store(service, client, [temperature(100), temperature(50), temperature(7, day="2026-04-02")])
+    store(service, client, [reading(100), reading(50), reading(7, day="2026-04-02")])
     client.publish("home/power", {"device_id": "p1", "status": "DG_ON", "timestamp": "2026-04-01T08:00:00"})
     client.publish("home/power", {"device_id": "p1", "status": "EB_OFF", "timestamp": "2026-04-01T09:00:00"})
     client.publish("home/fingerprint", {"device_id": "f1", "user_id": "u9", "authStatus": "FAIL",
@@ -167,8 +167,8 @@ def test_the_latest_reading_of_each_device_type(service, client):
 
 def test_a_time_window_narrows_the_day(service, client):
     service.start().wait_ready()
-    store(service, client, [temperature(n) for n in (3599, 3600, 3601, 7200, 7201)]
-          + [{**temperature(0), "timestamp": f"{DAY}T02:00:00.500+05:30"}])
+    store(service, client, [reading(n) for n in (3599, 3600, 3601, 7200, 7201)]
+          + [{**reading(0), "timestamp": f"{DAY}T02:00:00.500+05:30"}])
     client.subscribe_replies("win")
     reply = client.request("temp", "win", {"device_id": "t1", "date": DAY, "from": "01:00:00", "to": "02:00:00"})
     assert [r["timestamp"] for r in reply["records"]] == \
@@ -177,7 +177,7 @@ def test_a_time_window_narrows_the_day(service, client):
 
 def test_the_request_cli_prints_a_day_across_pages_the_latest_and_errors(service, broker, client):
     service.start().wait_ready()
-    store(service, client, [temperature(n) for n in (60, 120, 180)])
+    store(service, client, [reading(n) for n in (60, 120, 180)])
 
     def cli(*args):
         return subprocess.run([sys.executable, "scripts/request.py", "--port", str(broker.port), "--host", "127.0.0.1",

@@ -9,6 +9,7 @@ import threading
 import pytest
 
 from conftest import ROOT, Service, wait_until
+from builders import temperature
 
 
 @pytest.fixture
@@ -19,9 +20,8 @@ def either(broker, tmp_path, database_env):
     s.stop_quietly()
 
 
-def temperature(dev, i, day="2026-04-01"):
-    return {"device_id": dev, "temperature": 20.0 + i % 10, "humidity": 40.0, "status": "LOW",
-            "timestamp": f"{day}T{i // 3600:02d}:{i // 60 % 60:02d}:{i % 60:02d}"}
+def reading(dev, i, day="2026-04-01"):
+    return temperature(dev, i, day, humidity=40.0)
 
 
 def count(service, table="temperature_logs", dev=None):
@@ -32,7 +32,7 @@ def count(service, table="temperature_logs", dev=None):
 def test_readings_of_every_type_are_stored_and_served_and_garbage_is_kept_aside(either, client):
     service = either
     service.start().wait_ready()
-    client.publish("home/temperature", temperature("t1", 5))
+    client.publish("home/temperature", reading("t1", 5))
     client.publish("home/power", {"device_id": "p1", "status": "DG_ON", "timestamp": "2026-04-01T06:00:00"})
     client.publish("home/fingerprint", {"device_id": "f1", "user_id": "u7", "authStatus": "FAIL",
                                         "timestamp": "2026-04-01T06:00:00"})
@@ -55,12 +55,12 @@ def test_a_reading_is_acknowledged_only_once_it_is_committed(service, client):
     """With the write lock held by an operator's sqlite3 session the reading cannot be committed;
     kill -9 then: had it been acknowledged, the broker would not deliver it again and it would be lost."""
     service.start().wait_ready()
-    client.publish("home/temperature", temperature("warmup", 0))
+    client.publish("home/temperature", reading("warmup", 0))
     wait_until(lambda: count(service) == 1, what="the first reading")
     operator = sqlite3.connect(service.db_path, isolation_level=None)
     operator.execute("BEGIN IMMEDIATE")
     try:
-        client.publish("home/temperature", temperature("locked", 1))
+        client.publish("home/temperature", reading("locked", 1))
         wait_until(lambda: "cannot commit to the database" in service.log(), what="a failed commit")
         service.kill()
     finally:
@@ -78,7 +78,7 @@ def test_sigterm_mid_stream_exits_0_and_loses_nothing(either, client):
 
     def publish_all():
         for i in range(total):
-            client.publish("home/temperature", temperature("stream", i), wait=(i % 200 == 199))
+            client.publish("home/temperature", reading("stream", i), wait=(i % 200 == 199))
         done.set()
 
     threading.Thread(target=publish_all, daemon=True).start()

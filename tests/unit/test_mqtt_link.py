@@ -10,15 +10,17 @@ from actors.messages import Committed, ReadingBatch, Reply, Request, Strikes, St
 from actors.mqtt import MqttLink
 from actors.peers import LINK, Peers
 from actors.settings import load_settings
-from conftest import FakePeer, MqttClient, wait_until
+from conftest import FakePeer, FakeSystemd, MqttClient, wait_until
 
 READING = {"device_id": "t1", "temperature": 21.0, "humidity": 40.0, "status": "LOW",
            "timestamp": "2026-01-22T10:00:00"}
 
 
 @pytest.fixture
-def link_factory(broker, caplog):
+def link_factory(broker, caplog, monkeypatch):
     caplog.set_level("INFO", logger="actors.mqtt")
+    systemd = FakeSystemd()  # each link says READY=1 once subscribed
+    monkeypatch.setenv("NOTIFY_SOCKET", systemd.address)
     loaded = load_settings(environ={"MQTT_BROKER_HOST": "127.0.0.1", "MQTT_BROKER_PORT": str(broker.port),
                                     "MQTT_CLIENT_ID": "link-under-test"})
     settings = dataclasses.replace(loaded.mqtt, drain_timeout=0.5)
@@ -34,12 +36,13 @@ def link_factory(broker, caplog):
         """A new link, once its subscriptions are acknowledged."""
         link = MqttLink.start(LINK, settings, loaded.status, loaded.apps, loaded.limits, peers)
         links.append(link)
-        wait_until(lambda: caplog.text.count("taking readings and requests") == len(links))
+        wait_until(lambda: systemd.states().count("READY=1") == len(links), what="the link to subscribe")
         return link, link.proxy().address().get()
     start.peers = peers
     yield start, fakes
     for link in links:
         link.stop()
+    systemd.close()
 
 
 def next_of(fake, kind):
