@@ -397,6 +397,14 @@ def database_env(request):
 
 
 @pytest.fixture
+def db_service(broker, tmp_path, database_env):
+    """The service on SQLite, then on PostgreSQL: each test that takes it runs twice."""
+    s = Service(broker, tmp_path, **database_env)
+    yield s
+    s.stop_quietly()
+
+
+@pytest.fixture
 def service(broker, tmp_path):
     s = Service(broker, tmp_path)
     yield s

@@ -24,7 +24,7 @@ def small_broker(tmp_path):
 
 
 @pytest.fixture
-def service(small_broker, tmp_path):
+def limited_service(small_broker, tmp_path):
     s = Service(small_broker, tmp_path)
     yield s
     s.stop_quietly()
@@ -34,15 +34,15 @@ def reading(n):
     return temperature("busy", n, DAY, value=20.0 + n / 100)
 
 
-def test_replies_fit_the_brokers_maximum_packet_size_and_the_service_stays_connected(service, small_broker):
-    service.start().wait_ready()
+def test_replies_fit_the_brokers_maximum_packet_size_and_the_service_stays_connected(limited_service, small_broker):
+    limited_service.start().wait_ready()
     devices, app = MqttClient(small_broker.port), Mqtt5App(small_broker.port, "small")
     try:
-        app.subscribe(f"home/status/{service.client_id}")
+        app.subscribe(f"home/status/{limited_service.client_id}")
         app.subscribe("home/datatemp/small/#")
         for n in range(300):
             devices.publish("home/temperature", reading(n), wait=(n % 100 == 99))
-        wait_until(lambda: service.query("SELECT COUNT(*) FROM temperature_logs")[0][0] == 300)
+        wait_until(lambda: limited_service.query("SELECT COUNT(*) FROM temperature_logs")[0][0] == 300)
 
         # The seed's request for a day of 300 readings (~25 KB): pages that each fit.
         records, body, pages = [], {"device_id": "busy", "date": DAY}, 0
@@ -74,11 +74,11 @@ def test_replies_fit_the_brokers_maximum_packet_size_and_the_service_stays_conne
         assert json.loads(latest.payload)["error"]["code"] == "too_large"
         assert latest.properties.CorrelationData == b"k" * 1850
 
-        log = service.log()
+        log = limited_service.log()
         assert "reconnected" not in log and "lost the MQTT broker connection" not in log
         states = [json.loads(m.payload)["state"] for m in app.drain() if m.topic.startswith("home/status/")]
         assert "offline" not in states
-        assert service.proc.poll() is None
+        assert limited_service.proc.poll() is None
     finally:
         devices.close()
         app.close()

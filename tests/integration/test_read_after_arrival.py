@@ -1,20 +1,11 @@
 """Read after arrival: a request is answered with every reading that reached the service before it.
 A device and an app, two clients, publish back to back 200 times; every reply holds the reading."""
 
-import pytest
-
-from conftest import MqttClient, Service
+from conftest import MqttClient
 
 
-@pytest.fixture
-def service(broker, tmp_path, database_env):
-    s = Service(broker, tmp_path, **database_env)
-    yield s
-    s.stop_quietly()
-
-
-def test_a_request_sees_the_reading_published_just_before_it_by_another_client(service, broker, client):
-    service.start().wait_ready()
+def test_a_request_sees_the_reading_published_just_before_it_by_another_client(db_service, broker, client):
+    db_service.start().wait_ready()
     app = MqttClient(broker.port)
     try:
         apps = [f"reader{n}" for n in range(4)]  # within each app's rate limit (bursts of 100)

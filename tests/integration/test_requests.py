@@ -6,31 +6,22 @@ import json
 import subprocess
 import sys
 
-import pytest
 
-from conftest import ROOT, Mqtt5App, Service, wait_until
 from builders import second_of, temperature
+from conftest import ROOT, Mqtt5App, wait_until
 
 DAY = "2026-04-01"
-
-
-@pytest.fixture
-def service(broker, tmp_path, database_env):
-    """Every test here runs on SQLite and on PostgreSQL."""
-    s = Service(broker, tmp_path, **database_env)
-    yield s
-    s.stop_quietly()
 
 
 def reading(n, device="t1", day=DAY):
     return temperature(device, n, day, value=float(n))
 
 
-def store(service, client, readings, table="temperature_logs"):
-    before = service.query(f"SELECT COUNT(*) FROM {table}")[0][0]
+def store(db_service, client, readings, table="temperature_logs"):
+    before = db_service.query(f"SELECT COUNT(*) FROM {table}")[0][0]
     for r in readings:
         client.publish(f"home/{'temperature' if table == 'temperature_logs' else 'power'}", r, wait=False)
-    wait_until(lambda: service.query(f"SELECT COUNT(*) FROM {table}")[0][0] == before + len(readings),
+    wait_until(lambda: db_service.query(f"SELECT COUNT(*) FROM {table}")[0][0] == before + len(readings),
                what="the readings stored")
 
 
@@ -47,9 +38,9 @@ def all_pages(client, stem, app_id, body, max_pages=1000):
         assert len(pages) < max_pages
 
 
-def test_an_mqtt5_request_is_answered_on_its_response_topic_with_its_correlation_data(service, broker, client):
-    service.start().wait_ready()
-    store(service, client, [reading(60)])
+def test_an_mqtt5_request_is_answered_on_its_response_topic_with_its_correlation_data(db_service, broker, client):
+    db_service.start().wait_ready()
+    store(db_service, client, [reading(60)])
     app = Mqtt5App(broker.port, "app5")
     try:
         app.subscribe("home/datatemp/app5/#")
@@ -69,20 +60,20 @@ def test_an_mqtt5_request_is_answered_on_its_response_topic_with_its_correlation
             assert refused.topic == "home/datatemp/app5" and refused.properties.CorrelationData == b"x"
             body = json.loads(refused.payload)
             assert body["error"]["code"] == "invalid_response_topic" and body["request_id"] == f"bad-{i}"
-        log = service.log()
+        log = db_service.log()
         assert log.count("is not one of app app5's reply topics") == 3
         assert "holds a wildcard" in log and "levels, over the 8-level limit" in log
         assert "bytes, over the 256-byte limit" in log
         app.ask("home/gettemp/app5", {"device_id": "t1", "date": DAY})  # no response topic: the seed's
         assert app.messages.get(timeout=10).topic == "home/datatemp/app5"
         assert app.messages.empty()
-        assert "reconnected" not in service.log()
+        assert "reconnected" not in db_service.log()
     finally:
         app.close()
 
 
-def test_a_request_id_is_echoed_in_replies_and_errors(service, client):
-    service.start().wait_ready()
+def test_a_request_id_is_echoed_in_replies_and_errors(db_service, client):
+    db_service.start().wait_ready()
     client.subscribe_replies("app3")
     reply = client.request("temp", "app3", {"device_id": "t1", "date": DAY, "request_id": "q-17"})
     assert reply == {"device_id": "t1", "date": DAY, "count": 0, "records": [], "request_id": "q-17"}
@@ -93,15 +84,15 @@ def test_a_request_id_is_echoed_in_replies_and_errors(service, client):
         {"device_id": "t1", "date": DAY, "count": 0, "records": []}
 
 
-def test_pages_neither_skip_nor_repeat_records_while_new_readings_arrive(service, client):
-    service.start().wait_ready()
-    store(service, client, [reading(n) for n in range(0, 3000, 10)])  # 300 readings, every 10 s
+def test_pages_neither_skip_nor_repeat_records_while_new_readings_arrive(db_service, client):
+    db_service.start().wait_ready()
+    store(db_service, client, [reading(n) for n in range(0, 3000, 10)])  # 300 readings, every 10 s
     client.subscribe_replies("pager")
     body = {"device_id": "t1", "date": DAY, "limit": 100}
     first = client.request("temp", "pager", body)
     assert first["count"] == 100 and "next" in first
     # New readings, before and after where the pages have got to.
-    store(service, client, [reading(5), reading(2995), reading(4000)])
+    store(db_service, client, [reading(5), reading(2995), reading(4000)])
     rest = all_pages(client, "temp", "pager", {**body, "cursor": first["next"]})
     stamps = [r["timestamp"] for page in [first, *rest] for r in page["records"]]
     assert len(stamps) == len(set(stamps)) and stamps == sorted(stamps)
@@ -110,15 +101,13 @@ def test_pages_neither_skip_nor_repeat_records_while_new_readings_arrive(service
     assert [p["count"] for p in rest] == [100, 100, 2]
 
 
-def test_a_day_over_the_reply_size_cap_comes_in_pages_and_power_state_carries_across(broker, tmp_path, client,
-                                                                                      database_env):
+def test_a_day_over_the_reply_size_cap_comes_in_pages_and_power_state_carries_across(db_service, tmp_path, client):
     config = tmp_path / "small.toml"
     config.write_text("[queries]\nmax_reply_bytes = 2048\n")
-    service = Service(broker, tmp_path, **database_env)
-    service.start("--config", str(config)).wait_ready()
+    db_service.start("--config", str(config)).wait_ready()
     try:
         events = ["EB_ON", "DG_ON", "EB_OFF", "DG_OFF"]
-        store(service, client, [{"device_id": "p1", "status": "DG_ON", "timestamp": "2026-03-31T23:00:00"}]
+        store(db_service, client, [{"device_id": "p1", "status": "DG_ON", "timestamp": "2026-03-31T23:00:00"}]
               + [{"device_id": "p1", "status": events[n % 4], "timestamp": second_of(DAY, n * 7)}
                  for n in range(200)], table="power_status_logs")
         client.subscribe("home/datapower/big")
@@ -139,18 +128,18 @@ def test_a_day_over_the_reply_size_cap_comes_in_pages_and_power_state_carries_ac
             eb, dg = (status[3:], dg) if status.startswith("EB") else (eb, status[3:])
             assert (record["ebstatus"], record["dgstatus"]) == (eb, dg), n
     finally:
-        service.terminate()
+        db_service.terminate()
 
 
-def test_the_latest_reading_of_each_device_type(service, client):
-    service.start().wait_ready()
-    store(service, client, [reading(100), reading(50), reading(7, day="2026-04-02")])
+def test_the_latest_reading_of_each_device_type(db_service, client):
+    db_service.start().wait_ready()
+    store(db_service, client, [reading(100), reading(50), reading(7, day="2026-04-02")])
     client.publish("home/power", {"device_id": "p1", "status": "DG_ON", "timestamp": "2026-04-01T08:00:00"})
     client.publish("home/power", {"device_id": "p1", "status": "EB_OFF", "timestamp": "2026-04-01T09:00:00"})
     client.publish("home/fingerprint", {"device_id": "f1", "user_id": "u9", "authStatus": "FAIL",
                                         "timestamp": "2026-03-30T07:00:00"})
-    wait_until(lambda: service.query("SELECT COUNT(*) FROM power_status_logs")[0][0] == 2
-               and service.query("SELECT COUNT(*) FROM fingerprint_logs")[0][0] == 1)
+    wait_until(lambda: db_service.query("SELECT COUNT(*) FROM power_status_logs")[0][0] == 2
+               and db_service.query("SELECT COUNT(*) FROM fingerprint_logs")[0][0] == 1)
     client.subscribe_replies("now")
     latest = client.request("temp", "now", {"device_id": "t1", "latest": True})
     assert latest == {"device_id": "t1", "date": "2026-04-02", "count": 1,
@@ -165,9 +154,9 @@ def test_the_latest_reading_of_each_device_type(service, client):
         {"device_id": "nobody", "date": None, "count": 0, "records": []}
 
 
-def test_a_time_window_narrows_the_day(service, client):
-    service.start().wait_ready()
-    store(service, client, [reading(n) for n in (3599, 3600, 3601, 7200, 7201)]
+def test_a_time_window_narrows_the_day(db_service, client):
+    db_service.start().wait_ready()
+    store(db_service, client, [reading(n) for n in (3599, 3600, 3601, 7200, 7201)]
           + [{**reading(0), "timestamp": f"{DAY}T02:00:00.500+05:30"}])
     client.subscribe_replies("win")
     reply = client.request("temp", "win", {"device_id": "t1", "date": DAY, "from": "01:00:00", "to": "02:00:00"})
@@ -175,9 +164,9 @@ def test_a_time_window_narrows_the_day(service, client):
         [f"{DAY}T01:00:00", f"{DAY}T01:00:01", f"{DAY}T02:00:00", f"{DAY}T02:00:00.500000+05:30"]
 
 
-def test_the_request_cli_prints_a_day_across_pages_the_latest_and_errors(service, broker, client):
-    service.start().wait_ready()
-    store(service, client, [reading(n) for n in (60, 120, 180)])
+def test_the_request_cli_prints_a_day_across_pages_the_latest_and_errors(db_service, broker, client):
+    db_service.start().wait_ready()
+    store(db_service, client, [reading(n) for n in (60, 120, 180)])
 
     def cli(*args):
         return subprocess.run([sys.executable, "scripts/request.py", "--port", str(broker.port), "--host", "127.0.0.1",

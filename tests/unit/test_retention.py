@@ -66,7 +66,7 @@ class Service:
 
 
 @pytest.fixture
-def service(tmp_path):
+def retention(tmp_path):
     made = Service(tmp_path, temperature_days=5, power_days=5, rejected_days=5, batch_rows=3)
     made.retention_ref = None
     yield made
@@ -79,69 +79,69 @@ def temperature(device, n, hour):
     return (device, 20.0 + n, 50.0, "LOW", f"{day(n)}T{hour:02d}:00:00", day(n))
 
 
-def test_expired_days_are_archived_then_deleted_and_recent_ones_kept(service):
+def test_expired_days_are_archived_then_deleted_and_recent_ones_kept(retention):
     # Oldest first, as readings arrive: the newest row (never deleted, see expire()) is recent.
-    service.store("temperature", [temperature(d, n, h) for n in reversed(range(10)) for d in ("t1", "t2")
+    retention.store("temperature", [temperature(d, n, h) for n in reversed(range(10)) for d in ("t1", "t2")
                                   for h in (1, 2)])
-    before = {r[0]: r for r in service.rows("SELECT * FROM temperature_logs")}
-    service.retention_ref = service.start_retention()
-    wait_until(lambda: service.rows(f"SELECT COUNT(*) FROM temperature_logs WHERE date < '{day(5)}'") == [(0,)],
+    before = {r[0]: r for r in retention.rows("SELECT * FROM temperature_logs")}
+    retention.retention_ref = retention.start_retention()
+    wait_until(lambda: retention.rows(f"SELECT COUNT(*) FROM temperature_logs WHERE date < '{day(5)}'") == [(0,)],
                what="expired rows deleted")
-    assert service.rows("SELECT MIN(date), COUNT(*) FROM temperature_logs") == [(day(5), 6 * 4)]
+    assert retention.rows("SELECT MIN(date), COUNT(*) FROM temperature_logs") == [(day(5), 6 * 4)]
     for n in range(6, 10):  # each expired day: one file, its rows exactly, ids kept, header first
-        header, *rows = service.archived("temperature_logs", day(n))
+        header, *rows = retention.archived("temperature_logs", day(n))
         assert header == ["id", "device_id", "temperature", "humidity", "status", "timestamp", "date", "created_at"]
         assert len(rows) == 4
         for row in rows:
             assert tuple(row) == tuple(str(v) for v in before[int(row[0])])
-    assert not (service.archive / "temperature_logs" / day(5)[:4] / f"temperature_logs-{day(5)}.csv.gz").exists()
+    assert not (retention.archive / "temperature_logs" / day(5)[:4] / f"temperature_logs-{day(5)}.csv.gz").exists()
 
 
-def test_the_newest_row_is_never_deleted_so_no_id_is_ever_given_out_twice(service):
-    service.store("temperature", [temperature("t1", 9, 1), temperature("t1", 8, 1)])
-    service.retention_ref = service.start_retention()
-    wait_until(lambda: service.rows("SELECT COUNT(*) FROM temperature_logs") == [(1,)], what="the pass")
-    assert service.rows("SELECT date FROM temperature_logs") == [(day(8),)]
-    service.store("temperature", [temperature("t1", 0, 1)])
-    assert service.rows("SELECT id FROM temperature_logs ORDER BY id") == [(2,), (3,)]
+def test_the_newest_row_is_never_deleted_so_no_id_is_ever_given_out_twice(retention):
+    retention.store("temperature", [temperature("t1", 9, 1), temperature("t1", 8, 1)])
+    retention.retention_ref = retention.start_retention()
+    wait_until(lambda: retention.rows("SELECT COUNT(*) FROM temperature_logs") == [(1,)], what="the pass")
+    assert retention.rows("SELECT date FROM temperature_logs") == [(day(8),)]
+    retention.store("temperature", [temperature("t1", 0, 1)])
+    assert retention.rows("SELECT id FROM temperature_logs ORDER BY id") == [(2,), (3,)]
 
 
-def test_a_late_reading_for_an_archived_day_joins_that_days_archive_without_duplicates(service):
-    service.store("temperature", [temperature("t1", 8, h) for h in (1, 2, 3)] + [temperature("t1", 0, 1)])
-    service.retention_ref = service.start_retention()
-    wait_until(lambda: service.rows("SELECT COUNT(*) FROM temperature_logs") == [(1,)], what="first pass")
-    service.store("temperature", [temperature("t1", 8, 4)])  # arrives after its day was archived
-    service.store("temperature", [temperature("t1", 0, 2)])
-    service.retention_ref.tell(RetentionNow())
-    wait_until(lambda: service.rows("SELECT COUNT(*) FROM temperature_logs") == [(2,)], what="second pass")
-    wait_until(lambda: len(service.archived("temperature_logs", day(8))) == 1 + 4, what="the late row archived")
-    times = [row[5] for row in service.archived("temperature_logs", day(8))[1:]]
+def test_a_late_reading_for_an_archived_day_joins_that_days_archive_without_duplicates(retention):
+    retention.store("temperature", [temperature("t1", 8, h) for h in (1, 2, 3)] + [temperature("t1", 0, 1)])
+    retention.retention_ref = retention.start_retention()
+    wait_until(lambda: retention.rows("SELECT COUNT(*) FROM temperature_logs") == [(1,)], what="first pass")
+    retention.store("temperature", [temperature("t1", 8, 4)])  # arrives after its day was archived
+    retention.store("temperature", [temperature("t1", 0, 2)])
+    retention.retention_ref.tell(RetentionNow())
+    wait_until(lambda: retention.rows("SELECT COUNT(*) FROM temperature_logs") == [(2,)], what="second pass")
+    wait_until(lambda: len(retention.archived("temperature_logs", day(8))) == 1 + 4, what="the late row archived")
+    times = [row[5] for row in retention.archived("temperature_logs", day(8))[1:]]
     assert times == [f"{day(8)}T0{h}:00:00" for h in (1, 2, 3, 4)]
 
 
-def test_a_pass_cut_short_after_archiving_archives_nothing_twice(service, tmp_path):
-    service.store("temperature", [temperature("t1", 7, h) for h in (1, 2)] + [temperature("t1", 0, 1)])
-    rows = service.rows("SELECT * FROM temperature_logs ORDER BY id")[:2]
+def test_a_pass_cut_short_after_archiving_archives_nothing_twice(retention, tmp_path):
+    retention.store("temperature", [temperature("t1", 7, h) for h in (1, 2)] + [temperature("t1", 0, 1)])
+    rows = retention.rows("SELECT * FROM temperature_logs ORDER BY id")[:2]
     # As if the service had stopped after writing the archive and before deleting.
-    path = service.archive / "temperature_logs" / day(7)[:4] / f"temperature_logs-{day(7)}.csv.gz"
+    path = retention.archive / "temperature_logs" / day(7)[:4] / f"temperature_logs-{day(7)}.csv.gz"
     assert archive_day(path, ["id", "device_id", "temperature", "humidity", "status", "timestamp", "date",
                               "created_at"], rows, set()) == [(rows[0][0], rows[1][0])]
-    service.retention_ref = service.start_retention()
-    wait_until(lambda: service.rows("SELECT COUNT(*) FROM temperature_logs") == [(1,)], what="the pass")
-    assert [int(r[0]) for r in service.archived("temperature_logs", day(7))[1:]] == [r[0] for r in rows]
+    retention.retention_ref = retention.start_retention()
+    wait_until(lambda: retention.rows("SELECT COUNT(*) FROM temperature_logs") == [(1,)], what="the pass")
+    assert [int(r[0]) for r in retention.archived("temperature_logs", day(7))[1:]] == [r[0] for r in rows]
 
 
-def test_a_pass_is_skipped_while_another_instance_on_the_database_runs_one(service, caplog):
+def test_a_pass_is_skipped_while_another_instance_on_the_database_runs_one(retention, caplog):
     caplog.set_level(logging.INFO, logger="actors.retention")
-    service.store("temperature", [temperature("t1", 8, 1), temperature("t1", 0, 1)])
-    other_instance = open_database(str(service.db_path), 5)
+    retention.store("temperature", [temperature("t1", 8, 1), temperature("t1", 0, 1)])
+    other_instance = open_database(str(retention.db_path), 5)
     with exclusive_pass(other_instance) as ours:
         assert ours
-        service.retention_ref = service.start_retention()
+        retention.retention_ref = retention.start_retention()
         wait_until(lambda: "another instance of the service is running a pass" in caplog.text, what="the skip")
-        assert service.rows("SELECT COUNT(*) FROM temperature_logs") == [(2,)]
-    service.retention_ref.tell(RetentionNow())
-    wait_until(lambda: service.rows("SELECT COUNT(*) FROM temperature_logs") == [(1,)], what="the next pass")
+        assert retention.rows("SELECT COUNT(*) FROM temperature_logs") == [(2,)]
+    retention.retention_ref.tell(RetentionNow())
+    wait_until(lambda: retention.rows("SELECT COUNT(*) FROM temperature_logs") == [(1,)], what="the next pass")
 
 
 def test_one_pass_at_a_time_across_instances_on_postgresql(pg_url):
@@ -160,49 +160,49 @@ def day_records(device, device_id, date):
     return device.records(device.rows(device_id, date), device.state_before(device_id, date, None))
 
 
-def test_power_replies_keep_the_state_set_before_the_cutoff(service):
+def test_power_replies_keep_the_state_set_before_the_cutoff(retention):
     power = DEVICE_TYPES["power"]
-    service.store("power", [("p1", "ON", "", f"{day(9)}T08:00:00", day(9)),   # grid on, long ago
+    retention.store("power", [("p1", "ON", "", f"{day(9)}T08:00:00", day(9)),   # grid on, long ago
                             ("p1", "", "ON", f"{day(8)}T09:00:00", day(8)),   # generator on
                             ("p1", "OFF", "", f"{day(7)}T10:00:00", day(7)),  # grid off: the latest EB
                             ("p1", "", "OFF", f"{day(2)}T11:00:00", day(2))])
     expected = day_records(power, "p1", day(2))
     assert expected == [{"ebstatus": "OFF", "dgstatus": "OFF", "timestamp": f"{day(2)}T11:00:00"}]
-    service.retention_ref = service.start_retention()
-    wait_until(lambda: service.rows("SELECT COUNT(*) FROM power_status_logs") == [(3,)], what="the pass")
+    retention.retention_ref = retention.start_retention()
+    wait_until(lambda: retention.rows("SELECT COUNT(*) FROM power_status_logs") == [(3,)], what="the pass")
     # The superseded grid event is archived and gone; each source's latest older event stays.
-    assert service.rows("SELECT ebstatus, dgstatus, date FROM power_status_logs ORDER BY date") == \
+    assert retention.rows("SELECT ebstatus, dgstatus, date FROM power_status_logs ORDER BY date") == \
         [("", "ON", day(8)), ("OFF", "", day(7)), ("", "OFF", day(2))]
-    assert [r[2] for r in service.archived("power_status_logs", day(9))[1:]] == ["ON"]
+    assert [r[2] for r in retention.archived("power_status_logs", day(9))[1:]] == ["ON"]
     assert day_records(power, "p1", day(2)) == expected
-    service.db.close()  # this thread's connection
+    retention.db.close()  # this thread's connection
 
 
-def test_rejected_messages_expire_by_when_they_were_received(service):
-    con = sqlite3.connect(service.db_path)
-    service.store("temperature", [])  # the writer has created the tables
+def test_rejected_messages_expire_by_when_they_were_received(retention):
+    con = sqlite3.connect(retention.db_path)
+    retention.store("temperature", [])  # the writer has created the tables
     with con:
         con.executemany("INSERT INTO rejected_messages (topic, payload, reason, received_at) VALUES (?,?,?,?)",
                         [("home/temperature", b"\xff{not json", "not valid JSON", f"{day(6)} 10:00:00"),
                          ("home/temperature", b"{}", "missing field 'device_id'", f"{day(1)} 10:00:00")])
     con.close()
-    service.retention_ref = service.start_retention()
-    wait_until(lambda: service.rows("SELECT COUNT(*) FROM rejected_messages") == [(1,)], what="the pass")
-    [row] = service.archived("rejected_messages", day(6))[1:]
+    retention.retention_ref = retention.start_retention()
+    wait_until(lambda: retention.rows("SELECT COUNT(*) FROM rejected_messages") == [(1,)], what="the pass")
+    [row] = retention.archived("rejected_messages", day(6))[1:]
     assert row[1:4] == ["home/temperature", "\\xff{not json", "not valid JSON"]
 
 
 @pytest.mark.skipif(not shutil.which("sqlite3"), reason="the sqlite3 command-line shell is not installed")
-def test_an_archive_reads_back_into_its_table_with_the_sqlite3_shell(service):
-    service.store("fingerprint", [("f1", "u1", "PASS", f"{day(9)}T07:00:00", day(9)),
+def test_an_archive_reads_back_into_its_table_with_the_sqlite3_shell(retention):
+    retention.store("fingerprint", [("f1", "u1", "PASS", f"{day(9)}T07:00:00", day(9)),
                                   ("f1", "u2", "FAIL", f"{day(9)}T07:01:00", day(9)),
                                   ("f1", "u1", "PASS", f"{day(0)}T07:00:00", day(0))])
-    before = service.rows("SELECT * FROM fingerprint_logs ORDER BY id")
-    service.retention = dataclasses.replace(service.retention, fingerprint_days=5)
-    service.retention_ref = service.start_retention()
-    wait_until(lambda: service.rows("SELECT COUNT(*) FROM fingerprint_logs") == [(1,)], what="the pass")
-    path = service.archive / "fingerprint_logs" / day(9)[:4] / f"fingerprint_logs-{day(9)}.csv.gz"
+    before = retention.rows("SELECT * FROM fingerprint_logs ORDER BY id")
+    retention.retention = dataclasses.replace(retention.retention, fingerprint_days=5)
+    retention.retention_ref = retention.start_retention()
+    wait_until(lambda: retention.rows("SELECT COUNT(*) FROM fingerprint_logs") == [(1,)], what="the pass")
+    path = retention.archive / "fingerprint_logs" / day(9)[:4] / f"fingerprint_logs-{day(9)}.csv.gz"
     # The README's restore command, as an operator would type it.
-    subprocess.run(["sqlite3", str(service.db_path), f'.import --csv --skip 1 "|zcat {path}" fingerprint_logs'],
+    subprocess.run(["sqlite3", str(retention.db_path), f'.import --csv --skip 1 "|zcat {path}" fingerprint_logs'],
                    check=True)
-    assert service.rows("SELECT * FROM fingerprint_logs ORDER BY id") == before
+    assert retention.rows("SELECT * FROM fingerprint_logs ORDER BY id") == before
