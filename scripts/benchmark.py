@@ -19,6 +19,10 @@ It starts its own Mosquitto with deploy/mosquitto/mqtt-client.conf's settings an
    transaction, and the longest any reading waited for its acknowledgement during the pass.
 5. with --postgres ADMIN_URL: ingest into PostgreSQL by one instance, then by two in one shared
    subscription group (fresh databases, dropped after).
+6. steady rates (--steady, default 10, 100 and 1,000 readings/s, each for --steady-seconds): CPU
+   per reading of the service, of the baseline above (the ceiling: no guarantees) and of a durable
+   baseline (paho, a commit with synchronous=FULL per natural group, acknowledging after it), each
+   started afresh; and the service's CPU while idle.
 Prints one table."""
 
 from __future__ import annotations
@@ -191,6 +195,111 @@ def baseline_subscriber(port: int, db_path: str) -> None:
                 commit()
 
     asyncio.run(main())
+
+
+def durable_subscriber(port: int, db_path: str) -> None:
+    """paho acknowledging after the commit: each natural group (what arrived while the last commit
+    ran) in one transaction with synchronous=FULL (an fsync per commit), then its PUBACKs."""
+    import orjson
+    import paho.mqtt.client as mqtt
+
+    db = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode = wal")
+    db.execute("PRAGMA synchronous = full")
+    for table, columns in BASELINE_TABLES.values():
+        db.execute(f"CREATE TABLE IF NOT EXISTS {table} (id INTEGER PRIMARY KEY, {', '.join(columns)})")
+    sql = {topic: f"INSERT INTO {t} ({', '.join(c)}) VALUES ({', '.join('?' * len(c))})"
+           for topic, (t, c) in BASELINE_TABLES.items()}
+    arrived, pending = threading.Condition(), []
+
+    def on_message(client, userdata, message):
+        with arrived:
+            pending.append(message)
+            arrived.notify()
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"durable-{random.randrange(10**6)}",
+                         protocol=mqtt.MQTTv5, manual_ack=True)
+    client.on_message = on_message
+    client.on_connect = lambda c, *a: c.subscribe([(t, 1) for t in BASELINE_TABLES])
+    client.on_subscribe = lambda *a: print("baseline subscribed", flush=True)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    while True:
+        with arrived:
+            while not pending:
+                arrived.wait()
+            group = pending[:]
+            pending.clear()
+        db.execute("BEGIN")
+        for m in group:
+            db.execute(sql[m.topic], baseline_row(m.topic, orjson.loads(m.payload)))
+        db.execute("COMMIT")
+        for m in group:
+            client.ack(m.mid, 1)
+
+
+# -- steady rates: what a trickle of readings costs -----------------------------------------------
+
+def publish_steadily(port: int, rate: float, count: int) -> None:
+    """`count` QoS 1 temperature readings at `rate` per second (one gmqtt client; cheap per message)."""
+    async def run():
+        args = argparse.Namespace(host="127.0.0.1", port=port, username=None, password=None)
+        client, _ = await sim.connect(args, f"steady-{random.randrange(10**6)}")
+        started = time.perf_counter()
+        for i in range(count):
+            if (delay := started + i / rate - time.perf_counter()) > 0:
+                await asyncio.sleep(delay)
+            second = i % 86_400
+            client.publish("home/temperature", json.dumps({
+                "device_id": f"steady-{i % 10}", "temperature": 20.0 + i % 10, "humidity": 50.0, "status": "LOW",
+                "timestamp": f"2026-05-{1 + i // 86_400:02d}T{second // 3600:02d}:{second // 60 % 60:02d}:"
+                             f"{second % 60:02d}"}), qos=1)
+        await client.disconnect()
+    asyncio.run(run())
+
+
+def stored_rows(db: Path) -> int:
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            return con.execute("SELECT COUNT(*) FROM temperature_logs").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.OperationalError:  # not created yet
+        return 0
+
+
+def steady(port: int, workdir: Path, rates: list[float], seconds: float) -> dict:
+    """At each rate, for `seconds`: CPU per reading of the service and of both baselines, each
+    consumer started afresh on its own database (and the service's CPU while idle)."""
+    consumers = {
+        "service": lambda db, out: start([PYTHON, "system.py"], service_env(port, db), out,
+                                         "taking readings and requests"),
+        "durable": lambda db, out: start([PYTHON, __file__, "--durable-subscriber", str(port), str(db)], {}, out,
+                                         "baseline subscribed"),
+        "ceiling": lambda db, out: start([PYTHON, __file__, "--baseline-subscriber", str(port), str(db)], {}, out,
+                                         "baseline subscribed"),
+    }
+    results: dict = {name: {} for name in consumers}
+    for rate in rates:
+        count = max(1, int(rate * seconds))
+        for name, launch in consumers.items():
+            db = workdir / f"steady-{name}-{rate:g}.db"
+            proc = launch(db, workdir / f"steady-{name}-{rate:g}.out")
+            try:
+                if name == "service" and "idle" not in results:
+                    before = cpu_seconds(proc.pid)
+                    time.sleep(seconds)  # the measurement itself: CPU over an idle window
+                    results["idle"] = (cpu_seconds(proc.pid) - before) / seconds
+                print(f"steady: {count:,} readings at {rate:g}/s into the {name} consumer ...", flush=True)
+                before = cpu_seconds(proc.pid)
+                publish_steadily(port, rate, count)
+                wait_for(lambda: stored_rows(db) >= count, 60, f"{count} readings stored by the {name} consumer")
+                results[name][rate] = (cpu_seconds(proc.pid) - before) / count
+            finally:
+                proc.kill()
+                proc.wait()
+    return results
 
 
 # -- replies on a big database ------------------------------------------------------------------
@@ -449,10 +558,17 @@ def main(argv=None) -> int:
     p.add_argument("--postgres", metavar="ADMIN_URL",
                    help="also ingest into PostgreSQL with one and two instances (a user that may create "
                         "databases, e.g. postgresql://postgres@127.0.0.1:5432/postgres)")
+    p.add_argument("--steady", default="10,100,1000", metavar="RATES",
+                   help="readings/s of the steady-rate part, comma-separated (default: %(default)s)")
+    p.add_argument("--steady-seconds", type=float, default=20, help="how long each steady rate lasts")
     p.add_argument("--baseline-subscriber", nargs=2, metavar=("PORT", "DB"), help=argparse.SUPPRESS)
+    p.add_argument("--durable-subscriber", nargs=2, metavar=("PORT", "DB"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.baseline_subscriber:
         baseline_subscriber(int(args.baseline_subscriber[0]), args.baseline_subscriber[1])
+        return 0
+    if args.durable_subscriber:
+        durable_subscriber(int(args.durable_subscriber[0]), args.durable_subscriber[1])
         return 0
 
     workdir = Path(tempfile.mkdtemp(prefix="benchmark-"))
@@ -482,9 +598,10 @@ def main(argv=None) -> int:
         base = ingest("the baseline", proc, broker.port, base_db, args.readings)
         proc.kill()
         proc.wait()
+        rates = [float(r) for r in args.steady.split(",") if r.strip()]
+        trickle = steady(broker.port, workdir, rates, args.steady_seconds)
         big = replies(broker.port, workdir / "big.db", workdir, args.rows, args.apps, args.seconds)
         expired = retention(broker.port, workdir / "big.db", workdir)
-        scaled = scale_out(broker.port, args.postgres, workdir, args.readings) if args.postgres else {}
         scaled = scale_out(broker.port, args.postgres, workdir, args.readings) if args.postgres else {}
     finally:
         broker.stop()
@@ -497,6 +614,12 @@ def main(argv=None) -> int:
         ("ingest, CPU s per 100,000 readings", f"{ours['cpu_per_100k']:.2f}", f"{base['cpu_per_100k']:.2f}",
          "target: ours ≤ baseline"),
         ("ingest, peak RSS", f"{ours['peak_rss']:.0f} MiB", f"{base['peak_rss']:.0f} MiB", "target ≤ 100 MB"),
+        *((f"steady {rate:g}/s, CPU ms per reading", f"{trickle['service'][rate] * 1000:.2f}",
+           f"{trickle['ceiling'][rate] * 1000:.2f}",
+           f"durable baseline {trickle['durable'][rate] * 1000:.2f} ms: ratio "
+           f"{trickle['service'][rate] / max(trickle['durable'][rate], 1e-9):.2f} (target ≤ 0.5); "
+           f"{trickle['service'][rate] * rate * 100:.2f}% of a core") for rate in rates),
+        ("idle, CPU", f"{trickle['idle'] * 100:.2f}% of a core", "", f"over {args.steady_seconds:g} s"),
         (f"1,440-reading day, {args.apps} apps, p50", ms(r.percentile(0.5)), "", f"{r.asked:,} requests"),
         (f"1,440-reading day, {args.apps} apps, p99", ms(r.percentile(0.99)), "", "target ≤ 10 ms"),
         ("86,400-reading day, first page, median of 5 (max)",
@@ -515,6 +638,8 @@ def main(argv=None) -> int:
                      f"{rate:,.0f}", "", "shared subscription group" if instances > 1 else "DATABASE_URL"))
     print(f"\nbenchmark on {platform.node()}: {os.cpu_count()} cores, Python {platform.python_version()}, "
           f"SQLite {sqlite3.sqlite_version}, {args.readings:,} readings")
+    print("baseline: ack on receipt (the ceiling); the steady rows also name the durable baseline (ack after "
+          "an fsynced commit)")
     widths = [max(len(str(row[i])) for row in rows + [("", "service", "baseline", "")]) for i in range(4)]
     for row in [("", "service", "baseline", "")] + rows:
         print(f"| {row[0]:<{widths[0]}} | {row[1]:>{widths[1]}} | {row[2]:>{widths[2]}} | {row[3]:<{widths[3]}} |")
