@@ -75,7 +75,7 @@ class Supervisor(pykka.ThreadingActor):
                       name, d, peers, max_bytes=s.limits.max_reading_bytes, supervisor=sup, marks=marks))
                   for d in DEVICE_TYPES.values()]
         specs += [ChildSpec(LINK, lambda name, sup: MqttLink.start(name, s.mqtt, s.status, s.apps, s.limits, peers,
-                                                                   sup, self.retire, marks))]
+                                                                   sup, self.retire, marks, s.database.commit_linger))]
         return specs
 
     def on_start(self):

@@ -1,8 +1,9 @@
 """The database writer: the only actor that writes, over the process's only write connection.
 
 Batches from the ingest actors pile up while a transaction is running; the next transaction
-takes all of them (group commit: it waits up to `commit_linger` for more, at most `max_batch`
-rows), and only once it has committed are their MQTT acknowledgements released. A failed commit
+takes all of them (group commit, at most `max_batch` rows), and only once it has committed are
+their MQTT acknowledgements released. (When readings are sparse, the MQTT link lets them gather
+for up to `commit_linger` before it hands them on: actors/mqtt/handover.py.) A failed commit
 is rolled back and retried with backoff; nothing is acknowledged until it is durable.
 
 It also counts failed deliveries for the MQTT link (Strikes, answered with Struck once
@@ -54,7 +55,6 @@ class WriterActor(Supervised):
         self._strikes: list[tuple[int, str, str, bool]] = []  # (ack id, fingerprint, topic, fresh only)
         self._cleared: set[str] = set()  # fingerprints whose failures to forget
         self._flush_queued = False
-        self._oldest = 0.0  # when the oldest pending batch arrived
         self._retry_timer: threading.Timer | None = None
         self._retry_delay = settings.retry_delay
         self._failing_since: float | None = None
@@ -73,8 +73,6 @@ class WriterActor(Supervised):
 
     def on_receive(self, message):
         if isinstance(message, WriteBatch):
-            if not self._pending:
-                self._oldest = time.monotonic()
             self._pending.append(message)
             self._pending_rows += _rows(message)
             if self._retry_timer is not None:
@@ -94,14 +92,6 @@ class WriterActor(Supervised):
         elif isinstance(message, Flush):
             self._flush_queued = False
             self._retry_timer = None
-            linger = self._oldest + self.settings.commit_linger - time.monotonic()
-            if self._pending and linger > 0 and self._pending_rows < self.settings.max_batch:
-                # A commit costs about as much as 100 rows: wait a moment for more batches, then
-                # queue behind them so that they join this transaction.
-                time.sleep(linger)
-                self._flush_queued = True
-                self.actor_ref.tell(Flush())
-                return
             self.commit_pending()
         elif isinstance(message, Prune):
             return self._prune(message)

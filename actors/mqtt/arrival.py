@@ -15,9 +15,12 @@ READ_AFTER_ARRIVAL_WAIT = 1.0  # longest a request waits for the readings receiv
 
 
 class WaitingRequests:
-    def __init__(self, inflight: InFlight, hand_on: Callable[[Held], None]):
+    def __init__(self, inflight: InFlight, hand_on: Callable[[Held], None], hurry: Callable[[bool], None]):
+        """`hurry(True)` with each request held: what it waits for must be committed now;
+        `hurry(False)` once none waits."""
         self.inflight = inflight
         self.hand_on = hand_on
+        self.hurry = hurry
         self._waiting: collections.deque[int] = collections.deque()  # ack ids, oldest first
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -29,6 +32,7 @@ class WaitingRequests:
     def hold(self, ack_id: int) -> None:
         self._waiting.append(ack_id)
         self._loop.call_later(READ_AFTER_ARRIVAL_WAIT, self.release, ack_id)
+        self.hurry(True)
 
     def release(self, overdue: int = 0) -> None:
         """Hand on the waiting requests that no earlier reading holds up (and those up to
@@ -42,6 +46,8 @@ class WaitingRequests:
             waiting.popleft()
             if held is not None:  # else given up with a lost connection: it comes back
                 self.hand_on(held)
+        self.hurry(False)
 
     def clear(self) -> None:
         self._waiting.clear()
+        self.hurry(False)

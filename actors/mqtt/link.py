@@ -36,11 +36,14 @@ class LoopHandle:
 
 class MqttLink(Supervised):
     def __init__(self, name: str, settings: MqttSettings, status: StatusSettings, apps: AppsSettings,
-                 limits: LimitsSettings, peers: Peers, supervisor=None, retire: bool = False, marks: Marks | None = None):
+                 limits: LimitsSettings, peers: Peers, supervisor=None, retire: bool = False, marks: Marks | None = None,
+                 linger: float = 0.0):
+        """`linger`: how long sparse readings wait for others before they are handed on (handover.py)."""
         # What the process (or the link) before this one died handling: read before this link marks.
         self.died_with = marks.left_by(name) if marks is not None else frozenset()
         super().__init__(name, supervisor, marks)
         self.retire = retire
+        self.linger = linger
         self.settings = settings
         self.apps = apps
         self.limits = limits
@@ -99,7 +102,7 @@ class MqttLink(Supervised):
         self._stop_event = asyncio.Event()
         on_retired = (lambda: self.supervisor.tell(Retired())) if self.retire else None
         self._session = Session(self.settings, self.status_settings, self.peers, self.apps, self.limits, on_retired,
-                                self.died_with, self.mark)
+                                self.died_with, self.mark, self.linger)
         # Reachable before it connects: the writer's answers to what the broker delivers first
         # (Struck, Committed) must not be dropped as if told to a link that has not started.
         self.peers.register(self.name, self.address())

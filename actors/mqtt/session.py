@@ -59,9 +59,9 @@ class Session:
 
     def __init__(self, settings: MqttSettings, status: StatusSettings, peers: Peers, apps: AppsSettings,
                  limits: LimitsSettings, on_retired: Callable[[], None] | None = None,
-                 died_with: frozenset[int] | None = frozenset(), mark: Mark | None = None):
-        """With `on_retired`, retire this instance instead of serving (retire.py). `died_with`
-        and `mark`: see Traffic."""
+                 died_with: frozenset[int] | None = frozenset(), mark: Mark | None = None, linger: float = 0.0):
+        """With `on_retired`, retire this instance instead of serving (retire.py). `died_with`,
+        `mark` and `linger` (database.commit_linger): see Traffic."""
         self.settings = settings
         self.report = StatusReport(settings.client_id, status)
         self._ready = False
@@ -69,7 +69,7 @@ class Session:
         self.client: OneConnectionClient | None = None  # the one connecting or connected
         self.outbox = Outbox(limits.max_request_bytes)
         self.traffic = Traffic(settings, apps, limits, peers, self.report, self.outbox, self._fail, died_with,
-                               mark or Mark(None))
+                               mark or Mark(None), linger)
         self._closing = False
         self._lost = asyncio.Event()  # the current connection is gone (or must go: retiring, failing)
         self._failure: Exception | None = None  # a bug in the link itself: see _fail

@@ -19,6 +19,7 @@ from actors.messages import Committed, Inbound, ReadingBatch, Reply, Request, Re
 from actors.models import utc_now
 from actors.mqtt.arrival import WaitingRequests
 from actors.mqtt.client import OneConnectionClient, property_of
+from actors.mqtt.handover import HandOver
 from actors.mqtt.inflight import Held, InFlight
 from actors.mqtt.limit import DeliveryLimit
 from actors.mqtt.outbox import Outbox
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 class Traffic:
     def __init__(self, settings: MqttSettings, apps: AppsSettings, limits: LimitsSettings, peers: Peers,
                  report: StatusReport, outbox: Outbox, fail: Callable[[Exception, str], None],
-                 died_with: frozenset[int] | None = frozenset(), mark: Mark | None = None):
+                 died_with: frozenset[int] | None = frozenset(), mark: Mark | None = None, linger: float = 0.0):
         """`fail`: how a bug here is reported (the session fails, and the link is restarted);
         `died_with`: what the process or link before this one died handling (Deliveries); `mark`:
         the link's handling mark, naming the message a bug here failed on (DeliveryLimit.blame)."""
@@ -46,19 +47,18 @@ class Traffic:
         self.inflight = InFlight(settings.receive_maximum)  # every message in hand
         self.mark = mark or Mark(None)
         self.limit = DeliveryLimit(limits, died_with, self.mark, self.inflight, peers, outbox, self._dispatch,
-                                   self._answer, self._schedule_flush)
+                                   self._answer, self._hand_over_soon)
         self.received = 0  # messages taken so far (the high bits of their ack ids: handling.ack_id)
         self.drained: asyncio.Event | None = None  # set when nothing is in hand while closing
-        self._readings: dict[str, list[Inbound]] = {}
-        self._forget: dict[str, list[str]] = {}  # route -> fingerprints of those readings that failed before
-        self.waiting = WaitingRequests(self.inflight, self._dispatch)  # read after arrival
-        self._flush_scheduled = False
+        self.hand_over = HandOver(peers, linger, self.limit.flush)  # readings, to the ingest actors
+        self.waiting = WaitingRequests(self.inflight, self._dispatch, self._hurry)  # read after arrival
         self._taking = True
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self.limit.start(loop)
         self.waiting.start(loop)
+        self.hand_over.start(loop)
 
     def connected_to(self, client: OneConnectionClient, max_packet: int | None) -> None:
         self.outbox.connected_to(client, max_packet)
@@ -68,7 +68,7 @@ class Traffic:
     def stop_taking(self) -> None:
         """Closing: messages that arrive from now on are never acknowledged (the broker keeps them)."""
         self._taking = False
-        self._flush()
+        self.hand_over.now()
 
     async def drain(self, timeout: float) -> int:
         """Wait up to `timeout` for what is in hand to be committed or answered; how many were not."""
@@ -107,11 +107,8 @@ class Traffic:
                 client.pause_reading(True)  # flow control: see OneConnectionClient.pause_reading
             if packet_id is not None and properties.get("dup"):
                 self.limit.redelivered(ack_id, held)
-            elif route is not None:  # readings of one socket read travel together, a batch per type
-                self._readings.setdefault(route, []).append(held.message)
-                if not self._flush_scheduled:
-                    self._flush_scheduled = True
-                    self._loop.call_soon(self._flush)
+            elif route is not None:
+                self.hand_over.add(route, held.message)
             elif self.inflight.reading_before(ack_id):
                 self.waiting.hold(ack_id)
             else:
@@ -128,16 +125,18 @@ class Traffic:
         forget = (held.fingerprint.hex(),) if self.limit.failed_before(held) else ()
         if alone:
             self.peers.tell(held.route, ReadingBatch(utc_now(), (message,), alone=True, forget=forget))
-        else:  # readings of one socket read travel together, one batch per device type
-            self._readings.setdefault(held.route, []).append(message)
-            if forget:
-                self._forget.setdefault(held.route, []).extend(forget)
-            self._schedule_flush()
+        else:
+            self.hand_over.add(held.route, message, forget)
 
-    def _schedule_flush(self) -> None:
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+    def _hand_over_soon(self) -> None:
+        self.hand_over.soon()
+
+    def _hurry(self, on: bool) -> None:
+        """A request waits for the readings received before it (`on`): hand them on now, and
+        any that come, until no request waits (not `on`)."""
+        self.hand_over.hurried = on
+        if on:
+            self.hand_over.now()
 
     def _restarted(self, restarted: Restarted) -> None:
         """An actor crashed and runs again: hand on again what it held (a duplicate is harmless:
@@ -170,15 +169,6 @@ class Traffic:
             self.report.errors += 1
             return None
         return admitted
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        readings, self._readings = self._readings, {}
-        forget, self._forget = self._forget, {}
-        received_at = utc_now()
-        for route, items in readings.items():
-            self.peers.tell(route, ReadingBatch(received_at, tuple(items), forget=tuple(forget.get(route, ()))))
-        self.limit.flush()
 
     # -- messages from the other actors ---------------------------------------------------
 
