@@ -3,8 +3,9 @@
 Every hand-over wakes the ingest actor and the writer, and ends in a commit with its fsync: at a
 steady trickle, a reading handed on alone cost several times what its own work does. So readings
 wait for others, up to `linger` seconds, and go at once when a commit's worth (GROUP_ROWS) is
-here, when a request waits for them (read after arrival: `now`), or when the link closes. Under
-load the window never matters: GROUP_ROWS arrive within a few ms."""
+here, when a request waits for them (read after arrival: `now`), or when the link closes. The
+window also closes when the stream goes quiet for longer than its own pace says (four of its
+gaps, at least QUIET): the tail of a burst does not wait out a window meant for a trickle."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from actors.models import utc_now
 from actors.peers import Peers
 
 GROUP_ROWS = 100  # a commit costs about as much as writing this many rows: enough to share it
+QUIET = 0.005  # the shortest pause that ends a window
 
 
 class HandOver:
@@ -28,6 +30,7 @@ class HandOver:
         self._readings: dict[str, list[Inbound]] = {}
         self._forget: dict[str, list[str]] = {}  # route -> fingerprints of readings that failed before
         self._count = 0
+        self._first = self._last = 0.0  # when the window's first and latest readings arrived
         self._due: asyncio.Handle | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -38,10 +41,25 @@ class HandOver:
         if forget:
             self._forget.setdefault(route, []).extend(forget)
         self._count += 1
+        self._last = self._loop.time()
         if self._count >= GROUP_ROWS or self.hurried:
             self.soon()
         elif self._due is None:
-            self._due = self._loop.call_later(self.linger, self.now)
+            self._first = self._last
+            self._due = self._loop.call_at(self._last + min(QUIET, self.linger), self._check)
+        elif self._count == 2 and isinstance(self._due, asyncio.TimerHandle):  # a pace now: check it sooner
+            self._due.cancel()
+            self._due = self._loop.call_at(self._last + min(QUIET, self.linger), self._check)
+
+    def _check(self) -> None:
+        """Close the window once `linger` has passed, or the stream has paused (see above)."""
+        self._due = None
+        pace = (self._last - self._first) / (self._count - 1) if self._count > 1 else self.linger
+        close = min(self._first + self.linger, self._last + max(QUIET, 4 * pace))
+        if self._loop.time() >= close:
+            self.now()
+        else:
+            self._due = self._loop.call_at(close, self._check)
 
     def soon(self) -> None:
         """Hand on once the loop has parsed the rest of this socket read (it joins the batch)."""

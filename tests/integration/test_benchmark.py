@@ -19,7 +19,7 @@ def test_the_benchmark_runs_and_prints_every_row(pg_url):  # pg_url: a reachable
     table = result.stdout.split("benchmark on ", 1)[1]
     for row in ("ingest, readings stored/s", "ingest, CPU s per 100,000 readings", "ingest, peak RSS",
                 "steady 50/s, CPU ms per reading", "idle, CPU",
-                "1,440-reading day, 5 apps, p50", "1,440-reading day, 5 apps, p99",
+                "1,440-reading day, 5 apps, p50", "1,440-reading day, 5 apps, p99", "1,440-reading day, CPU per reply",
                 "86,400-reading day, first page", "86,400-reading day, all", "start to first reply", "retention pass, longest delete",
                 "retention pass, reading stored p50 / max", "PostgreSQL: readings stored/s, 1 instance",
                 "PostgreSQL: readings stored/s, 2 instances"):

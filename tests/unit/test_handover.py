@@ -7,7 +7,7 @@ import time
 import pytest
 
 from actors.messages import Inbound, ReadingBatch
-from actors.mqtt.handover import GROUP_ROWS, HandOver
+from actors.mqtt.handover import GROUP_ROWS, QUIET, HandOver
 from actors.peers import Peers
 from conftest import FakePeer
 
@@ -85,3 +85,16 @@ def test_soon_replaces_a_pending_window(setup):
     hand_over.soon()
     run_until(loop, lambda: flushed)
     assert [r.ack_id for r in told(ingest)[0].items] == [1]
+
+
+def test_the_tail_of_a_burst_goes_once_the_stream_pauses_but_a_lone_reading_waits(setup):
+    make, loop, ingest, _ = setup
+    hand_over = make(linger=3600)
+    hand_over.add("ingest/temperature", reading(1))
+    until = loop.time() + 4 * QUIET
+    run_until(loop, lambda: loop.time() > until)
+    assert told(ingest) == []  # one reading says nothing of a pace: it waits for the window
+    for n in range(2, 5):  # a burst's tail, back to back
+        hand_over.add("ingest/temperature", reading(n))
+    run_until(loop, lambda: not ingest.inbox.empty())  # within a few QUIETs, not an hour
+    assert [r.ack_id for r in told(ingest)[0].items] == [1, 2, 3, 4]

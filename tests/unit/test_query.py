@@ -2,14 +2,17 @@
 
 import json
 import random
+from itertools import accumulate
 
+import orjson
 import pytest
 
 from actors.messages import Reply, Request
 from actors.models import MODELS, FingerprintLog, PowerStatusLog, TemperatureLog, open_database
 from actors.peers import Peers
 from actors.devices import DEVICE_TYPES
-from actors.query import QueryActor, QueryRules
+from actors.query import QueryActor, QueryRules, cut
+from actors.requests import Ask
 from conftest import FakePeer
 
 CREATED = "2026-01-22 15:00:00"
@@ -138,3 +141,26 @@ def test_a_bug_while_answering_is_an_internal_error_reply_and_the_actor_lives_on
     assert "ZeroDivisionError: injected" in caplog.text  # the traceback, logged
     monkeypatch.undo()
     assert ask("power", {"device_id": "p1", "date": "2026-01-22"})["count"] == 0
+
+
+@pytest.mark.parametrize("next_", [None, "c2FtcGxl"])
+@pytest.mark.parametrize("request_id", [None, "r-1", 7])
+@pytest.mark.parametrize("records", [[], [{"temperature": 1.5, "status": "LOW", "timestamp": "2026-01-22T10:00:00"}] * 3])
+def test_a_reply_put_together_from_encoded_records_is_the_json_of_the_whole(next_, request_id, records):
+    ask = Ask("t\"1\u00e9", "2026-01-22", request_id=request_id)
+    whole = {"device_id": ask.device_id, "date": ask.date, "count": len(records), "records": records,
+             **({"next": next_} if next_ else {}), **({"request_id": request_id} if request_id is not None else {})}
+    encoded = orjson.dumps(records)[1:-1]
+    assert QueryActor._reply(ask, ask.date, len(records), encoded, next_) == orjson.dumps(whole)
+
+
+def test_cutting_one_encoding_of_all_records_takes_as_many_as_encoding_each_would():
+    rng = random.Random(7)
+    for _ in range(300):
+        records = [{"user_id": rng.choice(['a', '},{"x":1', '\\"},{"', 'é' * rng.randrange(20)]),
+                    "temperature": rng.uniform(-50, 50), "timestamp": "2026-01-22T10:00:00"}
+                   for _ in range(rng.randrange(0, 30))]
+        room = rng.randrange(0, 3000)
+        sizes = list(accumulate(len(orjson.dumps(r)) + 1 for r in records))
+        n = sum(1 for total in sizes if total <= room)
+        assert cut(orjson.dumps(records), len(records), room) == (orjson.dumps(records[:n])[1:-1], n)
