@@ -1,7 +1,7 @@
 """Read after arrival: a request is answered with every reading the service received before it,
-so it waits until those are committed (a few ms: the writer's next commit). While the database
-cannot be written (locked, full), it waits READ_AFTER_ARRIVAL_WAIT at most, then is answered from
-what is stored."""
+so it waits until those it may see are committed (a few ms: the writer's next commit): readings
+of its device type whose raw payload names its device. While the database cannot be written
+(locked, full), it waits READ_AFTER_ARRIVAL_WAIT at most, then is answered from what is stored."""
 
 from __future__ import annotations
 
@@ -9,9 +9,24 @@ import asyncio
 import collections
 from typing import Callable
 
+import orjson
+
+from actors.messages import Request
 from actors.mqtt.inflight import Held, InFlight
+from actors.peers import ingest_name
 
 READ_AFTER_ARRIVAL_WAIT = 1.0  # longest a request waits for the readings received before it
+
+
+def sees(request: Request) -> tuple[str, bytes | None]:
+    """The readings a request may see: the route of its device type, and its device id as JSON
+    (None when it cannot be read here: any reading of the type counts, and the query actor
+    answers what is wrong with the request)."""
+    try:
+        device_id = orjson.loads(request.payload).get("device_id") if len(request.payload) <= 65536 else None
+    except (orjson.JSONDecodeError, AttributeError):
+        device_id = None
+    return ingest_name(request.device), orjson.dumps(device_id) if isinstance(device_id, str) else None
 
 
 class WaitingRequests:
@@ -29,6 +44,9 @@ class WaitingRequests:
     def __bool__(self) -> bool:
         return bool(self._waiting)
 
+    def must_wait(self, ack_id: int, request: Request) -> bool:
+        return self.inflight.reading_before(ack_id, *sees(request))
+
     def hold(self, ack_id: int) -> None:
         self._waiting.append(ack_id)
         self._loop.call_later(READ_AFTER_ARRIVAL_WAIT, self.release, ack_id)
@@ -41,7 +59,7 @@ class WaitingRequests:
         while waiting:
             ack_id = waiting[0]
             held = self.inflight.get(ack_id)
-            if held is not None and ack_id > overdue and self.inflight.reading_before(ack_id):
+            if held is not None and ack_id > overdue and self.must_wait(ack_id, held.message):
                 return
             waiting.popleft()
             if held is not None:  # else given up with a lost connection: it comes back

@@ -82,13 +82,17 @@ class InFlight:
     def get(self, ack_id: int) -> Held | None:
         return self.held.get(ack_id)
 
-    def reading_before(self, ack_id: int) -> bool:
-        """Whether a reading received before `ack_id` is still in hand (not yet committed). Ack ids
-        grow with arrival and the ledger keeps that order, so this looks at the oldest few only."""
+    def reading_before(self, ack_id: int, route: str | None = None, key: bytes | None = None) -> bool:
+        """Whether a reading received before `ack_id` is still in hand (not yet committed), of
+        those handed to `route` (None: any) whose raw payload holds `key` (None: any). A payload
+        with a JSON escape may spell the key otherwise: it counts. Ack ids grow with arrival and
+        the ledger keeps that order, so this looks at the older messages only."""
         for other, held in self.held.items():
             if other >= ack_id:
                 return False
-            if not held.is_request:
+            if held.is_request or (route is not None and held.route != route):
+                continue
+            if key is None or key in (payload := held.message.payload) or b"\\" in payload:
                 return True
         return False
 

@@ -109,7 +109,7 @@ class Traffic:
                 self.limit.redelivered(ack_id, held)
             elif route is not None:
                 self.hand_over.add(route, held.message)
-            elif self.inflight.reading_before(ack_id):
+            elif self.waiting.must_wait(ack_id, request):
                 self.waiting.hold(ack_id)
             else:
                 self._dispatch(held)

@@ -128,3 +128,23 @@ def test_forgetting_old_answers_costs_little_however_many_there_are():
         now[0] = i * 0.1  # 10 answers a second for 1,000 s
         deliveries.answered(i.to_bytes(4, "big"))
     assert len(deliveries._answered) == ANSWERED_MEMORY * 10 + 1
+
+
+def test_a_request_waits_only_for_readings_it_may_see():
+    """Read after arrival, narrowed: readings of its device type that name its device (or might:
+    a payload with an escape may spell the id otherwise)."""
+    from actors.mqtt.arrival import sees
+    inflight = InFlight(limit=10)
+    inflight.add(1, Held(1, Inbound(1, "home/temperature", b'{"device_id": "other", "temperature": 1}'),
+                         "ingest/temperature"))
+    inflight.add(2, Held(2, Inbound(2, "home/power", b'{"device_id": "t1", "status": "EB_ON"}'), "ingest/power"))
+    asks = {name: Request(9, "temperature", "app", body, "home/datatemp/app", None)
+            for name, body in (("t1", b'{"device_id": "t1", "date": "2026-01-22"}'), ("bad", b"[1]"),
+                               ("other", b'{"device_id":"other"}'))}
+    assert sees(asks["t1"]) == ("ingest/temperature", b'"t1"')
+    assert not inflight.reading_before(9, *sees(asks["t1"]))  # another device, another type
+    assert inflight.reading_before(9, *sees(asks["other"]))
+    assert inflight.reading_before(9, *sees(asks["bad"]))  # unreadable here: any reading of the type
+    inflight.add(3, Held(3, Inbound(3, "home/temperature", b'{"device_id": "\\u0074\\u0031"}'), "ingest/temperature"))
+    assert inflight.reading_before(9, *sees(asks["t1"]))  # "\u0074\u0031" is t1
+    assert not inflight.reading_before(2, *sees(asks["t1"]))  # only what came before the request
