@@ -19,7 +19,10 @@ It starts its own Mosquitto with deploy/mosquitto/mqtt-client.conf's settings an
    transaction, and the longest any reading waited for its acknowledgement during the pass.
 5. with --postgres ADMIN_URL: ingest into PostgreSQL by one instance, then by two in one shared
    subscription group (fresh databases, dropped after).
-6. steady rates (--steady, default 10, 100 and 1,000 readings/s, each for --steady-seconds): CPU
+6. a burst (--burst, 60,000) from a raw-socket QoS 1 publisher that costs almost nothing per
+   message, so that the consumer sets the pace: the service against the baseline above, with the
+   publisher's own rate and CPU;
+7. steady rates (--steady, default 10, 100 and 1,000 readings/s, each for --steady-seconds): CPU
    per reading of the service, of the baseline above (the ceiling: no guarantees) and of a durable
    baseline (paho, a commit with synchronous=FULL per natural group, acknowledging after it), each
    started afresh; and the service's CPU while idle.
@@ -236,6 +239,74 @@ def durable_subscriber(port: int, db_path: str) -> None:
         db.execute("COMMIT")
         for m in group:
             client.ack(m.mid, 1)
+
+
+def raw_publisher(port: int, count: int, devices: int = 10) -> None:
+    """A QoS 1 load generator that costs almost nothing per message and per acknowledgement: MQTT
+    3.1.1 over a raw socket, every PUBLISH written as fast as the socket takes it, PUBACKs read
+    on the side. Prints its rate (all acknowledged) and its own CPU as JSON."""
+    import selectors
+    sock = socket.create_connection(("127.0.0.1", port))
+    client_id = f"burst-{random.randrange(10**6)}".encode()
+    body = b"\x00\x04MQTT\x04\x02\x00\x3c" + len(client_id).to_bytes(2, "big") + client_id
+    sock.sendall(b"\x10" + remaining_length(len(body)) + body)
+    if sock.recv(4)[:2] != b"\x20\x02":
+        raise SystemExit("benchmark: the broker refused the publisher")
+    topic = b"home/temperature"
+    packets = []
+    for i in range(count):
+        second = i % 86_400
+        payload = (b'{"device_id":"burst-%d","temperature":%.1f,"humidity":50.0,"status":"LOW",'
+                   b'"timestamp":"2026-07-%02dT%02d:%02d:%02d"}'
+                   % (i % devices, 20 + i % 10, 1 + i // 86_400 % 28, second // 3600, second // 60 % 60, second % 60))
+        rest = len(topic).to_bytes(2, "big") + topic + (i % 65535 + 1).to_bytes(2, "big") + payload
+        packets.append(b"\x32" + remaining_length(len(rest)) + rest)
+    started_cpu = time.process_time()  # what it costs to send them, not to make them
+    sock.setblocking(False)
+    selector = selectors.DefaultSelector()
+    selector.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
+    out, acked, inbuf, sent = b"".join(packets), 0, b"", 0
+    started = time.perf_counter()
+    while acked < count:
+        for _, events in selector.select():
+            if events & selectors.EVENT_WRITE and sent < len(out):
+                sent += sock.send(out[sent:sent + (1 << 20)])
+                if sent == len(out):
+                    selector.modify(sock, selectors.EVENT_READ)
+            if events & selectors.EVENT_READ:
+                inbuf += sock.recv(1 << 16)
+                acked += len(inbuf) // 4
+                inbuf = inbuf[len(inbuf) // 4 * 4:]
+    elapsed = time.perf_counter() - started
+    sock.close()
+    print(json.dumps({"rate": count / elapsed, "cpu": time.process_time() - started_cpu}), flush=True)
+
+
+def remaining_length(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        n, digit = n >> 7, n & 0x7F
+        out.append(digit | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def burst(name: str, proc: subprocess.Popen, port: int, db: Path, readings: int) -> dict:
+    """`readings` handed to the broker by raw_publisher (in its own process) as fast as it takes
+    them: stored/s from the start to the last row, the consumer's CPU per 100,000, and the
+    publisher's own rate and CPU."""
+    before, started = cpu_seconds(proc.pid), time.perf_counter()
+    published = subprocess.run([PYTHON, __file__, "--raw-publisher", str(port), str(readings)], cwd=ROOT,
+                               capture_output=True, text=True)
+    if published.returncode != 0:
+        raise SystemExit(f"benchmark: the publisher failed:\n{published.stdout}{published.stderr}")
+    wait_for(lambda: stored_rows(db) >= readings, 120, f"{readings} readings stored by the {name}")
+    elapsed, cpu = time.perf_counter() - started, cpu_seconds(proc.pid) - before
+    if (stored := stored_rows(db)) != readings:
+        raise SystemExit(f"benchmark: the {name} stored {stored} of {readings} readings")
+    publisher = json.loads(published.stdout)
+    return {"rate": readings / elapsed, "cpu_per_100k": cpu * 100_000 / readings, "published": publisher["rate"],
+            "publisher_cpu": publisher["cpu"]}
 
 
 # -- steady rates: what a trickle of readings costs -----------------------------------------------
@@ -610,8 +681,13 @@ def main(argv=None) -> int:
                    help="readings/s of the steady-rate part, comma-separated (default: %(default)s)")
     p.add_argument("--steady-seconds", type=float, default=20, help="how long each steady rate lasts")
     p.add_argument("--baseline-subscriber", nargs=2, metavar=("PORT", "DB"), help=argparse.SUPPRESS)
+    p.add_argument("--burst", type=int, default=60_000, help="readings of the burst part (raw-socket publisher)")
     p.add_argument("--durable-subscriber", nargs=2, metavar=("PORT", "DB"), help=argparse.SUPPRESS)
+    p.add_argument("--raw-publisher", nargs=2, type=int, metavar=("PORT", "COUNT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.raw_publisher:
+        raw_publisher(*args.raw_publisher)
+        return 0
     if args.baseline_subscriber:
         baseline_subscriber(int(args.baseline_subscriber[0]), args.baseline_subscriber[1])
         return 0
@@ -646,6 +722,20 @@ def main(argv=None) -> int:
         base = ingest("the baseline", proc, broker.port, base_db, args.readings)
         proc.kill()
         proc.wait()
+        bursts = {}
+        for name, command, ready in (
+                ("service", [PYTHON, "system.py"], "taking readings and requests"),
+                ("baseline", [PYTHON, __file__, "--baseline-subscriber", str(broker.port), "DB"], "baseline subscribed")):
+            print(f"burst: {args.burst:,} readings from a raw-socket publisher into the {name} ...", flush=True)
+            burst_db = workdir / f"burst-{name}.db"
+            command = [str(burst_db) if part == "DB" else part for part in command]
+            proc = start(command, service_env(broker.port, burst_db) if name == "service" else {},
+                         workdir / f"burst-{name}.out", ready)
+            try:
+                bursts[name] = burst(name, proc, broker.port, burst_db, args.burst)
+            finally:
+                proc.kill()
+                proc.wait()
         rates = [float(r) for r in args.steady.split(",") if r.strip()]
         trickle = steady(broker.port, workdir, rates, args.steady_seconds)
         big = replies(broker.port, workdir / "big.db", workdir, args.rows, args.apps, args.seconds)
@@ -662,6 +752,14 @@ def main(argv=None) -> int:
         ("ingest, CPU s per 100,000 readings", f"{ours['cpu_per_100k']:.2f}", f"{base['cpu_per_100k']:.2f}",
          "target: ours ≤ baseline"),
         ("ingest, peak RSS", f"{ours['peak_rss']:.0f} MiB", f"{base['peak_rss']:.0f} MiB", "target ≤ 100 MB"),
+        (f"burst of {args.burst:,}, readings stored/s", f"{bursts['service']['rate']:,.0f}",
+         f"{bursts['baseline']['rate']:,.0f}",
+         f"ratio {bursts['service']['rate'] / bursts['baseline']['rate']:.2f} (target ≥ 0.95); publisher "
+         f"{bursts['service']['published']:,.0f}/s"),
+        (f"burst of {args.burst:,}, CPU s per 100,000", f"{bursts['service']['cpu_per_100k']:.2f}",
+         f"{bursts['baseline']['cpu_per_100k']:.2f}",
+         f"ratio {bursts['service']['cpu_per_100k'] / bursts['baseline']['cpu_per_100k']:.2f} (target ≤ 1.1); "
+         f"publisher {bursts['service']['publisher_cpu']:.2f} s"),
         *((f"steady {rate:g}/s, CPU ms per reading", f"{trickle['service'][rate] * 1000:.2f}",
            f"{trickle['ceiling'][rate] * 1000:.2f}",
            f"durable baseline {trickle['durable'][rate] * 1000:.2f} ms: ratio "
