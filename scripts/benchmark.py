@@ -738,6 +738,11 @@ def main(argv=None) -> int:
                 proc.wait()
         rates = [float(r) for r in args.steady.split(",") if r.strip()]
         trickle = steady(broker.port, workdir, rates, args.steady_seconds)
+        # A broker of its own: the consumers stopped above left their sessions on the first one,
+        # which keeps queueing for them what the apps and devices below publish.
+        broker.stop()
+        (workdir / "replies").mkdir()
+        broker = Mosquitto(workdir / "replies")
         big = replies(broker.port, workdir / "big.db", workdir, args.rows, args.apps, args.seconds)
         expired = retention(broker.port, workdir / "big.db", workdir)
         scaled = scale_out(broker.port, args.postgres, workdir, args.readings) if args.postgres else {}
