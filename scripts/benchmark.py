@@ -151,21 +151,27 @@ def baseline_row(topic: str, r: dict) -> tuple:
     return r["device_id"], r["user_id"], r["authStatus"], ts, ts[:10]
 
 
+def baseline_database(path: str, synchronous: str, day_index: bool) -> tuple[sqlite3.Connection, dict[str, str]]:
+    """A baseline's database (WAL, the readings' tables) and its INSERT per reading topic."""
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode = wal")
+    db.execute(f"PRAGMA synchronous = {synchronous}")
+    for table, columns in BASELINE_TABLES.values():
+        db.execute(f"CREATE TABLE IF NOT EXISTS {table} (id INTEGER PRIMARY KEY, {', '.join(columns)})")
+        if day_index:
+            db.execute(f"CREATE INDEX IF NOT EXISTS {table}_day ON {table} (device_id, date, timestamp)")
+    return db, {topic: f"INSERT INTO {t} ({', '.join(c)}) VALUES ({', '.join('?' * len(c))})"
+                for topic, (t, c) in BASELINE_TABLES.items()}
+
+
 def baseline_subscriber(port: int, db_path: str) -> None:
     """gmqtt acknowledging on receipt (its default), rows into sqlite3 with executemany,
     a commit every 500 rows or 50 ms, WAL with synchronous=NORMAL."""
     import gmqtt
     import orjson
 
-    db = sqlite3.connect(db_path, isolation_level=None)
-    db.execute("PRAGMA journal_mode = wal")
-    db.execute("PRAGMA synchronous = normal")
-    for table, columns in BASELINE_TABLES.values():
-        db.execute(f"CREATE TABLE IF NOT EXISTS {table} (id INTEGER PRIMARY KEY, {', '.join(columns)})")
-        db.execute(f"CREATE INDEX IF NOT EXISTS {table}_day ON {table} (device_id, date, timestamp)")
+    db, sql = baseline_database(db_path, "normal", day_index=True)
     db.execute("CREATE TABLE IF NOT EXISTS rejected_messages (id INTEGER PRIMARY KEY, payload BLOB)")
-    sql = {topic: f"INSERT INTO {t} ({', '.join(c)}) VALUES ({', '.join('?' * len(c))})"
-           for topic, (t, c) in BASELINE_TABLES.items()}
     pending: dict[str, list] = {topic: [] for topic in BASELINE_TABLES}
     count = 0
 
@@ -206,13 +212,7 @@ def durable_subscriber(port: int, db_path: str) -> None:
     import orjson
     import paho.mqtt.client as mqtt
 
-    db = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
-    db.execute("PRAGMA journal_mode = wal")
-    db.execute("PRAGMA synchronous = full")
-    for table, columns in BASELINE_TABLES.values():
-        db.execute(f"CREATE TABLE IF NOT EXISTS {table} (id INTEGER PRIMARY KEY, {', '.join(columns)})")
-    sql = {topic: f"INSERT INTO {t} ({', '.join(c)}) VALUES ({', '.join('?' * len(c))})"
-           for topic, (t, c) in BASELINE_TABLES.items()}
+    db, sql = baseline_database(db_path, "full", day_index=False)
     arrived, pending = threading.Condition(), []
 
     def on_message(client, userdata, message):

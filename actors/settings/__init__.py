@@ -250,8 +250,9 @@ class _Loading:
                 built[section] = cls(**checked)
         if len(built) < len(SECTIONS):
             return None
-        self.errors += _together(Settings(**built))
-        return Settings(**built)
+        settings = Settings(**built)
+        self.errors += _together(settings)
+        return settings
 
 
 def _unknown(kind: str, name: str, known) -> str:
