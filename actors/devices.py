@@ -162,6 +162,11 @@ class DeviceType:
                  .order_by(m.date.desc(), m.timestamp.desc(), *(v.desc() for v in values)).limit(1))
         return next(iter(m._meta.database.execute(query)), None)
 
+    def latest_record(self, latest: list, carried: tuple) -> dict:
+        """The catalogue's latest row of a device (its values and timestamp, as stored) as a reply
+        record; `carried`: the latest state of each column replies carry forward (see Power)."""
+        return self.record(tuple(latest))
+
     @staticmethod
     def key(row: tuple) -> tuple:
         """A row's place in the index order: (timestamp, *values)."""
@@ -249,6 +254,10 @@ class Power(DeviceType):
 
     def state_after(self, record):
         return record["ebstatus"], record["dgstatus"]
+
+    def latest_record(self, latest, carried):
+        *values, timestamp = latest
+        return self.record((*(c or v for c, v in zip(carried, values)), timestamp))
 
     def cursor_values(self, values):
         obj = dict(zip(self.value_columns, values))  # the stored columns: ON, OFF or ""

@@ -1,10 +1,12 @@
 """The ingest actor: validates and normalizes the readings of one device type into rows,
-sets aside the ones that cannot be stored (with the reason), and hands both to the writer."""
+sets aside the ones that cannot be stored (with the reason; those whose clock cannot be right
+are counted per device too), and hands both to the writer."""
 
 from __future__ import annotations
 
 import logging
 
+from actors.clock import ClockCheck
 from actors.devices import DeviceType, InvalidMessage
 from actors.messages import ReadingBatch, Rejection, WriteBatch
 from actors.peers import WRITER, Peers, Supervised
@@ -13,11 +15,13 @@ log = logging.getLogger(__name__)
 
 
 class IngestActor(Supervised):
-    def __init__(self, name: str, device: DeviceType, peers: Peers, max_bytes: int, supervisor=None, marks=None):
+    def __init__(self, name: str, device: DeviceType, peers: Peers, max_bytes: int, clock: ClockCheck,
+                 supervisor=None, marks=None):
         super().__init__(name, supervisor, marks)
         self.device = device
         self.peers = peers
         self.max_bytes = max_bytes
+        self.clock = clock
 
     def on_receive(self, message):
         if isinstance(message, ReadingBatch):
@@ -29,8 +33,8 @@ class IngestActor(Supervised):
             log.warning("%s ignored an unexpected message: %r", self.name, message)
 
     def validate(self, batch: ReadingBatch) -> WriteBatch:
-        rows, rejections = [], []
-        parse = self.device.parse
+        rows, rejections, wrong_clocks = [], [], []
+        parse, clock_problem = self.device.parse, self.clock.at(batch.received_at)
         for item in batch.items:
             payload = item.payload
             try:
@@ -38,7 +42,11 @@ class IngestActor(Supervised):
                     payload = payload[:self.max_bytes]  # a huge payload must not bloat the table
                     raise InvalidMessage(f"payload is {len(item.payload)} bytes, over the {self.max_bytes}-byte "
                                          f"limit (only its first {self.max_bytes} bytes are kept)")
-                rows.append(parse(payload))
+                row = parse(payload)
+                if (problem := clock_problem(row[-2], row[-1])) is not None:
+                    wrong_clocks.append(row[0])
+                    raise InvalidMessage(problem)
+                rows.append(row)
             except InvalidMessage as exc:
                 log.warning("rejected a reading on %s: %s", item.topic, exc)
                 rejections.append(Rejection(item.topic, payload, str(exc), batch.received_at))
@@ -48,4 +56,4 @@ class IngestActor(Supervised):
                 rejections.append(Rejection(item.topic, payload, f"internal error while validating: {exc!r}",
                                             batch.received_at))
         return WriteBatch(self.device.name, tuple(rows), tuple(rejections),
-                          tuple(item.ack_id for item in batch.items), batch.alone, batch.forget)
+                          tuple(item.ack_id for item in batch.items), batch.alone, batch.forget, tuple(wrong_clocks))

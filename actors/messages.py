@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from actors.devices import DEVICE_TYPES
+from actors.requests import STEMS
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +48,7 @@ class WriteBatch:
     # fingerprints of readings here that had failed deliveries: their counts are deleted in the
     # transaction that stores them (a death after it cannot leave a count behind)
     forget: tuple[str, ...] = ()
+    wrong_clocks: tuple[str, ...] = ()  # device ids, one per rejection for the device's clock
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,9 +60,10 @@ class Committed:
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """MQTT link -> query actor: an app asks for a device-day (or the latest reading)."""
+    """MQTT link -> query actor: an app asks for a device-day, its latest reading or a summary (on
+    its device type's topic), or for the device catalogue."""
     ack_id: int
-    device: str
+    device: str  # the device type, or requests.CATALOGUE
     app_id: str
     payload: bytes
     reply_topic: str  # the app's own reply topic, or the MQTT 5 Response Topic it gave (checked)
@@ -71,7 +73,7 @@ class Request:
     @property
     def topic(self) -> str:
         """The topic it was asked on."""
-        return f"{DEVICE_TYPES[self.device].request_stem}/{self.app_id}"
+        return f"{STEMS[self.device][0]}/{self.app_id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,3 +175,4 @@ class WriterStats:
     last_stored_at: tuple[tuple[str, str], ...]  # (device type, UTC time of its latest commit)
     wal_bytes: int  # the write-ahead log alone
     checkpoints: int  # truncating WAL checkpoints done (see readgate.py)
+    wrong_clocks: tuple[tuple[str, str, int], ...] = ()  # (device type, device id, clock rejections)

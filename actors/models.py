@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from peewee import (AutoField, BlobField, Database, DoubleField, IntegerField, Model, ModelIndex, SqliteDatabase,
+from peewee import (AutoField, BigIntegerField, BlobField, Database, DoubleField, IntegerField, Model, ModelIndex, SqliteDatabase,
                     TextField)
 from playhouse.pool import PooledPostgresqlDatabase
 from playhouse.db_url import parse
@@ -92,6 +92,89 @@ class DeliveryFailure(Model):
         table_name = "delivery_failures"
 
 
+class Device(Model):
+    """The device catalogue: one row per device that has sent a reading (or one whose clock could not
+    be right), kept up to date in the transaction that stores its readings, so that listing the
+    devices never scans the reading tables."""
+    id = AutoField()
+    type = TextField()  # its device type (temperature, power, fingerprint)
+    device_id = TextField()
+    first_seen = TextField(null=True)  # the earliest reading's timestamp, as sent
+    last_seen = TextField(null=True)  # the latest reading's timestamp, as sent
+    received_at = TextField(null=True)  # UTC, when its latest reading was stored
+    readings = BigIntegerField(default=0)  # how many are stored (retention deletes some)
+    latest = TextField(null=True)  # JSON: the latest row's values and timestamp
+    ebstatus = TextField(null=True)  # power: the latest EB state (ON/OFF) ...
+    ebstatus_at = TextField(null=True)  # ... and that event's timestamp
+    dgstatus = TextField(null=True)  # power: the same for DG
+    dgstatus_at = TextField(null=True)
+    clock_rejected = IntegerField(default=0)  # readings rejected for a clock that cannot be right
+    state = TextField(null=True)  # liveness: live or stale (see actors/liveness.py)
+
+    class Meta:
+        table_name = "devices"
+        indexes = ((("type", "device_id"), True),)
+
+
+class TemperatureHourly(Model):
+    """One device-hour of temperature readings ("hour": YYYY-MM-DDTHH of the timestamp as sent).
+    Sums are in millionths, whole numbers: they add up exactly in any order (late readings too)."""
+    id = AutoField()
+    device_id = TextField()
+    hour = TextField()
+    readings = IntegerField()
+    temperature_min = DoubleField()
+    temperature_max = DoubleField()
+    temperature_sum = DoubleField()
+    humidity_min = DoubleField()
+    humidity_max = DoubleField()
+    humidity_sum = DoubleField()
+    high = IntegerField()
+    low = IntegerField()
+
+    class Meta:
+        table_name = "temperature_hourly"
+        indexes = ((("device_id", "hour"), True),)
+
+
+class PowerHourly(Model):
+    """One device-hour of power events: per source, the first event's offset into the hour, the ON
+    time from it to the hour's end, and the state it was left in; the events themselves (JSON), to
+    merge one that comes late."""
+    id = AutoField()
+    device_id = TextField()
+    hour = TextField()
+    readings = IntegerField()
+    eb_first_us = BigIntegerField(null=True)  # null: no EB event this hour
+    eb_on_us = BigIntegerField()
+    eb_last = TextField()
+    dg_first_us = BigIntegerField(null=True)
+    dg_on_us = BigIntegerField()
+    dg_last = TextField()
+    events = TextField()
+
+    class Meta:
+        table_name = "power_hourly"
+        indexes = ((("device_id", "hour"), True),)
+
+
+class FingerprintHourly(Model):
+    """One device-hour-user of fingerprint events (distinct users of a day are counted from these)."""
+    id = AutoField()
+    device_id = TextField()
+    hour = TextField()
+    user_id = TextField()
+    passes = IntegerField()
+    fails = IntegerField()
+
+    class Meta:
+        table_name = "fingerprint_hourly"
+        indexes = ((("device_id", "hour", "user_id"), True),)
+
+
+ROLLUP_MODELS = (TemperatureHourly, PowerHourly, FingerprintHourly)
+
+
 def _identity(model: type[Model], *values: str) -> None:
     columns = ("device_id", "date", "timestamp", *values)
     name = f"{model._meta.table_name}_identity"
@@ -103,7 +186,7 @@ _identity(TemperatureLog, "temperature", "humidity", "status")
 _identity(PowerStatusLog, "ebstatus", "dgstatus")
 _identity(FingerprintLog, "user_id", "auth_status")
 
-MODELS = (TemperatureLog, PowerStatusLog, FingerprintLog, RejectedMessage, DeliveryFailure)
+MODELS = (TemperatureLog, PowerStatusLog, FingerprintLog, RejectedMessage, DeliveryFailure, Device, *ROLLUP_MODELS)
 
 
 def utc_now() -> str:

@@ -1,6 +1,6 @@
-"""A query actor: answers an app's request for a device-day (or its latest reading) over its own
-read-only connection. Several run side by side (a pool); WAL lets them read while the writer
-writes.
+"""A query actor: answers an app's request for a device-day (or its latest reading), a summary
+(summaries.py) or the device catalogue (catalogue.py) over its own read-only connection. Several run
+side by side (a pool); WAL lets them read while the writer writes.
 
 A request the seed describes ({"device_id", "date"}) gets the seed's reply, whole, as long as
 it fits `queries.max_reply_bytes`; a larger day, or a request with `limit`, gets a page and a
@@ -16,15 +16,20 @@ from fnmatch import fnmatchcase
 import orjson
 import peewee
 
+from actors.catalogue import CatalogueReader
 from actors.devices import DEVICE_TYPES, DeviceType
 from actors.messages import Reply, Request
 from actors.models import is_sqlite
 from actors.peers import LINK, Peers, Supervised
 from actors.readgate import ReadGate
-from actors.requests import Ask, RequestError, encode_cursor, error_reply, internal_error, parse_request
+from actors.requests import (CATALOGUE, Ask, CatalogueAsk, RequestError, SummaryAsk, encode_cursor, error_reply,
+                             internal_error, pack, parse_catalogue, parse_request)
+from actors.summaries import Summaries, bucket_starts
 
 log = logging.getLogger(__name__)
 SMALLEST_RECORD = 50  # bytes of JSON: bounds how many rows a page can need
+SMALLEST_BUCKET = 60  # ... how many buckets
+SMALLEST_ENTRY = 150  # ... how many catalogue entries
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,8 @@ class QueryRules:
     max_reply_bytes: int = 100_000
     max_page_records: int = 1000  # the most a `limit` may ask for
     readable: dict = field(default_factory=dict)  # app-id glob -> device-id globs; empty: all
+    max_summary_buckets: int = 1000
+    live_types: frozenset = frozenset({"temperature"})  # device types with liveness (devices.*_stale_after)
 
 
 class QueryActor(Supervised):
@@ -43,6 +50,8 @@ class QueryActor(Supervised):
         self.peers = peers
         self.rules = rules
         self.gate = gate or ReadGate()
+        self.summaries = Summaries(database)
+        self.catalogue = CatalogueReader(database, set(rules.live_types))
 
     def on_start(self):
         self.db.connect(reuse_if_open=True)
@@ -78,37 +87,47 @@ class QueryActor(Supervised):
         return any(fnmatchcase(app_id, apps) and any(fnmatchcase(device_id, d) for d in devices)
                    for apps, devices in self.rules.readable.items())
 
-    def answer(self, device_name: str, payload: bytes, app_id: str = "", max_bytes: int | None = None) -> bytes | dict:
-        """The reply to a request, at most `max_bytes` of JSON (what the broker takes) and
-        `queries.max_reply_bytes`: the data as JSON, or an error reply (a dict)."""
-        device = DEVICE_TYPES[device_name]
+    def answer(self, kind: str, payload: bytes, app_id: str = "", max_bytes: int | None = None) -> bytes | dict:
+        """The reply to a request (`kind`: a device type, or CATALOGUE), at most `max_bytes` of JSON
+        (what the broker takes) and `queries.max_reply_bytes`: the data as JSON, or an error reply (a dict)."""
         if len(payload) > self.rules.max_request_bytes:
-            log.info("refused a %s request of %d bytes", device_name, len(payload))
+            log.info("refused a %s request of %d bytes", kind, len(payload))
             return error_reply("too_large", f"the request is {len(payload)} bytes, over the "
                                             f"{self.rules.max_request_bytes}-byte limit")
+        cap = min(self.rules.max_reply_bytes, max_bytes or self.rules.max_reply_bytes)
         try:
-            ask = parse_request(payload, device, self.rules.max_page_records)
+            if kind == CATALOGUE:
+                ask = parse_catalogue(payload, tuple(DEVICE_TYPES), self.rules.max_page_records)
+                known, about = {"request_id": ask.request_id}, "the catalogue"
+                read = lambda: self.catalogue_page(ask, app_id, cap)  # noqa: E731
+            else:
+                device = DEVICE_TYPES[kind]
+                ask = parse_request(payload, device, self.rules.max_page_records, self.rules.max_summary_buckets)
+                known, about = {"request_id": ask.request_id, "device_id": ask.device_id}, ask.device_id
+                if isinstance(ask, SummaryAsk):
+                    read = lambda: self.summary_page(device, ask, cap)  # noqa: E731
+                else:
+                    known["date"] = ask.date
+                    read = lambda: self.latest(device, ask) if ask.latest else self.page(device, ask, cap)  # noqa: E731
         except RequestError as exc:
-            log.info("bad %s request: %s", device_name, exc)
+            log.info("bad %s request: %s", kind, exc)
             return error_reply(exc.code, str(exc), **exc.known)
-        known = {k: v for k, v in (("request_id", ask.request_id), ("device_id", ask.device_id),
-                                   ("date", ask.date)) if v is not None}
-        if not self.may_read(app_id, ask.device_id):
+        known = {k: v for k, v in known.items() if v is not None}
+        if kind != CATALOGUE and not self.may_read(app_id, ask.device_id):
             log.warning("app %s may not read device %s (apps.readable); answered forbidden", app_id, ask.device_id)
             return error_reply("forbidden", f"this app may not read device {ask.device_id!r}", **known)
         try:
             self.db.connect(reuse_if_open=True)
-            cap = min(self.rules.max_reply_bytes, max_bytes or self.rules.max_reply_bytes)
             with self.gate.reading():
-                reply = self.latest(device, ask) if ask.latest else self.page(device, ask, cap)
+                reply = read()
         except (peewee.OperationalError, peewee.InterfaceError) as exc:
             if not is_sqlite(self.db):
                 self.db.close()  # the server may have gone: the next request takes a fresh connection
-            log.error("cannot read %s data for %s: %s", device_name, ask.device_id, exc)
+            log.error("cannot read %s data for %s: %s", kind, about, exc)
             return error_reply("unavailable", "the database cannot be read right now; try again", **known)
         if reply is None:
             log.warning("a %s reply for %s would not fit in %d bytes (the broker's maximum packet size); "
-                        "answered too_large", device_name, ask.device_id, cap)
+                        "answered too_large", kind, about, cap)
             return error_reply("too_large", f"not even one record fits in a reply of {cap} bytes, the most "
                                             "the broker takes on this reply topic", **known)
         return reply
@@ -121,6 +140,40 @@ class QueryActor(Supervised):
             date = timestamp[:10]
             records = device.records([row], device.state_before(ask.device_id, date, timestamp))
         return self._reply(ask, date, len(records), orjson.dumps(records)[1:-1])
+
+    def summary_page(self, device: DeviceType, ask: SummaryAsk, cap: int) -> bytes | None:
+        """The buckets of a summary that fit in `cap` bytes, from the cursor's on; `next` if more."""
+        starts = bucket_starts(ask.kind, ask.from_date, ask.to_date)
+        if ask.start is not None:
+            starts = starts[starts.index(ask.start):]
+        page = starts[:max(1, cap // SMALLEST_BUCKET)]
+        buckets = self.summaries.buckets(device, ask.device_id, ask.kind, page)
+        head = {"device_id": ask.device_id, "summary": ask.kind, "from_date": ask.from_date, "to_date": ask.to_date}
+        frame = len(splice({**head, "count": 0}, "buckets", b"", {"next": pack([device.name, ask.kind, starts[-1]]),
+                                                                  "request_id": ask.request_id})) + 64
+        encoded, n = cut(orjson.dumps(buckets), len(buckets), cap - frame)
+        if not n:
+            return None
+        next_ = pack([device.name, ask.kind, starts[n]]) if n < len(starts) else None
+        return splice({**head, "count": n}, "buckets", encoded, {"next": next_, "request_id": ask.request_id})
+
+    def catalogue_page(self, ask: CatalogueAsk, app_id: str, cap: int) -> bytes | None:
+        """The catalogue's entries after the cursor that fit in `cap` bytes; `next` if more."""
+        fits = max(1, cap // SMALLEST_ENTRY)
+        wanted = min(ask.limit or fits, fits)
+        entries = self.catalogue.entries(ask, lambda device_id: self.may_read(app_id, device_id), wanted + 1)
+
+        def cursor(entry):
+            return pack(["devices", entry["type"], entry["device_id"]])
+        longest = max(entries, key=lambda e: len(orjson.dumps(e["device_id"])), default=None)
+        frame = len(splice({"count": 0}, "devices", b"", {"next": cursor(longest) if longest else None,
+                                                          "request_id": ask.request_id})) + 64
+        page = entries[:wanted]
+        encoded, n = cut(orjson.dumps(page), len(page), cap - frame)
+        if page and not n:
+            return None
+        next_ = cursor(entries[n - 1]) if len(entries) > n else None
+        return splice({"count": n}, "devices", encoded, {"next": next_, "request_id": ask.request_id})
 
     def page(self, device: DeviceType, ask: Ask, cap: int) -> bytes | None:
         """One page: `limit` records, or as many as fit in `cap` bytes; `next` if more. None if
@@ -144,13 +197,18 @@ class QueryActor(Supervised):
 
     @staticmethod
     def _reply(ask: Ask, date: str | None, count: int, records: bytes, next_: str | None = None) -> bytes:
-        """The reply's JSON, byte for byte what orjson makes of the dict {"device_id", "date",
-        "count", "records", "next"?, "request_id"?}, around `records` already encoded (without
-        the array's brackets)."""
-        head = orjson.dumps({"device_id": ask.device_id, "date": date, "count": count})
-        tail = {k: v for k, v in (("next", next_), ("request_id", ask.request_id)) if v is not None}
-        end = b"," + orjson.dumps(tail)[1:] if tail else b"}"
-        return b"".join((head[:-1], b',"records":[', records, b"]", end))
+        """A day's reply: {"device_id", "date", "count", "records", "next"?, "request_id"?}."""
+        return splice({"device_id": ask.device_id, "date": date, "count": count}, "records", records,
+                      {"next": next_, "request_id": ask.request_id})
+
+
+def splice(head: dict, key: str, items: bytes, tail: dict) -> bytes:
+    """A reply's JSON, byte for byte what orjson makes of the dict {**head, key: [...], **tail} (tail
+    entries that are None left out), around `items` already encoded (without the array's brackets)."""
+    start = orjson.dumps(head)
+    tail = {k: v for k, v in tail.items() if v is not None}
+    end = b"," + orjson.dumps(tail)[1:] if tail else b"}"
+    return b"".join((start[:-1], b',"', key.encode(), b'":[', items, b"]", end))
 
 
 BETWEEN = b'},{"'  # only ever between two records: inside a JSON string a '"' is escaped

@@ -14,7 +14,8 @@ from datetime import time as Time
 
 import orjson
 
-from actors.devices import DeviceType, InvalidMessage, parse_object, text_field
+from actors.devices import DEVICE_TYPES, DeviceType, InvalidMessage, parse_object, text_field
+from actors.summaries import bucket_count, bucket_starts
 
 DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 TIME = re.compile(r"\d{2}:\d{2}:\d{2}")
@@ -35,6 +36,33 @@ class Ask:
     request_id: str | None = None
 
 
+@dataclass(frozen=True)
+class SummaryAsk:
+    """A parsed summary request: buckets of `kind` from `from_date` to `to_date` (inclusive)."""
+    device_id: str
+    kind: str  # hour or day
+    from_date: str
+    to_date: str
+    start: str | None = None  # from the cursor: the first bucket of this page
+    request_id: str | None = None
+
+
+@dataclass(frozen=True)
+class CatalogueAsk:
+    """A parsed catalogue request (home/getdevices/{app_id})."""
+    type: str | None = None  # one device type, or all
+    limit: int | None = None
+    after: tuple[str, str] | None = None  # from the cursor: the last (type, device_id) sent
+    request_id: str | None = None
+
+
+SUMMARY_KINDS = ("hour", "day")
+CATALOGUE = "devices"  # what a request on home/getdevices/{app_id} asks for (in place of a device type)
+# What apps ask for, and where: request stem (apps ask on {stem}/{app_id}) and reply stem, by kind
+STEMS = {**{d.name: (d.request_stem, d.reply_stem) for d in DEVICE_TYPES.values()},
+         CATALOGUE: ("home/getdevices", "home/datadevices")}
+
+
 class RequestError(Exception):
     def __init__(self, code: str, message: str, **known):
         super().__init__(message)
@@ -50,8 +78,8 @@ def request_id_of(obj) -> str | None:
     return None
 
 
-def parse_request(payload: bytes, device: DeviceType, max_limit: int) -> Ask:
-    """The request as an Ask, or RequestError with a code for the app."""
+def _object(payload: bytes) -> tuple[dict, dict]:
+    """The request's object and what is known of it so far (its request_id), or RequestError."""
     try:
         obj = parse_object(payload)
     except InvalidMessage as exc:
@@ -63,6 +91,19 @@ def parse_request(payload: bytes, device: DeviceType, max_limit: int) -> Ask:
             raise RequestError("invalid_field", f"field 'request_id' must be a string of 1 to {MAX_REQUEST_ID} "
                                                 "characters without control characters")
         known["request_id"] = request_id
+    return obj, known
+
+
+def _limit(obj: dict, fail) -> int | None:
+    limit = obj.get("limit")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        fail("invalid_field", f"field 'limit' must be a whole number from 1, got {limit!r}")
+    return limit
+
+
+def parse_request(payload: bytes, device: DeviceType, max_limit: int, max_buckets: int = 1000) -> Ask | SummaryAsk:
+    """The request as an Ask (or a SummaryAsk), or RequestError with a code for the app."""
+    obj, known = _object(payload)
 
     def fail(code, message):
         raise RequestError(code, message, **known)
@@ -79,15 +120,15 @@ def parse_request(payload: bytes, device: DeviceType, max_limit: int) -> Ask:
         if extra := [k for k in ("date", "limit", "cursor", "from", "to") if k in obj]:
             fail("invalid_request", f"a latest request takes no {', '.join(repr(k) for k in extra)}")
         return Ask(known["device_id"], latest=True, request_id=known.get("request_id"))
+    if "summary" in obj:
+        return _summary(obj, device, known, max_buckets, fail)
     if "date" not in obj:
         fail("missing_field", "missing field 'date'")
     value = obj["date"]
     if not _well_formed(value, DATE, Date.fromisoformat):
         fail("invalid_field", f"field 'date' must be a date as YYYY-MM-DD, got {value!r}")
     known["date"] = value
-    limit = obj.get("limit")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        fail("invalid_field", f"field 'limit' must be a whole number from 1, got {limit!r}")
+    limit = _limit(obj, fail)
     times = {}
     for name in ("from", "to"):
         text = obj.get(name)
@@ -106,6 +147,78 @@ def parse_request(payload: bytes, device: DeviceType, max_limit: int) -> Ask:
                state=state, start=times.get("from"), end=times.get("to"), request_id=known.get("request_id"))
 
 
+def _summary(obj: dict, device: DeviceType, known: dict, max_buckets: int, fail) -> SummaryAsk:
+    kind = obj["summary"]
+    if kind not in SUMMARY_KINDS:
+        fail("invalid_field", f"field 'summary' must be one of {', '.join(SUMMARY_KINDS)}, got {kind!r}")
+    if extra := [k for k in ("date", "limit", "from", "to") if k in obj]:
+        fail("invalid_request", f"a summary request takes no {', '.join(repr(k) for k in extra)}")
+    dates = {}
+    for name in ("from_date", "to_date"):
+        if name not in obj:
+            fail("missing_field", f"missing field {name!r}")
+        if not _well_formed(obj[name], DATE, Date.fromisoformat):
+            fail("invalid_field", f"field {name!r} must be a date as YYYY-MM-DD, got {obj[name]!r}")
+        dates[name] = obj[name]
+    if dates["from_date"] > dates["to_date"]:
+        fail("invalid_request", f"from_date {dates['from_date']} is after to_date {dates['to_date']}")
+    if (n := bucket_count(kind, dates["from_date"], dates["to_date"])) > max_buckets:
+        fail("invalid_request", f"the range has {n} {kind} buckets, more than the {max_buckets} a summary may have "
+                                "(queries.max_summary_buckets): ask for a shorter range, or by the day")
+    start = None
+    if "cursor" in obj:
+        try:
+            name, cursor_kind, start = unpack(obj["cursor"])
+            if name != device.name or cursor_kind != kind \
+                    or start not in bucket_starts(kind, dates["from_date"], dates["to_date"]):
+                raise ValueError
+        except ValueError:
+            fail("invalid_field", "field 'cursor' must be a `next` value from an earlier reply")
+    return SummaryAsk(known["device_id"], kind, dates["from_date"], dates["to_date"], start, known.get("request_id"))
+
+
+def parse_catalogue(payload: bytes, types, max_limit: int) -> CatalogueAsk:
+    """A request for the device catalogue, or RequestError."""
+    obj, known = _object(payload)
+
+    def fail(code, message):
+        raise RequestError(code, message, **known)
+
+    kind = obj.get("type")
+    if kind is not None and kind not in types:
+        fail("invalid_field", f"field 'type' must be one of {', '.join(types)}, got {kind!r}")
+    limit = _limit(obj, fail)
+    after = None
+    if "cursor" in obj:
+        try:
+            name, after_type, after_id = unpack(obj["cursor"])
+            if name != "devices" or after_type not in types or not isinstance(after_id, str) \
+                    or (kind is not None and after_type != kind):
+                raise ValueError
+            after = (after_type, after_id)
+        except ValueError:
+            fail("invalid_field", "field 'cursor' must be a `next` value from an earlier reply")
+    return CatalogueAsk(kind, min(limit, max_limit) if limit else None, after, known.get("request_id"))
+
+
+def pack(values: list) -> str:
+    """A cursor: opaque to apps."""
+    return base64.urlsafe_b64encode(orjson.dumps(values)).rstrip(b"=").decode()
+
+
+def unpack(text) -> list:
+    """A cursor's values; ValueError unless it is one that pack() made."""
+    try:
+        if not isinstance(text, str) or len(text) > 1024:
+            raise ValueError
+        values = orjson.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+    except (binascii.Error, orjson.JSONDecodeError, TypeError, ValueError):
+        raise ValueError from None
+    if not isinstance(values, list):
+        raise ValueError
+    return values
+
+
 def _well_formed(value, pattern: re.Pattern, parse) -> bool:
     """A string in exactly that format, naming a real date or time (no 2026-02-30, no 24:00:00)."""
     if not isinstance(value, str) or not pattern.fullmatch(value):
@@ -118,18 +231,16 @@ def _well_formed(value, pattern: re.Pattern, parse) -> bool:
 
 
 def encode_cursor(device: DeviceType, key: tuple, state: tuple) -> str:
-    return base64.urlsafe_b64encode(orjson.dumps([device.name, list(key), list(state)])).rstrip(b"=").decode()
+    return pack([device.name, list(key), list(state)])
 
 
 def decode_cursor(text, device: DeviceType, date: str) -> tuple[tuple, tuple]:
     """(key, state) of a cursor; ValueError unless it is one of ours for this device type and
     day: every value is checked as the column holds it, so nothing an app makes up reaches SQL."""
-    try:
-        if not isinstance(text, str) or len(text) > 1024:
-            raise ValueError
-        name, key, state = orjson.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
-    except (binascii.Error, orjson.JSONDecodeError, TypeError, ValueError):
-        raise ValueError from None
+    values = unpack(text)
+    if len(values) != 3:
+        raise ValueError
+    name, key, state = values
     if name != device.name or not isinstance(key, list) or not isinstance(state, list) \
             or len(key) != 1 + len(device.value_columns):
         raise ValueError

@@ -2,7 +2,9 @@
 
 Version 1 is the original program's schema, as its README describes it: the three reading tables,
 no `rejected_messages`, no identity index, timestamps as devices sent them. Version 2 added those;
-version 3, `delivery_failures` (the delivery limit). The current version is what models.py declares. The version lives in the `schema_version` table. An upgrade
+version 3, `delivery_failures` (the delivery limit); version 4, the device catalogue and the hourly
+rollups (`devices`, `*_hourly`), built from the rows already stored. The current version is what
+models.py declares. The version lives in the `schema_version` table. An upgrade
 runs in one transaction: it either completes or leaves the file as it was."""
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ from datetime import datetime
 import peewee
 
 from actors.devices import DEVICE_TYPES
-from actors.models import MODELS, DeliveryFailure, RejectedMessage
+from actors.models import MODELS, ROLLUP_MODELS, DeliveryFailure, Device, RejectedMessage
+from actors.rollups import Upkeep, cursor_of
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+BACKFILL_ROWS = 10_000
 SCHEMA_LOCK = 0x6D717474  # the PostgreSQL advisory lock of the schema step ('mqtt')
 
 
@@ -134,4 +138,28 @@ def _upgrade_2_to_3(db: peewee.Database) -> None:
         _byte_order_text(db, [DeliveryFailure])
 
 
-UPGRADES = {1: _upgrade_1_to_2, 2: _upgrade_2_to_3}
+def _upgrade_3_to_4(db: peewee.Database) -> None:
+    """The catalogue and the rollups, from every stored row, as if they had just been stored."""
+    db.create_tables([Device, *ROLLUP_MODELS])
+    if not isinstance(db, peewee.SqliteDatabase):
+        _byte_order_text(db, [Device, *ROLLUP_MODELS])
+    upkeep, cursor = Upkeep(db), cursor_of(db)
+    for name, device in DEVICE_TYPES.items():
+        m = device.model
+        columns = [m.device_id, *(getattr(m, c) for c in device.value_columns), m.timestamp, m.date]
+        last_id, rows_done = 0, 0
+        while True:
+            rows = list(m.select(m.id, *columns).where(m.id > last_id).order_by(m.id).limit(BACKFILL_ROWS).tuples())
+            if not rows:
+                break
+            last_id = rows[-1][0]
+            upkeep.stored(cursor, {name: [row[1:] for row in rows]}, {}, "")
+            rows_done += len(rows)
+        # when each device's latest reading was stored
+        latest = m.select(peewee.fn.MAX(m.created_at)).where(m.device_id == Device.device_id)
+        Device.update(received_at=latest).where(Device.type == name).execute()
+        log.warning("%s: the catalogue and hourly summaries built from %d stored readings", m._meta.table_name,
+                    rows_done)
+
+
+UPGRADES = {1: _upgrade_1_to_2, 2: _upgrade_2_to_3, 3: _upgrade_3_to_4}

@@ -19,6 +19,7 @@ import peewee
 
 from actors.devices import DEVICE_TYPES
 from actors.models import MODELS, DeliveryFailure, RejectedMessage, insert_fields, insert_sql, is_sqlite
+from actors.rollups import ServerCursor, Upkeep
 from actors.schema import prepare
 from actors.settings import DatabaseSettings, describe_url
 
@@ -71,11 +72,13 @@ class Store:
     def open(self) -> None:
         raise NotImplementedError
 
-    def write(self, by_device: dict[str, list[tuple]], rejections: list[tuple], failures,
-              ran=lambda: None) -> tuple[dict, list]:
+    def write(self, by_device: dict[str, list[tuple]], rejections: list[tuple], failures, wrong_clocks=None,
+              stored_at: str = "", ran=lambda: None) -> tuple[dict, dict, list]:
         """One transaction: rows per device type, rejections, and the delivery counts (`failures`,
-        see Failures); `ran` is called once the statements have run, before the commit. The rows
-        inserted per type (redeliveries are not), and the counts."""
+        see Failures), with the catalogue and rollups they change (rollups.py; `wrong_clocks`: device
+        ids of clock rejections per type); `ran` is called once the statements have run, before the
+        commit. The rows inserted per type (redeliveries are not), what the catalogue saw per type
+        (Upkeep.stored), and the counts."""
         raise NotImplementedError
 
     def delete(self, table: str, first_id: int, last_id: int) -> int:
@@ -126,6 +129,7 @@ class SqliteStore(Store):
             self.db.execute_sql(f"PRAGMA max_page_count = {pages}")  # this connection only
         self._insert = {name: insert_sql(d.model, self.db) for name, d in DEVICE_TYPES.items()}
         self._reject = insert_sql(RejectedMessage, self.db)
+        self.upkeep = Upkeep(self.db)
         self._wal = Path(self.settings.path + "-wal")
 
     def _pragma(self, name: str):
@@ -174,21 +178,36 @@ class SqliteStore(Store):
                 conn.execute("ROLLBACK")
             raise
 
-    def write(self, by_device, rejections, failures, ran=lambda: None):
+    def write(self, by_device, rejections, failures, wrong_clocks=None, stored_at="", ran=lambda: None):
         def work(conn):
-            inserted = {device: conn.executemany(self._insert[device], rows).rowcount
-                        for device, rows in by_device.items()}
+            inserted = {device: self._new_rows(conn, self._insert[device], rows) for device, rows in by_device.items()}
             if rejections:
                 conn.executemany(self._reject, rejections)
+            seen = self.upkeep.stored(conn, inserted, wrong_clocks or {}, stored_at)
             counts = failures.apply(conn.execute)
             ran()
-            return inserted, counts
+            return {device: len(rows) for device, rows in inserted.items()}, seen, counts
         return self._transaction(work)
+
+    @staticmethod
+    def _new_rows(conn: sqlite3.Connection, insert: str, rows: list[tuple]) -> list[tuple]:
+        """Insert the rows (those the table has are ignored) and tell which were new: all of them,
+        nearly always; when some were not, they are inserted again one by one to tell."""
+        conn.execute("SAVEPOINT fresh")
+        if conn.executemany(insert, rows).rowcount < len(rows):
+            conn.execute("ROLLBACK TO fresh")
+            rows = [row for row in rows if conn.execute(insert, row).rowcount]
+        conn.execute("RELEASE fresh")
+        return rows
 
     def delete(self, table, first_id, last_id):
         model = TABLES[table]
         sql, params = self.db.get_sql_context().sql(model.delete().where(model.id.between(first_id, last_id))).query()
-        return self._transaction(lambda conn: conn.execute(sql, params).rowcount)
+
+        def work(conn):
+            self.upkeep.deleting(conn, table, first_id, last_id)
+            return conn.execute(sql, params).rowcount
+        return self._transaction(work)
 
     def sizes(self):
         wal = self.wal_bytes()
@@ -208,22 +227,29 @@ class ServerStore(Store):
     def open(self) -> None:
         self.db.connect(reuse_if_open=True)
         self._prepare()
+        self.upkeep = Upkeep(self.db)
+        self.cursor = ServerCursor(self.db)
         log.info("database %s: PostgreSQL, schema version ok", self.where)
 
-    def write(self, by_device, rejections, failures, ran=lambda: None):
+    def write(self, by_device, rejections, failures, wrong_clocks=None, stored_at="", ran=lambda: None):
         self.db.connect(reuse_if_open=True)
         with self.db.atomic():
-            inserted = {device: DEVICE_TYPES[device].model.insert_many(rows, fields=self.fields[device])
-                        .on_conflict_ignore().as_rowcount().execute() for device, rows in by_device.items()}
+            inserted = {}
+            for device, rows in by_device.items():
+                fields = self.fields[device]
+                query = DEVICE_TYPES[device].model.insert_many(rows, fields=fields).on_conflict_ignore()
+                inserted[device] = list(query.returning(*fields).tuples().execute())  # the new rows alone
             if rejections:
                 RejectedMessage.insert_many(rejections, fields=self.fields["rejected"]).execute()
-            counts = failures.apply(lambda sql, params: self.db.execute_sql(sql, params))
+            seen = self.upkeep.stored(self.cursor, inserted, wrong_clocks or {}, stored_at)
+            counts = failures.apply(self.cursor.execute)
             ran()
-            return inserted, counts
+            return {device: len(rows) for device, rows in inserted.items()}, seen, counts
 
     def delete(self, table, first_id, last_id):
         model = TABLES[table]
         with self.db.atomic():
+            self.upkeep.deleting(self.cursor, table, first_id, last_id)
             return model.delete().where(model.id.between(first_id, last_id)).execute()
 
     def sizes(self):

@@ -15,6 +15,7 @@ from typing import Callable
 import pykka
 
 from actors.backup import BackupActor
+from actors.clock import ClockCheck
 from actors.devices import DEVICE_TYPES
 from actors.handling import Marks
 from actors.ingest import IngestActor
@@ -61,8 +62,9 @@ class Supervisor(pykka.ThreadingActor):
         marks = Marks(s.database.path, s.mqtt.client_id)  # what a process that died was handling
         specs = [ChildSpec(WRITER, lambda name, sup: WriterActor.start(name, db, s.database, peers, sup, gate,
                                                                        self._stopping, marks))]
+        live_types = frozenset(name for name in DEVICE_TYPES if s.devices.stale_after(name))
         rules = QueryRules(s.limits.max_request_bytes, s.queries.max_reply_bytes, s.queries.max_page_records,
-                           s.apps.readable)
+                           s.apps.readable, s.queries.max_summary_buckets, live_types)
         specs += [ChildSpec(pool_member(QUERY_POOL, i),
                             lambda name, sup: QueryActor.start(name, db, peers, rules, sup, gate, marks))
                   for i in range(s.queries.pool_size)]
@@ -71,8 +73,9 @@ class Supervisor(pykka.ThreadingActor):
                 specs += [ChildSpec(BACKUP, lambda name, sup: BackupActor.start(name, s.database.path, s.backup, sup))]
             specs += [ChildSpec(RETENTION, lambda name, sup: RetentionActor.start(name, db, s.retention, peers, sup,
                                                                                   gate))]
+        clock = ClockCheck(s.limits.earliest_date, s.limits.max_clock_ahead)
         specs += [ChildSpec(ingest_name(d.name), lambda name, sup, d=d: IngestActor.start(
-                      name, d, peers, max_bytes=s.limits.max_reading_bytes, supervisor=sup, marks=marks))
+                      name, d, peers, s.limits.max_reading_bytes, clock, supervisor=sup, marks=marks))
                   for d in DEVICE_TYPES.values()]
         specs += [ChildSpec(LINK, lambda name, sup: MqttLink.start(name, s.mqtt, s.status, s.apps, s.limits, peers,
                                                                    sup, self.retire, marks, s.database.commit_linger))]

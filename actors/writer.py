@@ -62,6 +62,7 @@ class WriterActor(Supervised):
         self._stored: dict[str, int] = {name: 0 for name in DEVICE_TYPES}
         self._last_stored_at: dict[str, str] = {}
         self._rejected = 0
+        self._wrong_clocks: dict[tuple[str, str], int] = {}  # (device type, device id) -> clock rejections
         self._commit_failures = 0
         self._last_commit_ms = 0.0
         self._max_commit_ms = 0.0
@@ -159,7 +160,8 @@ class WriterActor(Supervised):
             commit_failures=self._commit_failures, last_commit_ms=round(self._last_commit_ms, 2),
             max_commit_ms=round(self._max_commit_ms, 2), database_bytes=database_bytes,
             last_stored_at=tuple(self._last_stored_at.items()), wal_bytes=wal_bytes,
-            checkpoints=self.checkpoint.done if self.checkpoint else 0)
+            checkpoints=self.checkpoint.done if self.checkpoint else 0,
+            wrong_clocks=tuple((*key, n) for key, n in self._wrong_clocks.items()))
         self._max_commit_ms = 0.0
         return stats
 
@@ -175,18 +177,26 @@ class WriterActor(Supervised):
         started = time.perf_counter()
         created_at = utc_now()
         by_device: dict[str, list[tuple]] = {}
+        wrong_clocks: dict[str, list[str]] = {}
         rejections = []
         for batch in batches:
             if batch.rows:  # a batch of rejections only has no rows for its table
                 by_device.setdefault(batch.device, []).extend(row + (created_at,) for row in batch.rows)
+            if batch.wrong_clocks:
+                wrong_clocks.setdefault(batch.device, []).extend(batch.wrong_clocks)
             rejections.extend((r.topic, r.payload, r.reason, r.received_at) for r in batch.rejections)
         # The mark is cleared once the statements have run: a death during the commit (its fsync,
         # where a kill from outside usually lands) is not these rows' fault.
-        inserted, counts = self.store.write(by_device, rejections, Failures(self.db, strikes, cleared, created_at),
-                                            self.mark.clear)
+        inserted, seen, counts = self.store.write(by_device, rejections,
+                                                  Failures(self.db, strikes, cleared, created_at), wrong_clocks,
+                                                  created_at, self.mark.clear)
         for device, n in inserted.items():
             self._stored[device] += n
             self._last_stored_at[device] = created_at
+        for device, ids in wrong_clocks.items():
+            for device_id in ids:
+                key = (device, device_id)
+                self._wrong_clocks[key] = self._wrong_clocks.get(key, 0) + 1
         self._rejected += len(rejections)
         self._last_commit_ms = (time.perf_counter() - started) * 1000
         self._max_commit_ms = max(self._max_commit_ms, self._last_commit_ms)

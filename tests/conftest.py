@@ -140,7 +140,7 @@ class MqttClient:
         return topic, json.loads(payload)
 
     def subscribe_replies(self, app_id: str) -> None:
-        for stem in ("temp", "power", "fingerprint"):
+        for stem in ("temp", "power", "fingerprint", "devices"):
             self.subscribe(f"home/data{stem}/{app_id}")
 
     def request(self, stem: str, app_id: str, body, timeout: float = 10.0) -> dict:

@@ -11,21 +11,29 @@ from typing import Callable
 
 import orjson
 
+from actors.devices import DEVICE_TYPES
 from actors.messages import Request
 from actors.mqtt.inflight import Held, InFlight
 from actors.peers import ingest_name
+from actors.requests import CATALOGUE
 
 READ_AFTER_ARRIVAL_WAIT = 1.0  # longest a request waits for the readings received before it
 
 
-def sees(request: Request) -> tuple[str, bytes | None]:
-    """The readings a request may see: the route of its device type, and its device id as JSON
-    (None when it cannot be read here: any reading of the type counts, and the query actor
-    answers what is wrong with the request)."""
+def sees(request: Request) -> tuple[str | None, bytes | None]:
+    """The readings a request may see: the route of its device type (None: every type), and its
+    device id as JSON (None: every device; so when it cannot be read here, and the query actor
+    answers what is wrong with the request). The catalogue sees every device of the type it
+    names, or of every type."""
     try:
-        device_id = orjson.loads(request.payload).get("device_id") if len(request.payload) <= 65536 else None
-    except (orjson.JSONDecodeError, AttributeError):
-        device_id = None
+        asked = orjson.loads(request.payload) if len(request.payload) <= 65536 else None
+    except orjson.JSONDecodeError:
+        asked = None
+    asked = asked if isinstance(asked, dict) else {}
+    if request.device == CATALOGUE:
+        kind = asked.get("type")
+        return (ingest_name(kind) if isinstance(kind, str) and kind in DEVICE_TYPES else None), None
+    device_id = asked.get("device_id")
     return ingest_name(request.device), orjson.dumps(device_id) if isinstance(device_id, str) else None
 
 

@@ -11,11 +11,12 @@ import logging
 import re
 from dataclasses import dataclass
 
-from actors.devices import BY_READING_TOPIC, DEVICE_TYPES
+from actors.devices import BY_READING_TOPIC
 from actors.messages import Request
 from actors.mqtt.packets import publish_size, topic_problem
 from actors.peers import ingest_name
 from actors.ratelimit import RateLimiter
+from actors.requests import STEMS
 from actors.settings import AppsSettings
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ class Refusal:
 class Router:
     def __init__(self, apps: AppsSettings, shared_group: str = "", limiter: RateLimiter | None = None):
         self.reading_routes = {topic: ingest_name(d.name) for topic, d in BY_READING_TOPIC.items()}
-        self._request_stems = {d.request_stem: d.name for d in DEVICE_TYPES.values()}
+        self._request_stems = {request: kind for kind, (request, _) in STEMS.items()}
         topics = [*self.reading_routes, *(f"{stem}/+" for stem in self._request_stems)]
         # Several instances in one shared group take turns: the broker hands each message to one.
         self.subscriptions = [f"$share/{shared_group}/{t}" for t in topics] if shared_group else topics
@@ -53,7 +54,7 @@ class Router:
         if not APP_ID.fullmatch(app_id):  # its reply topic would not be a plain name of one app
             log.warning("ignored a request on %r: an app id is 1-64 letters, digits, '_' or '-'", topic)
             return None
-        reply_topic = f"{DEVICE_TYPES[device].reply_stem}/{app_id}"
+        reply_topic = f"{STEMS[device][1]}/{app_id}"
         if not isinstance(correlation, (bytes, type(None))):
             correlation = None
         if response_topic is not None:  # MQTT 5 request/response: only inside this app's own reply topics
@@ -84,8 +85,7 @@ class Router:
 
 def response_topic_problem(asked, app_id: str) -> str | None:
     """Why the service will not reply on `asked` for app `app_id`; None if it may."""
-    if isinstance(asked, str) and not any(asked == f"{d.reply_stem}/{app_id}"
-                                          or asked.startswith(f"{d.reply_stem}/{app_id}/")
-                                          for d in DEVICE_TYPES.values()):
+    if isinstance(asked, str) and not any(asked == f"{reply}/{app_id}" or asked.startswith(f"{reply}/{app_id}/")
+                                          for _, reply in STEMS.values()):
         return f"is not one of app {app_id}'s reply topics (home/data<type>/{app_id}[/...])"
     return topic_problem(asked)

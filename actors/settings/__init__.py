@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, get_type_hints
 
-from actors.settings.values import (Boolean, Deprecated, Float, GlobTable, Integer, Invalid, Port, Secret, String,
-                                    Value, setting, value_of)
+from actors.settings.values import (Boolean, Date, Deprecated, Float, GlobTable, Integer, Invalid, Port, SecondsOrAuto,
+                                    Secret, String, Value, setting, value_of)
 
 DEFAULTS_FILE = Path(__file__).resolve().parent.parent.parent / "settings.toml"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -71,6 +71,7 @@ class QuerySettings:
     pool_size: int = setting(Integer(1, 64))
     max_reply_bytes: int = setting(Integer(1024, 256 * 1024 * 1024))
     max_page_records: int = setting(Integer(1, 1_000_000))
+    max_summary_buckets: int = setting(Integer(1, 1_000_000))  # buckets one summary may span
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,21 @@ class LimitsSettings:
     max_reading_bytes: int = setting(Integer(64, 16 * 1024 * 1024))
     max_request_bytes: int = setting(Integer(64, 16 * 1024 * 1024))
     max_failures: int = setting(Integer(1, 100))  # the delivery limit (see actors/mqtt/inflight.py)
+    earliest_date: str = setting(Date())  # readings dated before it: a clock that was reset
+    max_clock_ahead: float = setting(Float(0, 10 * 365 * 86400))  # seconds ahead of arrival; 0: no check
+
+
+@dataclass(frozen=True)
+class DevicesSettings:
+    # seconds of silence after which a device is stale (one key per device type, `{name}_stale_after`):
+    # 0 = no liveness for the type; "auto" = three times the device's usual interval between readings
+    temperature_stale_after: float | str = setting(SecondsOrAuto(0, 10 * 365 * 86400))
+    power_stale_after: float | str = setting(SecondsOrAuto(0, 10 * 365 * 86400))
+    fingerprint_stale_after: float | str = setting(SecondsOrAuto(0, 10 * 365 * 86400))
+    min_stale_after: float = setting(Float(0, 10 * 365 * 86400))  # the least "auto" waits
+
+    def stale_after(self, device_type: str) -> float | str:
+        return getattr(self, f"{device_type}_stale_after")
 
 
 @dataclass(frozen=True)
@@ -101,6 +117,7 @@ class RetentionSettings:
     power_days: int = setting(DAYS)
     fingerprint_days: int = setting(DAYS)
     rejected_days: int = setting(DAYS)
+    summary_days: int = setting(DAYS)  # days the hourly summaries keep (counted like the rest); 0: for ever
     archive_dir: str = setting(String(nonempty=True))
     interval_hours: float = setting(Float(0.01, 24 * 365))
     batch_rows: int = setting(Integer(1, 100_000))
@@ -132,6 +149,7 @@ class Settings:
     database: DatabaseSettings
     queries: QuerySettings
     limits: LimitsSettings
+    devices: DevicesSettings
     apps: AppsSettings
     backup: BackupSettings
     retention: RetentionSettings
@@ -275,6 +293,10 @@ def _together(s: Settings) -> list[str]:
         path = getattr(mqtt, name)
         if path and not os.access(path, os.R_OK):
             problems.append(f"mqtt.{name}: cannot read {path}")
+    days = [getattr(s.retention, f"{name}_days") for name in ("temperature", "power", "fingerprint")]
+    if s.retention.summary_days and any(d == 0 or d > s.retention.summary_days for d in days):
+        problems.append(f"retention.summary_days ({s.retention.summary_days}) must be 0 (keep summaries for ever) "
+                        "or at least every device table's *_days (a summary must outlive its readings)")
     if url and not url.startswith(("postgresql://", "postgres://", "sqlite:///")):
         problems.append("database.url (DATABASE_URL) must start with postgresql:// (or sqlite:///), "
                         f"not {describe_url(url)!r}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from datetime import date
 from typing import Any, Callable
 
 
@@ -137,6 +138,34 @@ class GlobTable(Value):
                 isinstance(v, list) and all(isinstance(g, str) and g for g in v) for v in value.values()):
             raise Invalid(f"must be a table like {{ \"app-*\" = [\"sensor-*\"] }}, not {value!r}")
         return {key: tuple(globs) for key, globs in value.items()}
+
+
+class Date(String):
+    """A calendar date as YYYY-MM-DD."""
+
+    def check(self, value):
+        value = super().check(value)
+        try:
+            if len(value) != 10:
+                raise ValueError
+            date.fromisoformat(value)
+        except ValueError:
+            raise Invalid(f"must be a date as YYYY-MM-DD, not {value!r}") from None
+        return value
+
+
+class SecondsOrAuto(Float):
+    """A number of seconds (0: off), or "auto": the service works it out."""
+
+    def check(self, value):
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        if isinstance(value, str):
+            raise Invalid(f'must be a number of seconds or "auto", not {value!r}')
+        return super().check(value)
+
+    def parse(self, text):
+        return "auto" if text.strip().lower() == "auto" else super().parse(text)
 
 
 @dataclasses.dataclass(frozen=True)

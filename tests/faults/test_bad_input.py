@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from actors.devices import DEVICE_TYPES, InvalidMessage
+from actors.clock import ClockCheck
 from actors.ingest import IngestActor
 from actors.messages import Inbound, ReadingBatch
 from actors.models import MODELS, open_database
@@ -93,7 +94,8 @@ def test_parsing_any_payload_gives_a_sound_row_or_a_reason(device, payload):
 def ingest_actors():
     peers, writer = Peers(), FakePeer()
     peers.register("writer", writer)
-    actors = {name: IngestActor.start(ingest_name(name), d, peers, max_bytes=LIMITS.max_reading_bytes)
+    actors = {name: IngestActor.start(ingest_name(name), d, peers, LIMITS.max_reading_bytes,
+                                    ClockCheck(LIMITS.earliest_date, LIMITS.max_clock_ahead))
               for name, d in DEVICE_TYPES.items()}
     yield actors, writer
     for actor in actors.values():

@@ -13,7 +13,8 @@ def test_readings_go_to_their_types_ingest_actor_and_the_subscriptions_follow_th
     router = Router(APPS)
     assert router.reading_routes == {"home/temperature": "ingest/temperature", "home/power": "ingest/power",
                                      "home/fingerprint": "ingest/fingerprint"}
-    assert "home/gettemp/+" in router.subscriptions and len(router.subscriptions) == 6
+    assert "home/gettemp/+" in router.subscriptions and "home/getdevices/+" in router.subscriptions
+    assert len(router.subscriptions) == 7
     shared = Router(APPS, shared_group="site")
     assert shared.subscriptions == [f"$share/site/{t}" for t in router.subscriptions]
 
@@ -25,6 +26,12 @@ def test_a_request_is_admitted_with_its_reply_topic_and_the_room_the_broker_leav
                                                                                       "home/datapower/app-1")
     assert request.max_bytes == 2048 - publish_size("home/datapower/app-1", b"")
     assert Router(APPS).admit(1, "home/getpower/app-1", b"{}").max_bytes is None  # no broker limit
+
+
+def test_a_catalogue_request_is_admitted_for_the_query_pool_and_answered_on_datadevices():
+    request = Router(APPS).admit(3, "home/getdevices/app-1", b"{}")
+    assert (request.device, request.reply_topic, request.topic) == ("devices", "home/datadevices/app-1",
+                                                                    "home/getdevices/app-1")
 
 
 def test_a_response_topic_below_the_apps_own_reply_topics_is_used_with_its_correlation_data():

@@ -1,0 +1,258 @@
+"""What is kept up to date in the transaction that stores readings, from the rows it inserted (a
+redelivered reading is not inserted, so it counts once): the device catalogue (`devices`, one row per
+device) and the hourly rollups behind summaries (`*_hourly`), which retention leaves in place.
+
+Every merge is exact in any order, so late and out-of-order readings give the same rollups: counts
+and sums of whole millionths add up, minima and maxima are minima and maxima, and a late power
+event is merged into its hour's own list of events. The statements merge inside the database
+(upserts), so several instances writing to one PostgreSQL database never lose each other's updates."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import orjson
+import peewee
+
+from actors.devices import DEVICE_TYPES, DeviceType
+from actors.models import Device, FingerprintHourly, PowerHourly, TemperatureHourly, is_sqlite
+
+HOUR_US = 3600 * 10**6
+
+
+class Dialect:
+    """What differs between SQLite and PostgreSQL in these statements."""
+
+    def __init__(self, db: peewee.Database):
+        sqlite = is_sqlite(db)
+        self.p = db.param
+        self.least, self.greatest = ("MIN", "MAX") if sqlite else ("LEAST", "GREATEST")
+        self.for_update = "" if sqlite else " FOR UPDATE"
+
+    def upsert(self, model: type[peewee.Model], key: tuple[str, ...], merged: dict[str, str]) -> str:
+        """INSERT of key + merged columns; on a conflict over `key`, each merged column is set to its
+        expression ({t}: the stored row, {least}/{greatest}: the two-value min/max)."""
+        table = model._meta.table_name
+        columns = (*key, *merged)
+        sets = ", ".join(f"{c} = " + e.format(t=table, least=self.least, greatest=self.greatest)
+                         for c, e in merged.items())
+        return (f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join([self.p] * len(columns))}) "
+                f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {sets}")
+
+
+def micro(value: float) -> float:
+    """A value in whole millionths (a float holds them exactly up to 2**53)."""
+    return float(round(value * 1e6)) if abs(value) < 1e300 else value * 1e6
+
+
+def offset_us(timestamp: str) -> int:
+    """Microseconds from the start of the timestamp's own hour (local time as sent)."""
+    moment = datetime.fromisoformat(timestamp)
+    return (moment.minute * 60 + moment.second) * 10**6 + moment.microsecond
+
+
+class Rollup:
+    """The hourly rollup of one device type: `merge` the rows a transaction inserted."""
+
+    def __init__(self, dialect: Dialect):
+        self.dialect = dialect
+
+    def merge(self, db, rows: list[tuple]) -> None:
+        raise NotImplementedError
+
+
+class TemperatureRollup(Rollup):
+    def __init__(self, dialect):
+        super().__init__(dialect)
+        merged = {"readings": "{t}.readings + excluded.readings"}
+        for v in ("temperature", "humidity"):
+            merged[f"{v}_min"] = f"{{least}}({{t}}.{v}_min, excluded.{v}_min)"
+            merged[f"{v}_max"] = f"{{greatest}}({{t}}.{v}_max, excluded.{v}_max)"
+            merged[f"{v}_sum"] = f"{{t}}.{v}_sum + excluded.{v}_sum"
+        merged["high"], merged["low"] = "{t}.high + excluded.high", "{t}.low + excluded.low"
+        self.sql = dialect.upsert(TemperatureHourly, ("device_id", "hour"), merged)
+
+    def merge(self, db, rows):
+        hours: dict[tuple[str, str], list] = {}
+        for device_id, temperature, humidity, status, timestamp, *_ in rows:
+            key = (device_id, timestamp[:13])
+            high = status == "HIGH"
+            if (h := hours.get(key)) is None:
+                hours[key] = [1, temperature, temperature, micro(temperature), humidity, humidity, micro(humidity),
+                              int(high), int(not high)]
+                continue
+            h[0] += 1
+            if temperature < h[1]:
+                h[1] = temperature
+            elif temperature > h[2]:
+                h[2] = temperature
+            h[3] += micro(temperature)
+            if humidity < h[4]:
+                h[4] = humidity
+            elif humidity > h[5]:
+                h[5] = humidity
+            h[6] += micro(humidity)
+            h[7 if high else 8] += 1
+        # column order: readings, t_min, t_max, t_sum, h_min, h_max, h_sum, high, low
+        db.executemany(self.sql, [(d, hour, n, t0, t1, ts, h0, h1, hs, hi, lo)
+                                  for (d, hour), (n, t0, t1, ts, h0, h1, hs, hi, lo) in hours.items()])
+
+
+class FingerprintRollup(Rollup):
+    def __init__(self, dialect):
+        super().__init__(dialect)
+        self.sql = dialect.upsert(FingerprintHourly, ("device_id", "hour", "user_id"), {
+            "passes": "{t}.passes + excluded.passes", "fails": "{t}.fails + excluded.fails"})
+
+    def merge(self, db, rows):
+        counts: dict[tuple[str, str, str], list[int]] = {}
+        for device_id, user_id, auth_status, timestamp, *_ in rows:
+            c = counts.setdefault((device_id, timestamp[:13], user_id), [0, 0])
+            c[auth_status != "PASS"] += 1
+        db.executemany(self.sql, [(*key, p, f) for key, (p, f) in counts.items()])
+
+
+class PowerRollup(Rollup):
+    """Power events are few: an hour that gets one is read, merged and written back whole."""
+
+    def __init__(self, dialect):
+        super().__init__(dialect)
+        p, table = dialect.p, PowerHourly._meta.table_name
+        self.create_sql = (f"INSERT INTO {table} (device_id, hour, readings, eb_on_us, eb_last, dg_on_us, dg_last, "
+                           f"events) VALUES ({p}, {p}, 0, 0, '', 0, '', '[]') ON CONFLICT (device_id, hour) DO NOTHING")
+        self.read_sql = f"SELECT events FROM {table} WHERE device_id = {p} AND hour = {p}{dialect.for_update}"
+        self.write_sql = (f"UPDATE {table} SET readings = {p}, eb_first_us = {p}, eb_on_us = {p}, eb_last = {p}, "
+                          f"dg_first_us = {p}, dg_on_us = {p}, dg_last = {p}, events = {p} "
+                          f"WHERE device_id = {p} AND hour = {p}")
+
+    def merge(self, db, rows):
+        hours: dict[tuple[str, str], list] = {}
+        for device_id, ebstatus, dgstatus, timestamp, *_ in rows:
+            hours.setdefault((device_id, timestamp[:13]), []).append([timestamp, ebstatus, dgstatus])
+        for key, new in hours.items():
+            db.execute(self.create_sql, key)
+            events = sorted(orjson.loads(db.execute(self.read_sql, key).fetchone()[0]) + new)
+            eb, dg = hour_of(events, 1), hour_of(events, 2)
+            db.execute(self.write_sql, (len(events), *eb, *dg, orjson.dumps(events).decode(), *key))
+
+
+def hour_of(events: list[list[str]], source: int) -> tuple[int | None, int, str]:
+    """One source's (column 1: EB, 2: DG) hour from its events in order: the first one's offset
+    into the hour (None: no event), the ON time from there to the hour's end, and the last state."""
+    changes = [(offset_us(e[0]), e[source]) for e in events if e[source]]
+    if not changes:
+        return None, 0, ""
+    on = sum(end - start for (start, state), (end, _) in zip(changes, [*changes[1:], (HOUR_US, "")])
+             if state == "ON")
+    return changes[0][0], on, changes[-1][1]
+
+
+ROLLUPS = {"temperature": TemperatureRollup, "power": PowerRollup, "fingerprint": FingerprintRollup}
+assert ROLLUPS.keys() == DEVICE_TYPES.keys(), "every device type has its rollup"
+
+
+class Catalogue:
+    """The catalogue's rows, merged from the readings a transaction stored: per device, how many,
+    the earliest and latest timestamps, the latest row, and the latest state of each carried column
+    (power's EB and DG). A device's latest row is the last by (timestamp, values), as {"latest": true}."""
+
+    def __init__(self, dialect: Dialect):
+        g = "{greatest}(COALESCE({t}.%s, excluded.%s), COALESCE(excluded.%s, {t}.%s))"
+        newer = "CASE WHEN {t}.%s IS NULL OR excluded.%s >= {t}.%s THEN excluded.%s ELSE {t}.%s END"
+        carried = {}
+        for c in ("ebstatus", "dgstatus"):
+            at = f"{c}_at"
+            carried[c] = newer % (at, at, at, c, c)
+            carried[at] = g % (at, at, at, at)
+        self.sql = dialect.upsert(Device, ("type", "device_id"), {
+            "first_seen": "{least}(COALESCE({t}.first_seen, excluded.first_seen), "
+                          "COALESCE(excluded.first_seen, {t}.first_seen))",
+            "latest": newer % ("last_seen", "last_seen", "last_seen", "latest", "latest"),
+            "last_seen": g % (("last_seen",) * 4),
+            "received_at": "COALESCE(excluded.received_at, {t}.received_at)",
+            "readings": "{t}.readings + excluded.readings",
+            **carried,
+            "clock_rejected": "{t}.clock_rejected + excluded.clock_rejected",
+            "state": "CASE WHEN excluded.readings > 0 THEN 'live' ELSE {t}.state END"})
+
+    def merge(self, db, device: DeviceType, rows: list[tuple], wrong_clocks, received_at: str) -> list[tuple]:
+        """Merge what a transaction stored of one type; per device (device_id, last_seen, readings)."""
+        width = len(device.value_columns)
+        carried = [i for i, c in enumerate(device.value_columns, 1) if c in ("ebstatus", "dgstatus")]
+        seen: dict[str, list] = {}
+        for row in rows:
+            device_id, timestamp = row[0], row[width + 1]
+            if (d := seen.get(device_id)) is None:
+                seen[device_id] = d = [0, timestamp, timestamp, row, {}, 0]
+            d[0] += 1
+            if timestamp < d[1]:
+                d[1] = timestamp
+            if timestamp > d[2] or (timestamp == d[2] and row[1:width + 1] > d[3][1:width + 1]):
+                d[2], d[3] = timestamp, row
+            for i in carried:
+                if row[i] and (timestamp, row[i]) >= d[4].get(i, ("", "")):
+                    d[4][i] = (timestamp, row[i])
+        for device_id in wrong_clocks:
+            if (d := seen.get(device_id)) is None:
+                seen[device_id] = d = [0, None, None, None, {}, 0]
+            d[5] += 1
+        params = []
+        for device_id, (n, first, last, row, states, clock) in seen.items():
+            latest = orjson.dumps([*row[1:width + 1], last]).decode() if row is not None else None
+            eb, dg = (states.get(i, (None, None)) for i in (carried or [0, 0]))
+            params.append((device.name, device_id, first, latest, last, received_at if n else None, n,
+                           eb[1], eb[0], dg[1], dg[0], clock, "live" if n else None))
+        db.executemany(self.sql, params)
+        return [(device_id, d[2], d[0]) for device_id, d in seen.items() if d[0]]
+
+
+class ServerCursor:
+    """The two calls of a sqlite3 connection that rollups.py and Failures use, on PostgreSQL;
+    statements of a batch go to the server a hundred at a time."""
+
+    def __init__(self, db: peewee.Database):
+        self.db = db
+
+    def execute(self, sql: str, params=()):
+        return self.db.execute_sql(sql, params)
+
+    def executemany(self, sql: str, seq) -> None:
+        from psycopg2.extras import execute_batch  # only where PostgreSQL is used
+        execute_batch(self.db.cursor(), sql, seq)
+
+
+def cursor_of(db: peewee.Database):
+    """What Upkeep writes through: SQLite's own connection, or a ServerCursor."""
+    return db.connection() if is_sqlite(db) else ServerCursor(db)
+
+
+class Upkeep:
+    """Everything a transaction keeps up to date besides the readings themselves."""
+
+    def __init__(self, db: peewee.Database):
+        dialect = Dialect(db)
+        self.catalogue = Catalogue(dialect)
+        self.rollups = {name: rollup(dialect) for name, rollup in ROLLUPS.items()}
+        p = dialect.p
+        self.count_sql = {name: f"SELECT device_id, COUNT(*) FROM {d.model._meta.table_name} "
+                                f"WHERE id BETWEEN {p} AND {p} GROUP BY device_id" for name, d in DEVICE_TYPES.items()}
+        self.forget_sql = f"UPDATE devices SET readings = readings - {p} WHERE type = {p} AND device_id = {p}"
+
+    def stored(self, db, inserted: dict[str, list[tuple]], wrong_clocks: dict[str, list[str]],
+               received_at: str) -> dict[str, list[tuple]]:
+        """Merge what one transaction stored (rows per type, and device ids of clock rejections per
+        type); per type, (device_id, last_seen, readings) of each device that got readings."""
+        seen = {}
+        for name in inserted.keys() | wrong_clocks.keys():
+            rows = inserted.get(name, [])
+            if rows:
+                self.rollups[name].merge(db, rows)
+            seen[name] = self.catalogue.merge(db, DEVICE_TYPES[name], rows, wrong_clocks.get(name, ()), received_at)
+        return seen
+
+    def deleting(self, db, table: str, first_id: int, last_id: int) -> None:
+        """Rows first_id..last_id of `table` are about to be deleted (retention): count them out."""
+        name = next((n for n, d in DEVICE_TYPES.items() if d.model._meta.table_name == table), None)
+        if name is not None:
+            counts = db.execute(self.count_sql[name], (first_id, last_id)).fetchall()
+            db.executemany(self.forget_sql, [(n, name, device_id) for device_id, n in counts])

@@ -1,0 +1,173 @@
+"""Summaries and the device catalogue, end to end against a real Mosquitto, on SQLite and
+PostgreSQL: a summary from the service's rollups is the one computed from the raw rows, whatever the
+order readings arrive in, late ones and repeated ones included; the catalogue follows every commit."""
+
+import random
+
+import pytest
+
+import reference
+from builders import second_of, temperature
+from conftest import wait_until
+
+DAYS = ("2026-04-01", "2026-04-02", "2026-04-03")
+
+
+def publish_all(db_service, client, readings, table, expected):
+    for topic, body in readings:
+        client.publish(topic, body, wait=False)
+    wait_until(lambda: db_service.query(f"SELECT COUNT(*) FROM {table}")[0][0] == expected, 30,
+               what=f"{expected} rows in {table}")
+
+
+def waves(rng, readings, topic):
+    """The readings shuffled, in two waves (the second with late ones into hours already summarized),
+    each with some sent twice."""
+    shuffled = [(topic, r) for r in readings]
+    rng.shuffle(shuffled)
+    cut = len(shuffled) * 2 // 3
+    first, second = shuffled[:cut], shuffled[cut:]
+    return first + rng.sample(first, 10), second + rng.sample(shuffled, 10)
+
+
+def summary(client, stem, body):
+    """Every page of a summary, as one list of buckets (and the first reply)."""
+    buckets, first = [], None
+    while True:
+        reply = client.request(stem, "app", body)
+        assert "error" not in reply, reply
+        assert reply["count"] == len(reply["buckets"])
+        first = first or reply
+        buckets += reply["buckets"]
+        if "next" not in reply:
+            return buckets, first
+        body = {**body, "cursor": reply["next"]}
+
+
+def test_a_temperature_summary_is_the_raw_rows_summary_whatever_the_order(db_service, client):
+    db_service.start().wait_ready()
+    client.subscribe_replies("app")
+    rng = random.Random(15)
+    readings = [temperature("t1", rng.randrange(86400), day, value=round(rng.uniform(-5, 35), 1),
+                            humidity=round(rng.uniform(0, 100), 2), status=rng.choice(("HIGH", "LOW")))
+                for day in DAYS for _ in range(150)]
+    unique = len({(r["timestamp"], r["temperature"], r["humidity"], r["status"]) for r in readings})
+    first, second = waves(rng, readings, "home/temperature")
+    raw = "SELECT temperature, humidity, status, timestamp FROM temperature_logs WHERE device_id = 't1'"
+    publish_all(db_service, client, first, "temperature_logs", len({str(sorted(r.items())) for _, r in first}))
+    for wave in (first, second):
+        if wave is second:
+            publish_all(db_service, client, second, "temperature_logs", unique)
+        rows = db_service.query(raw)
+        for kind, from_date, to_date in (("hour", DAYS[1], DAYS[1]), ("day", "2026-03-31", DAYS[2]),
+                                         ("hour", DAYS[0], DAYS[2])):
+            body = {"device_id": "t1", "summary": kind, "from_date": from_date, "to_date": to_date, "request_id": "s"}
+            buckets, reply = summary(client, "temp", body)
+            assert (reply["device_id"], reply["summary"], reply["from_date"], reply["to_date"], reply["request_id"]) \
+                == ("t1", kind, from_date, to_date, "s")
+            assert buckets == reference.temperature(kind, rows, from_date, to_date)
+    assert sum(b["readings"] for b in buckets) == unique
+    assert buckets[0]["start"] == f"{DAYS[0]}T00:00:00" and len(buckets) == 72  # 72 hours, in two pages or more
+
+
+def test_power_on_time_is_carried_through_hours_and_days_as_replies_carry_state(db_service, client):
+    db_service.start().wait_ready()
+    client.subscribe_replies("app")
+    rng = random.Random(16)
+    events = [{"device_id": "p1", "status": rng.choice(("EB_ON", "EB_OFF", "DG_ON", "DG_OFF")),
+               "timestamp": second_of(day, rng.randrange(86400)) + rng.choice(("", ".25"))}
+              for day in DAYS for _ in range(12)]
+    events.append({"device_id": "p1", "status": "EB_OFF", "timestamp": "2026-04-06T00:00:00"})  # "now" is after
+    unique = len({(e["timestamp"], e["status"]) for e in events})
+    first, second = waves(rng, events, "home/power")
+    raw = "SELECT ebstatus, dgstatus, timestamp FROM power_status_logs WHERE device_id = 'p1'"
+    publish_all(db_service, client, first, "power_status_logs", len({(e["timestamp"], e["status"]) for _, e in first}))
+    publish_all(db_service, client, second, "power_status_logs", unique)
+    rows = db_service.query(raw)
+    for kind, from_date, to_date in (("hour", DAYS[1], DAYS[1]), ("day", "2026-03-31", "2026-04-05")):
+        buckets, _ = summary(client, "power", {"device_id": "p1", "summary": kind, "from_date": from_date,
+                                               "to_date": to_date})
+        assert buckets == reference.power(kind, rows, from_date, to_date)
+    assert buckets[-2]["start"] == "2026-04-04" and buckets[-2]["readings"] == 0  # no events: still its ON time
+    assert any(b["eb_on_s"] or b["dg_on_s"] for b in buckets)
+
+
+def test_a_fingerprint_summary_counts_passes_fails_and_distinct_users(db_service, client):
+    db_service.start().wait_ready()
+    client.subscribe_replies("app")
+    rng = random.Random(17)
+    events = [{"device_id": "door", "user_id": f"u{rng.randrange(6)}", "authStatus": rng.choice(("PASS", "FAIL")),
+               "timestamp": second_of(day, rng.randrange(86400))} for day in DAYS for _ in range(40)]
+    unique = len({(e["timestamp"], e["user_id"], e["authStatus"]) for e in events})
+    first, second = waves(rng, events, "home/fingerprint")
+    publish_all(db_service, client, first + second, "fingerprint_logs", unique)
+    rows = db_service.query("SELECT user_id, auth_status, timestamp FROM fingerprint_logs WHERE device_id = 'door'")
+    for kind in ("hour", "day"):
+        buckets, _ = summary(client, "fingerprint", {"device_id": "door", "summary": kind, "from_date": DAYS[0],
+                                                     "to_date": DAYS[2]})
+        assert buckets == reference.fingerprint(kind, rows, DAYS[0], DAYS[2])
+    assert [b["users"] for b in buckets] == [len({r[0] for r in rows if r[2].startswith(d)}) for d in DAYS]
+
+
+@pytest.mark.parametrize("body, code", [
+    ({"summary": "week", "from_date": "2026-04-01", "to_date": "2026-04-02"}, "invalid_field"),
+    ({"summary": "day", "from_date": "2026-04-02", "to_date": "2026-04-01"}, "invalid_request"),
+    ({"summary": "hour", "from_date": "2026-01-01", "to_date": "2026-02-11"}, "invalid_request"),  # 1,008 buckets
+    ({"summary": "day", "from_date": "2026-04-01"}, "missing_field"),
+    ({"summary": "day", "from_date": "2026-4-1", "to_date": "2026-04-02"}, "invalid_field"),
+    ({"summary": "day", "from_date": "2026-04-01", "to_date": "2026-04-02", "date": "2026-04-01"}, "invalid_request"),
+    ({"summary": "day", "from_date": "2026-04-01", "to_date": "2026-04-02", "cursor": "bm9wZQ"}, "invalid_field"),
+])
+def test_a_bad_summary_request_gets_an_error_reply(service, client, body, code):
+    service.start().wait_ready()
+    client.subscribe_replies("app")
+    reply = client.request("temp", "app", {"device_id": "t1", "request_id": "r", **body})
+    assert reply["error"]["code"] == code and reply["request_id"] == "r", reply
+    assert "buckets" not in reply
+
+
+def test_the_catalogue_lists_every_device_with_what_the_commits_kept_up_to_date(db_service, client):
+    db_service.start().wait_ready()
+    client.subscribe_replies("app")
+    readings = [("home/temperature", temperature(f"t{i}", n, DAYS[n % 3])) for i in range(3) for n in range(5)]
+    readings += [("home/power", {"device_id": "p1", "status": "DG_ON", "timestamp": "2026-04-01T10:00:00"}),
+                 ("home/power", {"device_id": "p1", "status": "EB_OFF", "timestamp": "2026-04-02T09:00:00"}),
+                 ("home/power", {"device_id": "p1", "status": "EB_ON", "timestamp": "2026-04-01T08:00:00"}),
+                 ("home/fingerprint", {"device_id": "door", "user_id": "u1", "authStatus": "PASS",
+                                       "timestamp": "2026-04-01T08:00:00"}),
+                 # a clock that was reset: rejected, counted, never the latest
+                 ("home/temperature", temperature("t0", 0, "1970-01-01"))]
+    for topic, body in readings:
+        client.publish(topic, body, wait=False)
+    wait_until(lambda: db_service.query("SELECT COUNT(*) FROM rejected_messages")[0][0] == 1, what="the rejection")
+    reply = client.request("devices", "app", {"request_id": "c"})
+    assert reply["count"] == len(reply["devices"]) == 5 and reply["request_id"] == "c" and "next" not in reply
+    entries = {(e["type"], e["device_id"]): e for e in reply["devices"]}
+    assert [e["type"] for e in reply["devices"]] == ["fingerprint", "power", "temperature", "temperature",
+                                                     "temperature"]
+    t0 = entries["temperature", "t0"]
+    assert (t0["readings"], t0["first_seen"], t0["last_seen"], t0["clock_rejected"]) == (5, f"{DAYS[0]}T00:00:00",
+                                                                                          f"{DAYS[2]}T00:00:02", 1)
+    assert t0["state"] == "live" and t0["received_at"] is not None
+    assert t0["latest"] == client.request("temp", "app", {"device_id": "t0", "latest": True})["records"][0]
+    [rejected] = db_service.query("SELECT reason FROM rejected_messages")
+    assert rejected[0].startswith("clock: ")
+    p1 = entries["power", "p1"]
+    assert p1["latest"] == {"ebstatus": "OFF", "dgstatus": "ON", "timestamp": "2026-04-02T09:00:00"}
+    assert p1["latest"] == client.request("power", "app", {"device_id": "p1", "latest": True})["records"][0]
+    assert (p1["readings"], p1["first_seen"], p1["state"]) == (3, "2026-04-01T08:00:00", None)  # power: no liveness
+    assert entries["fingerprint", "door"]["latest"] == {"user_id": "u1", "authStatus": "PASS",
+                                                        "timestamp": "2026-04-01T08:00:00"}
+    # one type, and pages
+    only = client.request("devices", "app", {"type": "temperature"})
+    assert [e["device_id"] for e in only["devices"]] == ["t0", "t1", "t2"]
+    seen, body = [], {"limit": 2}
+    while True:
+        page = client.request("devices", "app", body)
+        seen += [(e["type"], e["device_id"]) for e in page["devices"]]
+        if "next" not in page:
+            break
+        body = {"limit": 2, "cursor": page["next"]}
+    assert seen == list(entries)
+    for bad in ({"type": "humidity"}, {"limit": 0}, {"cursor": "x"}):
+        assert "error" in client.request("devices", "app", bad)
