@@ -176,3 +176,28 @@ class WriterStats:
     wal_bytes: int  # the write-ahead log alone
     checkpoints: int  # truncating WAL checkpoints done (see readgate.py)
     wrong_clocks: tuple[tuple[str, str, int], ...] = ()  # (device type, device id, clock rejections)
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """Writer -> availability actor: a commit stored readings of these devices of one type."""
+    type: str
+    devices: tuple[tuple[str, str, int], ...]  # (device_id, its latest timestamp stored now, readings)
+    received_at: str  # UTC, the commit's
+
+
+@dataclass(frozen=True, slots=True)
+class MarkStale:
+    """Availability actor -> writer: keep these devices' stale state in the catalogue, unless a
+    reading was stored since: (type, device_id, received_at of its latest reading)."""
+    devices: tuple[tuple[str, str, str | None], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Availability:
+    """Availability actor -> MQTT link: publish a device's new state, retained."""
+    topic: str
+    payload: bytes
+    state: str  # live or stale
+    was: str | None  # before: live, stale, or None for a new device
+    stale_now: int  # devices stale now, for the stats

@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 # The children's names, defined once: the supervisor's child specs give each actor its own, and
 # actors reach each other by them.
-WRITER, LINK, BACKUP, RETENTION = "writer", "link", "backup", "retention"
+WRITER, LINK, BACKUP, RETENTION, AVAILABILITY = "writer", "link", "backup", "retention", "availability"
 QUERY_POOL = "query"  # its members are query/0, query/1, ...
 
 
@@ -53,6 +53,10 @@ class Peers:
 
     def define_pool(self, prefix: str, size: int) -> None:
         self._pools[prefix] = itertools.cycle([pool_member(prefix, i) for i in range(size)])
+
+    def knows(self, name: str) -> bool:
+        """Whether a child of that name is part of this service (started or to come)."""
+        return name in self._refs
 
     def tell(self, name: str, message) -> bool:
         if name not in self._refs:

@@ -1,4 +1,5 @@
-"""Retention: rows older than their table's `*_days` setting are archived, then deleted.
+"""Retention: rows older than their table's `*_days` setting are archived, then deleted (the hourly
+rollups behind summaries by `summary_days`, so that summaries outlive the raw rows).
 
 Once a day (and at start-up) this actor reads each expired day of a table over its own read
 connection and writes it to one gzip-compressed CSV file (header row; ids kept), made durable
@@ -26,7 +27,7 @@ from peewee import fn
 
 from actors.devices import DEVICE_TYPES
 from actors.messages import Prune
-from actors.models import RejectedMessage, is_sqlite
+from actors.models import ROLLUP_MODELS, RejectedMessage, is_sqlite
 from actors.peers import WRITER, Peers, Supervised
 from actors.readgate import ReadGate
 from actors.settings import RetentionSettings
@@ -55,6 +56,9 @@ def expiring_tables(settings: RetentionSettings) -> list[ExpiringTable]:
               for d in DEVICE_TYPES.values()]
     tables.append(ExpiringTable(RejectedMessage, settings.rejected_days,
                                 fn.SUBSTR(RejectedMessage.received_at, 1, 10), lambda cutoff: set()))
+    # the hourly rollups behind summaries outlive the readings (retention.summary_days; 0: for ever)
+    tables += [ExpiringTable(m, settings.summary_days, fn.SUBSTR(m.hour, 1, 10), lambda cutoff: set())
+               for m in ROLLUP_MODELS]
     return [t for t in tables if t.days > 0]
 
 

@@ -237,11 +237,15 @@ class Upkeep:
         self.count_sql = {name: f"SELECT device_id, COUNT(*) FROM {d.model._meta.table_name} "
                                 f"WHERE id BETWEEN {p} AND {p} GROUP BY device_id" for name, d in DEVICE_TYPES.items()}
         self.forget_sql = f"UPDATE devices SET readings = readings - {p} WHERE type = {p} AND device_id = {p}"
+        self.stale_sql = f"UPDATE devices SET state = 'stale' WHERE type = {p} AND device_id = {p} AND received_at = {p}"
 
     def stored(self, db, inserted: dict[str, list[tuple]], wrong_clocks: dict[str, list[str]],
-               received_at: str) -> dict[str, list[tuple]]:
+               received_at: str, stale=()) -> dict[str, list[tuple]]:
         """Merge what one transaction stored (rows per type, and device ids of clock rejections per
-        type); per type, (device_id, last_seen, readings) of each device that got readings."""
+        type), and keep the `stale` devices' state (see MarkStale); per type, (device_id, last_seen,
+        readings) of each device that got readings."""
+        if stale:
+            db.executemany(self.stale_sql, stale)
         seen = {}
         for name in inserted.keys() | wrong_clocks.keys():
             rows = inserted.get(name, [])

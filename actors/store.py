@@ -73,10 +73,10 @@ class Store:
         raise NotImplementedError
 
     def write(self, by_device: dict[str, list[tuple]], rejections: list[tuple], failures, wrong_clocks=None,
-              stored_at: str = "", ran=lambda: None) -> tuple[dict, dict, list]:
+              stored_at: str = "", ran=lambda: None, stale=()) -> tuple[dict, dict, list]:
         """One transaction: rows per device type, rejections, and the delivery counts (`failures`,
         see Failures), with the catalogue and rollups they change (rollups.py; `wrong_clocks`: device
-        ids of clock rejections per type); `ran` is called once the statements have run, before the
+        ids of clock rejections per type; `stale`: see MarkStale); `ran` is called once the statements have run, before the
         commit. The rows inserted per type (redeliveries are not), what the catalogue saw per type
         (Upkeep.stored), and the counts."""
         raise NotImplementedError
@@ -178,12 +178,12 @@ class SqliteStore(Store):
                 conn.execute("ROLLBACK")
             raise
 
-    def write(self, by_device, rejections, failures, wrong_clocks=None, stored_at="", ran=lambda: None):
+    def write(self, by_device, rejections, failures, wrong_clocks=None, stored_at="", ran=lambda: None, stale=()):
         def work(conn):
             inserted = {device: self._new_rows(conn, self._insert[device], rows) for device, rows in by_device.items()}
             if rejections:
                 conn.executemany(self._reject, rejections)
-            seen = self.upkeep.stored(conn, inserted, wrong_clocks or {}, stored_at)
+            seen = self.upkeep.stored(conn, inserted, wrong_clocks or {}, stored_at, stale)
             counts = failures.apply(conn.execute)
             ran()
             return {device: len(rows) for device, rows in inserted.items()}, seen, counts
@@ -231,7 +231,7 @@ class ServerStore(Store):
         self.cursor = ServerCursor(self.db)
         log.info("database %s: PostgreSQL, schema version ok", self.where)
 
-    def write(self, by_device, rejections, failures, wrong_clocks=None, stored_at="", ran=lambda: None):
+    def write(self, by_device, rejections, failures, wrong_clocks=None, stored_at="", ran=lambda: None, stale=()):
         self.db.connect(reuse_if_open=True)
         with self.db.atomic():
             inserted = {}
@@ -241,7 +241,7 @@ class ServerStore(Store):
                 inserted[device] = list(query.returning(*fields).tuples().execute())  # the new rows alone
             if rejections:
                 RejectedMessage.insert_many(rejections, fields=self.fields["rejected"]).execute()
-            seen = self.upkeep.stored(self.cursor, inserted, wrong_clocks or {}, stored_at)
+            seen = self.upkeep.stored(self.cursor, inserted, wrong_clocks or {}, stored_at, stale)
             counts = failures.apply(self.cursor.execute)
             ran()
             return {device: len(rows) for device, rows in inserted.items()}, seen, counts

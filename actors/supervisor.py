@@ -1,5 +1,5 @@
 """The supervisor: starts the children in dependency order (writer, query pool, backup,
-retention, one ingest actor per device type, MQTT link), stops them in reverse, and restarts a child that crashes
+retention, availability, one ingest actor per device type, MQTT link), stops them in reverse, and restarts a child that crashes
 (one_for_one). More than `max_restarts` crashes within `restart_window` seconds ends the
 process with exit code 1: systemd's Restart=on-failure is the level above."""
 
@@ -14,6 +14,7 @@ from typing import Callable
 
 import pykka
 
+from actors.availability import AvailabilityActor
 from actors.backup import BackupActor
 from actors.clock import ClockCheck
 from actors.devices import DEVICE_TYPES
@@ -22,7 +23,7 @@ from actors.ingest import IngestActor
 from actors.messages import ChildFailed, Restarted, Retired
 from actors.models import connect_database, is_sqlite
 from actors.mqtt import MqttLink
-from actors.peers import BACKUP, LINK, QUERY_POOL, RETENTION, WRITER, Peers, ingest_name, pool_member
+from actors.peers import AVAILABILITY, BACKUP, LINK, QUERY_POOL, RETENTION, WRITER, Peers, ingest_name, pool_member
 from actors.query import QueryActor, QueryRules
 from actors.readgate import ReadGate
 from actors.retention import RetentionActor
@@ -73,6 +74,9 @@ class Supervisor(pykka.ThreadingActor):
                 specs += [ChildSpec(BACKUP, lambda name, sup: BackupActor.start(name, s.database.path, s.backup, sup))]
             specs += [ChildSpec(RETENTION, lambda name, sup: RetentionActor.start(name, db, s.retention, peers, sup,
                                                                                   gate))]
+            if live_types:
+                specs += [ChildSpec(AVAILABILITY, lambda name, sup: AvailabilityActor.start(name, db, s.devices, peers,
+                                                                                            sup))]
         clock = ClockCheck(s.limits.earliest_date, s.limits.max_clock_ahead)
         specs += [ChildSpec(ingest_name(d.name), lambda name, sup, d=d: IngestActor.start(
                       name, d, peers, s.limits.max_reading_bytes, clock, supervisor=sup, marks=marks))

@@ -22,10 +22,10 @@ import peewee
 
 from actors.checkpoint import WalCheckpoint
 from actors.devices import DEVICE_TYPES
-from actors.messages import (Cleared, Committed, Flush, Prune, Pruned, StatsRequest, Strikes, Struck, WriteBatch,
-                             WriterStats)
+from actors.messages import (Cleared, Committed, Flush, MarkStale, Prune, Pruned, Seen, StatsRequest, Strikes, Struck,
+                             WriteBatch, WriterStats)
 from actors.models import utc_now
-from actors.peers import LINK, Peers, Supervised
+from actors.peers import AVAILABILITY, LINK, Peers, Supervised
 from actors.readgate import ReadGate
 from actors.settings import DatabaseSettings
 from actors.store import RETRIABLE, Failures, SqliteStore, Store, open_store
@@ -54,6 +54,7 @@ class WriterActor(Supervised):
         self._pending_rows = 0
         self._strikes: list[tuple[int, str, str, bool]] = []  # (ack id, fingerprint, topic, fresh only)
         self._cleared: set[str] = set()  # fingerprints whose failures to forget
+        self._stale: list[tuple] = []  # devices whose stale state to keep (MarkStale)
         self._flush_queued = False
         self._retry_timer: threading.Timer | None = None
         self._retry_delay = settings.retry_delay
@@ -90,6 +91,10 @@ class WriterActor(Supervised):
             self._cleared.update(message.fingerprints)
             if self._retry_timer is None:
                 self._queue_flush()
+        elif isinstance(message, MarkStale):
+            self._stale.extend(message.devices)
+            if self._retry_timer is None:
+                self._queue_flush()
         elif isinstance(message, Flush):
             self._flush_queued = False
             self._retry_timer = None
@@ -123,7 +128,7 @@ class WriterActor(Supervised):
         """Commit everything pending, in transactions of at most max_batch rows (a single
         larger batch goes alone: its acknowledgements are released together; so does a batch
         marked `alone`, so that if it fails, it fails on its own)."""
-        while self._pending or self._strikes or self._cleared:
+        while self._pending or self._strikes or self._cleared or self._stale:
             taken, size = [], 0
             while self._pending and not (taken and (taken[0].alone or self._pending[0].alone)) \
                     and (not taken or size + _rows(self._pending[0]) <= self.settings.max_batch):
@@ -132,13 +137,15 @@ class WriterActor(Supervised):
                 size += _rows(batch)
             strikes, self._strikes = self._strikes, []
             cleared, self._cleared = self._cleared, set()
+            stale, self._stale = self._stale, []
             self.handling(tuple(a for b in taken for a in b.ack_ids))  # if this crashes the writer
             try:
-                counts = self._write(taken, strikes, cleared.union(*(b.forget for b in taken)))
+                counts = self._write(taken, strikes, cleared.union(*(b.forget for b in taken)), stale)
             except RETRIABLE as exc:  # locked, full, I/O error, server gone: worth retrying
                 self._pending[:0] = taken
                 self._strikes[:0] = strikes
                 self._cleared |= cleared
+                self._stale[:0] = stale
                 self.handled()
                 self.store.failed()
                 self._failed(exc)
@@ -171,9 +178,9 @@ class WriterActor(Supervised):
         deleted = self.store.delete(prune.table, prune.first_id, prune.last_id)
         return Pruned(deleted, (time.perf_counter() - started) * 1000)
 
-    def _write(self, batches: list[WriteBatch], strikes=(), cleared=()) -> list[tuple[int, int, bool]]:
+    def _write(self, batches: list[WriteBatch], strikes=(), cleared=(), stale=()) -> list[tuple[int, int, bool]]:
         """One transaction: the batches' rows and rejections, the failed deliveries to count
-        (their new counts are returned) and those to forget."""
+        (their new counts are returned) and those to forget, and the devices gone stale."""
         started = time.perf_counter()
         created_at = utc_now()
         by_device: dict[str, list[tuple]] = {}
@@ -189,7 +196,7 @@ class WriterActor(Supervised):
         # where a kill from outside usually lands) is not these rows' fault.
         inserted, seen, counts = self.store.write(by_device, rejections,
                                                   Failures(self.db, strikes, cleared, created_at), wrong_clocks,
-                                                  created_at, self.mark.clear)
+                                                  created_at, self.mark.clear, stale)
         for device, n in inserted.items():
             self._stored[device] += n
             self._last_stored_at[device] = created_at
@@ -198,6 +205,10 @@ class WriterActor(Supervised):
                 key = (device, device_id)
                 self._wrong_clocks[key] = self._wrong_clocks.get(key, 0) + 1
         self._rejected += len(rejections)
+        if self.peers.knows(AVAILABILITY):
+            for device, devices in seen.items():
+                if devices:
+                    self.peers.tell(AVAILABILITY, Seen(device, tuple(devices), created_at))
         self._last_commit_ms = (time.perf_counter() - started) * 1000
         self._max_commit_ms = max(self._max_commit_ms, self._last_commit_ms)
         return counts

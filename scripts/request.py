@@ -4,11 +4,13 @@
     .venv/bin/python scripts/request.py temperature temp_sensor_01 2026-01-22
     .venv/bin/python scripts/request.py power pwr_01 2026-01-22 --all-pages --from 08:00:00 --to 18:00:00
     .venv/bin/python scripts/request.py fingerprint door_01 --latest --json
+    .venv/bin/python scripts/request.py temperature temp_sensor_01 --summary day --from-date 2026-01-01 --to-date 2026-01-31
+    .venv/bin/python scripts/request.py devices --type power
 
 It connects as app `--app-id` (its reply topic is home/data<type>/<app id>), sends one request with
 a request_id, and prints the records as a table (or the reply as JSON). With --all-pages it asks
-for every page of a day too big for one reply. Exit code: 0 with a reply, 1 for an error reply or
-no reply in time."""
+for every page of a day too big for one reply (a summary and the catalogue: always). Exit code: 0
+with a reply, 1 for an error reply or no reply in time."""
 
 from __future__ import annotations
 
@@ -23,7 +25,20 @@ import uuid
 import gmqtt
 from gmqtt.mqtt.constants import MQTTv50
 
-STEMS = {"temperature": "temp", "power": "power", "fingerprint": "fingerprint"}
+STEMS = {"temperature": "temp", "power": "power", "fingerprint": "fingerprint", "devices": "devices"}
+CATALOGUE_COLUMNS = ("type", "device_id", "state", "readings", "first_seen", "last_seen", "received_at",
+                     "clock_rejected")
+
+
+def flat(row: dict) -> dict:
+    """A summary bucket's nested min/max/avg as columns of their own (temperature.min, ...)."""
+    out = {}
+    for key, value in row.items():
+        if isinstance(value, dict):
+            out.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            out[key] = value
+    return out
 
 
 def table(records: list[dict]) -> str:
@@ -56,7 +71,11 @@ async def ask(args) -> list[dict]:
     client.subscribe(f"home/data{stem}/{args.app_id}", qos=1)
     await subscribed.wait()
     body = {"device_id": args.device_id}
-    if args.latest:
+    if args.kind == "devices":
+        body = {"type": args.type} if args.type else {}
+    elif args.summary:
+        body.update(summary=args.summary, from_date=args.from_date, to_date=args.to_date)
+    elif args.latest:
         body["latest"] = True
     else:
         body["date"] = args.date
@@ -71,7 +90,8 @@ async def ask(args) -> list[dict]:
             while (reply := await asyncio.wait_for(replies.get(), args.timeout)).get("request_id") != request_id:
                 pass  # an answer to someone else's request with our app id
             pages.append(reply)
-            if "error" in reply or "next" not in reply or not args.all_pages:
+            if "error" in reply or "next" not in reply or not (args.all_pages or args.kind == "devices"
+                                                                or args.summary):
                 return pages
             body["cursor"] = reply["next"]
     finally:
@@ -81,10 +101,14 @@ async def ask(args) -> list[dict]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("kind", choices=STEMS)
-    p.add_argument("device_id")
-    p.add_argument("date", nargs="?", help="YYYY-MM-DD (not with --latest)")
+    p.add_argument("kind", choices=STEMS, help="a device type, or devices for the catalogue")
+    p.add_argument("device_id", nargs="?")
+    p.add_argument("date", nargs="?", help="YYYY-MM-DD (not with --latest or --summary)")
     p.add_argument("--latest", action="store_true", help="the device's most recent record")
+    p.add_argument("--summary", choices=("hour", "day"), help="buckets from --from-date to --to-date")
+    p.add_argument("--from-date", metavar="YYYY-MM-DD")
+    p.add_argument("--to-date", metavar="YYYY-MM-DD", help="default: --from-date")
+    p.add_argument("--type", choices=[k for k in STEMS if k != "devices"], help="devices: only this type")
     p.add_argument("--all-pages", action="store_true", help="follow `next` until the day is complete")
     p.add_argument("--limit", type=int, help="records per reply")
     p.add_argument("--from", dest="start", metavar="HH:MM:SS")
@@ -99,8 +123,17 @@ def main(argv=None) -> int:
     p.add_argument("--ca-file")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each reply")
     args = p.parse_args(argv)
-    if args.latest == bool(args.date):
-        p.error("give a date, or --latest")
+    if args.kind == "devices":
+        if args.device_id or args.latest or args.summary:
+            p.error("devices takes no device id, --latest or --summary (only --type)")
+    elif not args.device_id:
+        p.error("give a device id")
+    elif args.summary:
+        if not args.from_date or args.date or args.latest:
+            p.error("--summary takes --from-date (and --to-date), not a date or --latest")
+        args.to_date = args.to_date or args.from_date
+    elif args.latest == bool(args.date):
+        p.error("give a date, --latest, or --summary")
     try:
         pages = asyncio.run(ask(args))
     except asyncio.TimeoutError:
@@ -114,6 +147,15 @@ def main(argv=None) -> int:
             print(json.dumps(reply))
     elif "error" in pages[-1]:
         print(f"error {pages[-1]['error']['code']}: {pages[-1]['error']['message']}", file=sys.stderr)
+    elif args.kind == "devices":
+        devices = [{c: d[c] for c in CATALOGUE_COLUMNS} for reply in pages for d in reply["devices"]]
+        print(f"{len(devices)} devices")
+        print(table(devices))
+    elif args.summary:
+        buckets = [flat(b) for reply in pages for b in reply["buckets"]]
+        print(f"{args.kind} {args.device_id} by the {args.summary}, {args.from_date} to {args.to_date}: "
+              f"{sum(b['readings'] for b in buckets)} readings in {len(buckets)} buckets")
+        print(table(buckets))
     else:
         records = [r for reply in pages for r in reply["records"]]
         print(f"{args.kind} {args.device_id} {pages[0]['date'] or '(no data)'}: {len(records)} records"

@@ -198,6 +198,7 @@ class AppReport:
     latencies: list[float] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     asked: int = 0
+    kinds: Counter = field(default_factory=Counter)  # requests by what they asked for
 
     def percentile(self, q: float) -> float:
         ordered = sorted(self.latencies)
@@ -205,15 +206,54 @@ class AppReport:
 
     def summary(self) -> str:
         ms = lambda v: f"{v * 1000:.1f} ms"  # noqa: E731
-        return (f"{self.asked} requests, {len(self.latencies)} replies: p50 {ms(self.percentile(0.5))}, "
+        kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(self.kinds.items()))
+        return (f"{self.asked} requests ({kinds}), {len(self.latencies)} replies: p50 {ms(self.percentile(0.5))}, "
                 f"p90 {ms(self.percentile(0.9))}, p99 {ms(self.percentile(0.99))}, "
                 f"max {ms(max(self.latencies, default=float('nan')))}; {len(self.problems)} wrong or missing")
 
 
+EXTRAS = ("day", "summary", "devices", "day", "day", "summary", "day", "day", "day", "day")
+
+
+def request_for(n: int, kind: str, device_id: str, date_: str, extras: bool) -> tuple[str, dict]:
+    """An app's n-th request, about a device-day it picked: the day itself; with `extras`, two in ten
+    are the day's hourly summary and one the device catalogue (EXTRAS)."""
+    what = EXTRAS[n % len(EXTRAS)] if extras else "day"
+    if what == "devices":
+        return "devices", {"type": kind}
+    if what == "summary":
+        return STEMS[kind], {"device_id": device_id, "summary": "hour", "from_date": date_, "to_date": date_}
+    return STEMS[kind], {"device_id": device_id, "date": date_}
+
+
+def reply_problem(stem: str, body: dict, reply: dict) -> str | None:
+    """What is wrong with a reply to `body`, if anything."""
+    if "error" in reply:
+        return "an error"
+    if stem == "devices":
+        entries = reply.get("devices", [])
+        keys = [(e.get("type"), e.get("device_id")) for e in entries]
+        ok = reply.get("count") == len(entries) and keys == sorted(keys) and all(e.get("readings", 0) >= 0
+                                                                                 for e in entries)
+        return None if ok else "a catalogue out of order or miscounted"
+    if "summary" in body:
+        buckets = reply.get("buckets", [])
+        ok = reply.get("device_id") == body["device_id"] and reply.get("count") == len(buckets) \
+            and [b.get("start") for b in buckets] == [f"{body['from_date']}T{h:02d}:00:00" for h in range(len(buckets))]
+        return None if ok else "a summary with the wrong buckets"
+    stamps = [r.get("timestamp", "") for r in reply.get("records", [])]
+    if (reply.get("device_id"), reply.get("date")) != (body["device_id"], body["date"]) \
+            or reply.get("count") != len(stamps) or stamps != sorted(stamps) \
+            or any(not s.startswith(body["date"]) for s in stamps):
+        return "wrong records"
+    return None
+
+
 async def run_apps(args, apps: int, pick_day, done: asyncio.Event, think: float = 1.0,
-                   timeout: float = 5.0) -> AppReport:
+                   timeout: float = 5.0, extras: bool = False) -> AppReport:
     """`apps` mobile apps, each asking for a device-day (pick_day() -> (kind, device_id, date) or
-    None) after a random pause (mean `think` s), one request at a time, until `done` is set."""
+    None) after a random pause (mean `think` s), one request at a time, until `done` is set. With
+    `extras`, some ask for its hourly summary or the device catalogue instead (request_for)."""
     report = AppReport()
     ids = [f"simapp-{uuid.uuid4().hex[:6]}-{i}" for i in range(apps)]
     waiting: dict[str, asyncio.Future] = {}
@@ -229,11 +269,13 @@ async def run_apps(args, apps: int, pick_day, done: asyncio.Event, think: float 
     client.on_message = on_message
     subscribed = asyncio.Event()
     client.on_subscribe = lambda *a: subscribed.set()
-    client.subscribe([gmqtt.Subscription(f"home/data{stem}/{app}", qos=0) for app in ids for stem in STEMS.values()])
+    client.subscribe([gmqtt.Subscription(f"home/data{stem}/{app}", qos=0) for app in ids
+                      for stem in (*STEMS.values(), "devices")])
     await subscribed.wait()
     rng = random.Random(args.seed + 1)
 
     async def app(app_id: str):
+        n = 0
         while not done.is_set():
             try:
                 await asyncio.wait_for(done.wait(), rng.expovariate(1 / think))
@@ -243,25 +285,24 @@ async def run_apps(args, apps: int, pick_day, done: asyncio.Event, think: float 
             day = pick_day()
             if day is None:
                 continue
-            kind, device_id, date_ = day
+            stem, body = request_for(n, *day, extras)
+            n += 1
+            report.kinds[stem == "devices" and "catalogue" or "summary" in body and "summary" or "day"] += 1
             future = asyncio.get_running_loop().create_future()
             waiting[app_id] = future
             report.asked += 1
             sent_at = time.perf_counter()
-            client.publish(f"home/get{STEMS[kind]}/{app_id}", json.dumps({"device_id": device_id, "date": date_}))
+            client.publish(f"home/get{stem}/{app_id}", json.dumps(body))
             try:
                 payload = await asyncio.wait_for(future, timeout)
             except asyncio.TimeoutError:
                 waiting.pop(app_id, None)
-                report.problems.append(f"no reply within {timeout:g} s to {kind} {device_id} {date_}")
+                report.problems.append(f"no reply within {timeout:g} s to {stem} {body}")
                 continue
             report.latencies.append(time.perf_counter() - sent_at)
             reply = json.loads(payload)
-            stamps = [r.get("timestamp", "") for r in reply.get("records", [])]
-            if (reply.get("device_id"), reply.get("date")) != (device_id, date_) or "error" in reply \
-                    or reply.get("count") != len(stamps) or stamps != sorted(stamps) \
-                    or any(not s.startswith(date_) for s in stamps):
-                report.problems.append(f"wrong reply to {kind} {device_id} {date_}: {str(reply)[:200]}")
+            if (problem := reply_problem(stem, body, reply)) is not None:
+                report.problems.append(f"{problem} in the reply to {stem} {body}: {str(reply)[:200]}")
 
     await asyncio.gather(*(app(a) for a in ids))
     await client.disconnect()
@@ -371,7 +412,8 @@ def parse_args(argv=None):
     p.add_argument("--days", type=int, default=1, help="spread each device's readings over this many days")
     p.add_argument("--prefix", help="device id prefix (default: sim-<random>)")
     p.add_argument("--requests", type=int, default=0, metavar="N",
-                   help="N apps ask for device-days while the load runs (about one request per app per second)")
+                   help="N apps ask for device-days, their hourly summaries and the device catalogue while the "
+                        "load runs (about one request per app per second)")
     p.add_argument("--verify", metavar="DATABASE", help="wait until the service stored everything; "
                                                         "exit 1 on any lost, duplicated, unexpected or wrong reading")
     p.add_argument("--verify-timeout", type=float, default=120)
@@ -397,7 +439,7 @@ async def simulate(args, fleet: Fleet):
     apps = None
     if args.requests:
         pick = lambda: random.choice(list(fleet.days_sent)) if fleet.days_sent else None  # noqa: E731
-        apps = asyncio.ensure_future(run_apps(args, args.requests, pick, done))
+        apps = asyncio.ensure_future(run_apps(args, args.requests, pick, done, extras=True))
     result = await publish(args, fleet, done)
     return result, (await apps if apps else None)
 

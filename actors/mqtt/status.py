@@ -31,6 +31,7 @@ class StatusReport:
         self.started_at = utc_now()
         self.answered = self.errors = 0  # requests answered, of which error replies
         self.connections = 0  # to the broker, since the service started
+        self.went_stale = self.live_again = self.new_devices = self.stale_now = 0  # devices' liveness
         self._settings = settings
         self._clock = clock
         self._next_stats = clock() + settings.stats_interval
@@ -40,6 +41,15 @@ class StatusReport:
         status = {"state": state, "client_id": self.client_id, "version": __version__, "started_at": self.started_at,
                   "connections": self.connections}
         return orjson.dumps(status if reason is None else {**status, "reason": reason})
+
+    def availability_changed(self, state: str, was: str | None, stale_now: int) -> None:
+        if state == "stale":
+            self.went_stale += 1
+        elif was is None:
+            self.new_devices += 1
+        else:
+            self.live_again += 1
+        self.stale_now = stale_now
 
     def stats(self, writer: WriterStats, connected: bool, in_hand: int) -> bytes | None:
         """The stats to publish now, or None if they are not due yet (logged too, when that is due)."""
@@ -61,7 +71,18 @@ class StatusReport:
             "commit_failures": writer.commit_failures, "writer_backlog": writer.backlog, "in_hand": in_hand,
             "commit_ms": {"last": writer.last_commit_ms, "max": writer.max_commit_ms},
             "database_bytes": writer.database_bytes, "wal_bytes": writer.wal_bytes,
-            "wal_checkpoints": writer.checkpoints, "last_stored_at": dict(writer.last_stored_at)})
+            "wal_checkpoints": writer.checkpoints, "last_stored_at": dict(writer.last_stored_at),
+            "availability": {"stale_now": self.stale_now, "went_stale": self.went_stale, "live_again": self.live_again,
+                             "new_devices": self.new_devices},
+            "clock_rejected": _by_type(writer.wrong_clocks)})
+
+
+def _by_type(counts) -> dict[str, dict[str, int]]:
+    """(type, device_id, n) as {type: {device_id: n}}."""
+    by_type: dict[str, dict[str, int]] = {}
+    for kind, device_id, n in counts:
+        by_type.setdefault(kind, {})[device_id] = n
+    return by_type
 
 
 class Heartbeat:

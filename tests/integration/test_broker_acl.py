@@ -52,6 +52,13 @@ def test_the_service_works_with_what_the_acl_grants_it(locked):
     wait_until(lambda: service.query("SELECT COUNT(*) FROM temperature_logs")[0][0] == 1)
     clients["phone-a"].subscribe("home/datatemp/phone-a")
     assert clients["phone-a"].request("temp", "phone-a", {"device_id": "t1", "date": "2026-03-01"})["count"] == 1
+    # the catalogue, and the availability the service publishes (retained) for every app to watch
+    clients["phone-a"].subscribe("home/datadevices/phone-a")
+    assert clients["phone-a"].request("devices", "phone-a", {})["devices"][0]["device_id"] == "t1"
+    clients["phone-b"].subscribe("home/availability/#")
+    assert clients["phone-b"].take() == ("home/availability/temperature/t1",
+                                         {"state": "live", "last_seen": "2026-03-01T10:00:00",
+                                          "received_at": service.query("SELECT received_at FROM devices")[0][0]})
     assert "refused our subscription" not in service.log()
 
 

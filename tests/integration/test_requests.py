@@ -181,3 +181,13 @@ def test_the_request_cli_prints_a_day_across_pages_the_latest_and_errors(db_serv
     assert json.loads(latest.stdout)["records"][0]["timestamp"] == f"{DAY}T00:03:00"
     bad = cli("temperature", "t1", "2026-02-30")
     assert bad.returncode == 1 and "error invalid_field: field 'date'" in bad.stderr
+    summary = cli("temperature", "t1", "--summary", "hour", "--from-date", DAY)
+    assert summary.returncode == 0, summary.stderr
+    lines = summary.stdout.splitlines()
+    assert lines[0] == f"temperature t1 by the hour, {DAY} to {DAY}: 3 readings in 24 buckets"
+    assert lines[1].split()[:4] == ["start", "readings", "temperature.min", "temperature.max"]
+    assert lines[3].split()[:4] == [f"{DAY}T00:00:00", "3", "60.0", "180.0"] and len(lines) == 3 + 24
+    devices = cli("devices", "--type", "temperature")
+    assert devices.returncode == 0, devices.stderr
+    assert devices.stdout.splitlines()[0] == "1 devices" and devices.stdout.splitlines()[3].split()[:4] == \
+        ["temperature", "t1", "live", "3"]

@@ -20,6 +20,7 @@ from actors.peers import RETENTION, WRITER, Peers
 from actors.readgate import ReadGate
 from actors.retention import RetentionActor, RetentionNow, archive_day, exclusive_pass
 from actors.settings import load_settings
+from actors.summaries import Summaries, bucket_starts
 from actors.writer import WriterActor
 from conftest import FakePeer, wait_until
 
@@ -95,6 +96,27 @@ def test_expired_days_are_archived_then_deleted_and_recent_ones_kept(retention):
         for row in rows:
             assert tuple(row) == tuple(str(v) for v in before[int(row[0])])
     assert not (retention.archive / "temperature_logs" / day(5)[:4] / f"temperature_logs-{day(5)}.csv.gz").exists()
+
+
+def test_summaries_of_archived_days_answer_as_before_and_the_catalogue_counts_what_is_left(retention):
+    power = [("p1", "ON", "", f"{day(9)}T06:30:00", day(9)), ("p1", "", "ON", f"{day(8)}T20:00:00", day(8)),
+             ("p1", "OFF", "", f"{day(1)}T01:00:00", day(1))]
+    retention.store("temperature", [temperature(d, n, h) for n in reversed(range(10)) for d in ("t1", "t2")
+                                  for h in (1, 2)])
+    retention.store("power", power)
+    summaries, device = Summaries(retention.db), DEVICE_TYPES["temperature"]
+    starts = bucket_starts("day", day(9), day(0))
+    before = summaries.buckets(device, "t1", "day", starts)
+    power_before = summaries.buckets(DEVICE_TYPES["power"], "p1", "hour", bucket_starts("hour", day(9), day(8)))
+    assert [b["readings"] for b in before] == [2] * 10 and power_before[6]["eb_on_s"] == 1800
+    retention.retention_ref = retention.start_retention()
+    wait_until(lambda: retention.rows(f"SELECT COUNT(*) FROM temperature_logs WHERE date < '{day(5)}'") == [(0,)],
+               what="expired rows deleted")
+    wait_until(lambda: retention.rows("SELECT readings FROM devices WHERE device_id = 't1'") == [(12,)],
+               what="the catalogue counting 6 days of 2 readings")
+    assert summaries.buckets(device, "t1", "day", starts) == before
+    assert summaries.buckets(DEVICE_TYPES["power"], "p1", "hour", bucket_starts("hour", day(9), day(8))) \
+        == power_before
 
 
 def test_the_newest_row_is_never_deleted_so_no_id_is_ever_given_out_twice(retention):

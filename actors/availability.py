@@ -1,0 +1,115 @@
+"""The availability actor: watches which devices are still reporting (liveness.py) and says so. Every
+change of a device's state is published, retained, on home/availability/{type}/{device_id}, logged
+once (WARNING when it goes stale, INFO when it is back) and counted in the stats; a stale state is
+also kept in the catalogue (by the writer), so that a restart neither forgets nor repeats it.
+
+The writer tells it which devices each commit stored readings of (Seen); a timer wakes it when the
+next live device would go stale."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import orjson
+import peewee
+
+from actors.liveness import STALE, Change, Liveness
+from actors.messages import Availability, MarkStale, Seen
+from actors.models import Device
+from actors.mqtt.packets import topic_problem
+from actors.peers import LINK, WRITER, Peers, Supervised
+from actors.settings import DevicesSettings
+
+log = logging.getLogger(__name__)
+TOPIC = "home/availability"
+
+
+@dataclass(frozen=True, slots=True)
+class CheckNow:
+    """The timer -> the availability actor: a device may have gone stale."""
+
+
+def availability_topic(kind: str, device_id: str) -> str | None:
+    """Where a device's availability is published; None if its id cannot be one topic level."""
+    topic = f"{TOPIC}/{kind}/{device_id}"
+    return None if "/" in device_id or topic_problem(topic) else topic
+
+
+class AvailabilityActor(Supervised):
+    def __init__(self, name: str, database: peewee.Database, settings: DevicesSettings, peers: Peers,
+                 supervisor=None, clock=time.time):
+        super().__init__(name, supervisor)
+        self.db = database
+        self.peers = peers
+        self.clock = clock
+        self.liveness = Liveness(settings)
+        self._timer: threading.Timer | None = None
+        self._timer_due: float | None = None
+
+    def on_start(self):
+        self.db.connect(reuse_if_open=True)
+        try:
+            rows = (Device.select(Device.type, Device.device_id, Device.last_seen, Device.received_at, Device.state)
+                    .where(Device.type.in_(sorted(self.liveness.types))).tuples())
+            self.liveness.load(list(rows), self.clock())
+        finally:
+            self.db.close()  # the rest is in memory
+        log.info("watching %d devices for liveness (%s)", len(self.liveness.devices), ", ".join(
+            f"{kind}: {'auto' if after == 'auto' else f'{after:g} s'}" for kind in sorted(self.liveness.types)
+            if (after := self.liveness.settings.stale_after(kind))))
+        self._schedule()
+
+    def on_stop(self):
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def on_failure(self, exception_type, exception_value, traceback):
+        self.on_stop()
+        super().on_failure(exception_type, exception_value, traceback)
+
+    def on_receive(self, message):
+        if isinstance(message, Seen):
+            now = self.clock()
+            for device_id, last_seen, readings in message.devices:
+                change = self.liveness.seen(message.type, device_id, last_seen, readings, message.received_at, now)
+                if change is not None:
+                    self._announce(change)
+            self._schedule()
+        elif isinstance(message, CheckNow):
+            self._timer = self._timer_due = None
+            changes = self.liveness.due(self.clock())
+            for change in changes:
+                self._announce(change)
+            if changes:
+                self.peers.tell(WRITER, MarkStale(tuple((c.type, c.device_id, c.received_at) for c in changes)))
+            self._schedule()
+        else:
+            log.warning("availability ignored an unexpected message: %r", message)
+
+    def _announce(self, change: Change) -> None:
+        kind, device_id = change.type, change.device_id
+        if change.state == STALE:
+            log.warning("%s device %s is stale: nothing from it since %s UTC (its latest reading is of %s)",
+                        kind, device_id, change.received_at, change.last_seen)
+        elif change.was == STALE:
+            log.info("%s device %s is live again (a reading of %s)", kind, device_id, change.last_seen)
+        topic = availability_topic(kind, device_id)
+        if topic is None:
+            log.warning("the availability of %s device %r is not published: its id cannot be an MQTT topic level",
+                        kind, device_id)
+            return
+        payload = orjson.dumps({"state": change.state, "last_seen": change.last_seen,
+                                "received_at": change.received_at})
+        self.peers.tell(LINK, Availability(topic, payload, change.state, change.was, self.liveness.stale_count()))
+
+    def _schedule(self) -> None:
+        due = self.liveness.next_due()
+        if due is None or (self._timer_due is not None and self._timer_due <= due):
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_due = due
+        self._timer = self.tell_later(max(0.0, due - self.clock()) + 0.01, CheckNow())

@@ -1,0 +1,45 @@
+"""Liveness, pure (actors/liveness.py): when a device is stale, without a broker or a clock."""
+
+import dataclasses
+
+from actors.liveness import LIVE, STALE, Liveness, epoch
+from actors.settings import load_settings
+
+DEVICES = load_settings(environ={}).devices  # temperature "auto", at least 300 s; power and fingerprint off
+T0 = epoch("2026-04-01 00:00:00")
+
+
+def test_auto_is_three_times_the_devices_usual_interval_by_its_own_clock_and_at_least_the_minimum():
+    live = Liveness(DEVICES)
+    assert live.types == {"temperature"}
+    new = live.seen("temperature", "t1", "2026-04-01T00:00:00", 1, "2026-04-01 00:00:00", T0)
+    assert (new.state, new.was) == (LIVE, None)
+    # readings every 10 minutes by the device's clock, delivered in one backlog: the interval is still 10 min
+    for i in range(1, 4):
+        assert live.seen("temperature", "t1", f"2026-04-01T00:{10 * i}:00", 1, "2026-04-01 00:00:05", T0 + 5) is None
+    track = live.devices["temperature", "t1"]
+    assert live.stale_after("temperature", track) == 1800
+    assert live.due(T0 + 5 + 1800) == [] and live.next_due() == T0 + 5 + 1800
+    [stale] = live.due(T0 + 5 + 1801)
+    assert (stale.state, stale.was, stale.last_seen) == (STALE, LIVE, "2026-04-01T00:30:00")
+    assert live.due(T0 + 9999) == []  # announced once
+    back = live.seen("temperature", "t1", "2026-04-01T01:00:00", 1, "2026-04-01 01:00:00", T0 + 3600)
+    assert (back.state, back.was) == (LIVE, STALE) and live.stale_count() == 0
+    # a device sending every second still gets the minimum
+    for s in range(5):
+        live.seen("temperature", "fast", f"2026-04-01T00:00:0{s}", 1, "2026-04-01 00:00:00", T0)
+    assert live.stale_after("temperature", live.devices["temperature", "fast"]) == 300
+
+
+def test_after_a_start_a_device_is_stale_no_sooner_than_its_stale_after_and_what_was_stale_stays_so():
+    live = Liveness(dataclasses.replace(DEVICES, power_stale_after=60))
+    started = T0 + 86400  # the service was down for a day
+    live.load([("temperature", "t1", "2026-04-01T00:00:00", "2026-04-01 00:00:00", "live"),
+               ("temperature", "t2", "2026-04-01T00:00:00", "2026-04-01 00:00:00", "stale"),
+               ("power", "p1", "2026-04-01T00:00:00", "2026-04-01 00:00:00", "live"),
+               ("fingerprint", "f1", "2026-04-01T00:00:00", "2026-04-01 00:00:00", None)], started)
+    assert set(live.devices) == {("temperature", "t1"), ("temperature", "t2"), ("power", "p1")}
+    assert live.due(started + 59) == []
+    assert [c.device_id for c in live.due(started + 61)] == ["p1"]
+    assert [c.device_id for c in live.due(started + 301)] == ["t1"]
+    assert live.seen("fingerprint", "f1", "2026-04-02T00:00:00", 1, "2026-04-02 00:00:00", started) is None
