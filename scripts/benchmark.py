@@ -11,8 +11,9 @@ It starts its own Mosquitto with deploy/mosquitto/mqtt-client.conf's settings an
    stored/s from the first publish to the last commit, and CPU per 100,000 readings;
 2. replies: a database of --rows rows written directly, --apps apps asking for random device-days
    of 1,440 readings (about one request per app per second): p50/p99 request->reply (the first
-   page when a day is over queries.max_reply_bytes); and one device-day of 86,400 readings, paged:
-   the first reply, and all pages one after the other;
+   page when a day is over queries.max_reply_bytes); one device-day of 86,400 readings, paged:
+   the first reply, and all pages one after the other; the catalogue of over 1,000 devices, and
+   summaries of a year of readings (31 days by the hour, 366 by the day): medians, all pages;
 3. peak RSS during ingest, and the time from start to the first reply on the big database;
 4. retention on that database: the service restarted with a retention that expires about half
    of it (archived, then deleted) while a device sends 100 QoS 1 readings/s; the longest delete
@@ -21,7 +22,8 @@ It starts its own Mosquitto with deploy/mosquitto/mqtt-client.conf's settings an
    subscription group (fresh databases, dropped after).
 6. a burst (--burst, 60,000) from a raw-socket QoS 1 publisher that costs almost nothing per
    message, so that the consumer sets the pace: the service against the baseline above, with the
-   publisher's own rate and CPU;
+   publisher's own rate and CPU (with --compare-with COMMIT, also against the service at COMMIT,
+   e.g. without the catalogue and rollups: 9871c56);
 7. steady rates (--steady, default 10, 100 and 1,000 readings/s, each for --steady-seconds): CPU
    per reading of the service, of the baseline above (the ceiling: no guarantees) and of a durable
    baseline (paho, a commit with synchronous=FULL per natural group, acknowledging after it), each
@@ -52,7 +54,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 import simulate_devices as sim  # noqa: E402
-from actors.models import MODELS, TemperatureLog, insert_sql, open_database  # noqa: E402
+from actors.devices import DEVICE_TYPES  # noqa: E402
+from actors.models import insert_sql, open_database  # noqa: E402
+from actors.rollups import Upkeep  # noqa: E402
+from actors.schema import prepare  # noqa: E402
 
 PYTHON = sys.executable
 
@@ -105,9 +110,9 @@ class Mosquitto:
         self.proc.wait(10)
 
 
-def start(cmd: list[str], env: dict, output: Path, ready: str) -> subprocess.Popen:
+def start(cmd: list[str], env: dict, output: Path, ready: str, cwd: Path = ROOT) -> subprocess.Popen:
     with open(output, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
     wait_for(lambda: ready in output.read_text(errors="replace") or proc.poll() is not None, 60, ready)
     if proc.poll() is not None:
         raise SystemExit(f"benchmark: {cmd} exited:\n{output.read_text()}")
@@ -375,35 +380,63 @@ def steady(port: int, workdir: Path, rates: list[float], seconds: float) -> dict
 
 # -- replies on a big database ------------------------------------------------------------------
 
+SUMMARY_TARGETS = {"device catalogue": 50, "31-day hourly summary": 20, "366-day daily summary": 30,
+                   "366-day daily power summary": 30}
+YEAR = ("2025-03-01", "2026-03-01")  # 366 days of one device, every 10 minutes: the summary part
+CATALOGUE_DEVICES = 1_000  # devices with a reading or two each, besides the others: the catalogue part
+
+
 def build_big_database(path: Path, rows: int) -> tuple[list[tuple[str, str]], tuple[str, str]]:
     """`rows` temperature readings: device-days of 1,440 (one a minute) and one of 86,400 (one a
-    second). Returns the 1,440-reading device-days and the big one."""
+    second); a year of readings of one temperature and one power device (YEAR); CATALOGUE_DEVICES
+    devices more. Stored as the service stores them, with the catalogue and the rollups (so the
+    service has nothing to build at its start). Returns the 1,440-reading device-days and the big one."""
     db = open_database(str(path), 5)
     db.connect()
-    db.create_tables(MODELS)
-    sql = insert_sql(TemperatureLog, db)
+    prepare(db)
+    upkeep = Upkeep(db)
+    inserts = {name: insert_sql(d.model, db) for name, d in DEVICE_TYPES.items()}
     conn = db.connection()
     rng = random.Random(5)
     start = date(2026, 1, 1)
     days = []
     big = ("bench-busy", "2026-03-01")
+    stored_at = "2026-03-02 00:00:00"
+
+    def store(kind: str, rows: list[tuple]) -> None:
+        rows = [(*row, stored_at) for row in rows]
+        conn.executemany(inserts[kind], rows)
+        upkeep.stored(conn, {kind: rows}, {}, stored_at)
 
     def day_rows(device, day, per_day):
         step = 86400 // per_day
         midnight = datetime.combine(day, datetime.min.time())
         for i in range(per_day):
             ts = (midnight + timedelta(seconds=i * step)).isoformat()
-            yield device, round(rng.uniform(15, 35), 1), 50.0, "LOW", ts, ts[:10], "2026-03-01 00:00:00"
+            yield device, round(rng.uniform(15, 35), 1), round(rng.uniform(30, 70), 1), rng.choice(("LOW", "HIGH")), \
+                ts, ts[:10]
 
     conn.execute("PRAGMA synchronous = off")
     conn.execute("BEGIN")
-    conn.executemany(sql, day_rows(big[0], date.fromisoformat(big[1]), 86_400))
+    store("temperature", list(day_rows(big[0], date.fromisoformat(big[1]), 86_400)))
     n_days = max(1, (rows - 86_400) // 1_440)
     devices = max(1, n_days // 60)
     for k in range(n_days):
         device, day = f"bench-{k % devices:04d}", start + timedelta(days=k // devices)
-        conn.executemany(sql, day_rows(device, day, 1_440))
+        store("temperature", list(day_rows(device, day, 1_440)))
         days.append((device, day.isoformat()))
+    first = date.fromisoformat(YEAR[0])
+    for k in range(366):
+        day = first + timedelta(days=k)
+        store("temperature", list(day_rows("bench-year", day, 144)))
+        events = {(f"{day}T{rng.randrange(24):02d}:{rng.randrange(60):02d}:00",
+                   rng.choice((("ON", ""), ("OFF", ""), ("", "ON"), ("", "OFF")))) for _ in range(8)}
+        store("power", [("bench-year-power", *values, ts, ts[:10]) for ts, values in sorted(events)])
+    kinds = list(DEVICE_TYPES)
+    for k in range(CATALOGUE_DEVICES):
+        kind, ts = kinds[k % 3], f"2026-02-{1 + k % 28:02d}T12:00:00"
+        values = {"temperature": (21.5, 40.0, "LOW"), "power": ("ON", ""), "fingerprint": ("u1", "PASS")}[kind]
+        store(kind, [(f"bench-cat-{k:04d}", *values, ts, ts[:10])])
     conn.execute("COMMIT")
     db.close()
     return days, big
@@ -442,6 +475,52 @@ async def ask_day(port: int, device: str, day: str) -> tuple[float, float, int]:
     assert records == 86_400, records
     await client.disconnect()
     return first, elapsed, pages
+
+
+async def ask_pages(client, replies: asyncio.Queue, topic: str, body: dict, key: str) -> tuple[float, int, int]:
+    """One request followed through all its pages: seconds, pages, items."""
+    started, pages, items = time.perf_counter(), 0, 0
+    while True:
+        client.publish(topic, json.dumps(body))
+        reply = await asyncio.wait_for(replies.get(), 30)
+        if key not in reply:
+            raise SystemExit(f"benchmark: {body} was answered {str(reply)[:300]}")
+        pages, items = pages + 1, items + len(reply[key])
+        if "next" not in reply:
+            return time.perf_counter() - started, pages, items
+        body = {**body, "cursor": reply["next"]}
+
+
+def catalogue_and_summaries(port: int, repeat: int = 21) -> dict[str, tuple[float, int, int]]:
+    """Median seconds (request to last page), pages and items of the catalogue and of summaries."""
+    cases = {
+        "device catalogue": ("devices", {}, "devices"),
+        "31-day hourly summary": ("temp", {"device_id": "bench-year", "summary": "hour", "from_date": "2026-01-01",
+                                           "to_date": "2026-01-31"}, "buckets"),
+        "366-day daily summary": ("temp", {"device_id": "bench-year", "summary": "day", "from_date": YEAR[0],
+                                           "to_date": YEAR[1]}, "buckets"),
+        "366-day daily power summary": ("power", {"device_id": "bench-year-power", "summary": "day",
+                                                  "from_date": YEAR[0], "to_date": YEAR[1]}, "buckets")}
+
+    async def run():
+        import gmqtt
+        args = argparse.Namespace(host="127.0.0.1", port=port, username=None, password=None)
+        client, _ = await sim.connect(args, f"bench-summaries-{random.randrange(10**6)}")
+        replies: asyncio.Queue = asyncio.Queue()
+        client.on_message = lambda c, t, p, q, props: replies.put_nowait(json.loads(p)) or 0
+        subscribed = asyncio.Event()
+        client.on_subscribe = lambda *a: subscribed.set()
+        client.subscribe([gmqtt.Subscription(f"home/data{stem}/bench-s{i}", qos=0)
+                          for i, (stem, _, _) in enumerate(cases.values())])
+        await subscribed.wait()
+        results = {}
+        for i, (name, (stem, body, key)) in enumerate(cases.items()):
+            runs = [await ask_pages(client, replies, f"home/get{stem}/bench-s{i}", body, key) for _ in range(repeat)]
+            await asyncio.sleep(1)  # the app's rate limit refills
+            results[name] = (median([r[0] for r in runs]), runs[0][1], runs[0][2])
+        await client.disconnect()
+        return results
+    return asyncio.run(run())
 
 
 def first_reply_after_start(port: int, db: Path, workdir: Path) -> tuple[subprocess.Popen, float]:
@@ -485,13 +564,14 @@ def replies(port: int, db: Path, workdir: Path, rows: int, apps: int, seconds: f
         if report.problems:
             raise SystemExit("benchmark: wrong or missing replies:\n" + "\n".join(report.problems[:10]))
         busy = sorted(asyncio.run(ask_day(port, *big)) for _ in range(5))  # by time to the first reply
+        summaries = catalogue_and_summaries(port)
         whole = sorted(b[1] for b in busy)
         cost = reply_cost(port, proc, db, days)
     finally:
         proc.terminate()
         proc.wait(30)
     return {"startup": startup, "report": report, "busy_first_median": busy[2][0], "busy_first_max": busy[-1][0],
-            "reply_cpu": cost[0], "bare_cpu": cost[1],
+            "reply_cpu": cost[0], "bare_cpu": cost[1], "summaries": summaries,
             "busy_median": whole[2], "busy_max": whole[-1], "busy_pages": busy[0][2],
             "size_mib": db.stat().st_size / 2**20}
 
@@ -682,6 +762,9 @@ def main(argv=None) -> int:
     p.add_argument("--steady-seconds", type=float, default=20, help="how long each steady rate lasts")
     p.add_argument("--baseline-subscriber", nargs=2, metavar=("PORT", "DB"), help=argparse.SUPPRESS)
     p.add_argument("--burst", type=int, default=60_000, help="readings of the burst part (raw-socket publisher)")
+    p.add_argument("--compare-with", metavar="COMMIT",
+                   help="also burst into the service as it was at COMMIT (git archive), e.g. the one before a "
+                        "change, to see what the change costs per reading")
     p.add_argument("--durable-subscriber", nargs=2, metavar=("PORT", "DB"), help=argparse.SUPPRESS)
     p.add_argument("--raw-publisher", nargs=2, type=int, metavar=("PORT", "COUNT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -722,20 +805,30 @@ def main(argv=None) -> int:
         base = ingest("the baseline", proc, broker.port, base_db, args.readings)
         proc.kill()
         proc.wait()
+        consumers = [("service", [PYTHON, "system.py"], "taking readings and requests", ROOT),
+                     ("baseline", [PYTHON, __file__, "--baseline-subscriber", str(broker.port), "DB"],
+                      "baseline subscribed", ROOT)]
+        if args.compare_with:  # the service as it was at another commit, side by side
+            older = workdir / "older"
+            older.mkdir()
+            archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.compare_with], capture_output=True,
+                                     check=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(older)], input=archive, check=True)
+            consumers.insert(1, (args.compare_with, [PYTHON, "system.py"], "taking readings and requests", older))
         bursts = {}
-        for name, command, ready in (
-                ("service", [PYTHON, "system.py"], "taking readings and requests"),
-                ("baseline", [PYTHON, __file__, "--baseline-subscriber", str(broker.port), "DB"], "baseline subscribed")):
-            print(f"burst: {args.burst:,} readings from a raw-socket publisher into the {name} ...", flush=True)
-            burst_db = workdir / f"burst-{name}.db"
-            command = [str(burst_db) if part == "DB" else part for part in command]
-            proc = start(command, service_env(broker.port, burst_db) if name == "service" else {},
-                         workdir / f"burst-{name}.out", ready)
-            try:
-                bursts[name] = burst(name, proc, broker.port, burst_db, args.burst)
-            finally:
-                proc.kill()
-                proc.wait()
+        for round_ in range(2 if args.compare_with else 1):  # alternately, so that drift shows in both
+            for name, command, ready, cwd in consumers:
+                print(f"burst: {args.burst:,} readings from a raw-socket publisher into the {name} ...", flush=True)
+                burst_db = workdir / f"burst-{name}-{round_}.db"
+                command = [str(burst_db) if part == "DB" else part for part in command]
+                proc = start(command, service_env(broker.port, burst_db) if cwd != ROOT or name == "service" else {},
+                             workdir / f"burst-{name}.out", ready, cwd)
+                try:
+                    bursts.setdefault(name, []).append(burst(name, proc, broker.port, burst_db, args.burst))
+                finally:
+                    proc.kill()
+                    proc.wait()
+        bursts = {name: {k: sum(b[k] for b in runs) / len(runs) for k in runs[0]} for name, runs in bursts.items()}
         rates = [float(r) for r in args.steady.split(",") if r.strip()]
         trickle = steady(broker.port, workdir, rates, args.steady_seconds)
         # A broker of its own: the consumers stopped above left their sessions on the first one,
@@ -765,6 +858,11 @@ def main(argv=None) -> int:
          f"{bursts['baseline']['cpu_per_100k']:.2f}",
          f"ratio {bursts['service']['cpu_per_100k'] / bursts['baseline']['cpu_per_100k']:.2f} (target ≤ 1.1); "
          f"publisher {bursts['service']['publisher_cpu']:.2f} s"),
+        *([(f"burst of {args.burst:,}, CPU s per 100,000, vs {args.compare_with}",
+            f"{bursts['service']['cpu_per_100k']:.2f}", f"{bursts[args.compare_with]['cpu_per_100k']:.2f}",
+            f"ratio {bursts['service']['cpu_per_100k'] / bursts[args.compare_with]['cpu_per_100k']:.2f} to the "
+            f"service at {args.compare_with} (mean of 2 each, alternately; {bursts[args.compare_with]['rate']:,.0f} "
+            "readings/s)")] if args.compare_with else []),
         *((f"steady {rate:g}/s, CPU ms per reading", f"{trickle['service'][rate] * 1000:.2f}",
            f"{trickle['ceiling'][rate] * 1000:.2f}",
            f"durable baseline {trickle['durable'][rate] * 1000:.2f} ms: ratio "
@@ -780,6 +878,9 @@ def main(argv=None) -> int:
          f"{ms(big['busy_first_median'])} ({ms(big['busy_first_max'])})", "", "target ≤ 300 ms"),
         (f"86,400-reading day, all {big['busy_pages']} pages, median of 5 (max)",
          f"{ms(big['busy_median'])} ({ms(big['busy_max'])})", "", "replies ≤ queries.max_reply_bytes"),
+        *((f"{name}, median of 21", ms(seconds), "", f"{items:,} {'devices' if 'catalogue' in name else 'buckets'} in "
+           f"{pages} replies; target ≤ {SUMMARY_TARGETS[name]} ms")
+          for name, (seconds, pages, items) in big["summaries"].items()),
         ("start to first reply", f"{big['startup']:.2f} s", "", f"{args.rows:,} rows, {big['size_mib']:.0f} MiB"),
         ("retention pass, longest delete", f"{expired['longest_delete_ms']} ms", "",
          f"{expired['rows']:,} of {expired['total']:,} rows, {expired['days']} days, {expired['seconds']:.0f} s"),
