@@ -12,6 +12,7 @@ from peewee import Model, Select, Tuple, fn
 from actors.models import FingerprintLog, PowerStatusLog, TemperatureLog
 
 MAX_TEXT = 128  # device_id and user_id
+MAX_TEMPERATURE = 1e9  # no sensor's: a bound that keeps summaries exact (see rollups.py)
 
 
 class InvalidMessage(ValueError):
@@ -211,8 +212,8 @@ class Temperature(DeviceType):
     reading_fields = value_columns
 
     def values(self, obj):
-        return (number_field(obj, "temperature"), number_field(obj, "humidity", 0, 100),
-                choice_field(obj, "status", ("HIGH", "LOW")))
+        return (number_field(obj, "temperature", -MAX_TEMPERATURE, MAX_TEMPERATURE),
+                number_field(obj, "humidity", 0, 100), choice_field(obj, "status", ("HIGH", "LOW")))
 
     def record(self, row):
         temperature, humidity, status, timestamp = row

@@ -146,7 +146,7 @@ def _upgrade_3_to_4(db: peewee.Database) -> None:
     upkeep, cursor = Upkeep(db), cursor_of(db)
     for name, device in DEVICE_TYPES.items():
         m = device.model
-        columns = [m.device_id, *(getattr(m, c) for c in device.value_columns), m.timestamp, m.date]
+        columns = [m.device_id, *(getattr(m, c) for c in device.value_columns), m.timestamp, m.date, m.created_at]
         last_id, rows_done = 0, 0
         while True:
             rows = list(m.select(m.id, *columns).where(m.id > last_id).order_by(m.id).limit(BACKFILL_ROWS).tuples())

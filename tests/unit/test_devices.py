@@ -186,9 +186,13 @@ def test_a_cursor_that_is_not_ours_for_that_type_and_day_is_an_invalid_field(nam
     assert failure.value.code == "invalid_field"
 
 
-def test_integers_beyond_sqlite_range_in_a_cursor_become_floats_or_are_refused():
+def test_integers_in_a_cursor_become_floats_and_those_beyond_a_readings_range_are_refused():
     """orjson reads 2**64 - 1 as an int; bound as a parameter it would overflow SQLite."""
-    cursor = forged("temperature", ["2026-01-22T10:00:00", 2**64 - 1, 40, "LOW"], [])
+    cursor = forged("temperature", ["2026-01-22T10:00:00", 25, 40, "LOW"], [])
     ask = parse_request(raw({"device_id": "d", "date": "2026-01-22", "cursor": cursor}), TEMP, 1000)
-    assert ask.after == ("2026-01-22T10:00:00", float(2**64 - 1), 40.0, "LOW")
+    assert ask.after == ("2026-01-22T10:00:00", 25.0, 40.0, "LOW")
     assert all(not isinstance(v, int) for v in ask.after[1:3])
+    huge = forged("temperature", ["2026-01-22T10:00:00", 2**64 - 1, 40, "LOW"], [])
+    with pytest.raises(RequestError) as failure:
+        parse_request(raw({"device_id": "d", "date": "2026-01-22", "cursor": huge}), TEMP, 1000)
+    assert failure.value.code == "invalid_field"
