@@ -39,6 +39,7 @@ STOP_TIMEOUT = 20.0
 class ChildSpec:
     name: str
     start: Callable[[str, pykka.ActorRef], pykka.ActorRef]  # (name, supervisor) -> a new, started instance
+    start_timeout: float | None = START_TIMEOUT  # None: as long as it takes (a schema upgrade)
 
 
 class Supervisor(pykka.ThreadingActor):
@@ -61,8 +62,10 @@ class Supervisor(pykka.ThreadingActor):
         self._db = connect_database(s.database, s.queries.pool_size + 3)
         db, gate = self._db, ReadGate()
         marks = Marks(s.database.path, s.mqtt.client_id)  # what a process that died was handling
+        # The writer's start upgrades an older schema, which can take minutes on a big database (its
+        # waits for someone else's lock are bounded on their own).
         specs = [ChildSpec(WRITER, lambda name, sup: WriterActor.start(name, db, s.database, peers, sup, gate,
-                                                                       self._stopping, marks))]
+                                                                       self._stopping, marks), None)]
         live_types = frozenset(name for name in DEVICE_TYPES if s.devices.stale_after(name))
         rules = QueryRules(s.limits.max_request_bytes, s.queries.max_reply_bytes, s.queries.max_page_records,
                            s.apps.readable, s.queries.max_summary_buckets, live_types)
@@ -119,7 +122,7 @@ class Supervisor(pykka.ThreadingActor):
         ref = spec.start(spec.name, self.actor_ref)
         try:
             # Waits for on_start; an actor whose on_start failed is dead by the time this asks.
-            address = ref.proxy().address().get(timeout=START_TIMEOUT)
+            address = ref.proxy().address().get(timeout=spec.start_timeout)
         except (pykka.ActorDeadError, pykka.Timeout):
             ref.stop(block=False)
             raise RuntimeError(f"{spec.name} did not start (see the error above)") from None

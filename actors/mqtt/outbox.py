@@ -21,9 +21,19 @@ class Outbox:
         self.client: OneConnectionClient | None = None  # the connection's, once the broker took it
         self.connected = False
         self.max_packet: int | None = None  # the broker's Maximum Packet Size, if it has one
+        self._unsent: dict[str, bytes] = {}  # retained states not published yet (see keep)
 
     def connected_to(self, client: OneConnectionClient, max_packet: int | None) -> None:
         self.client, self.connected, self.max_packet = client, True, max_packet
+        unsent, self._unsent = self._unsent, {}
+        for topic, payload in unsent.items():
+            self.keep(topic, payload)
+
+    def keep(self, topic: str, payload: bytes) -> None:
+        """Publish a state the broker should keep (retained, QoS 1: a device's availability). Without
+        a connection the latest of each topic waits for the next one."""
+        if not self.send(topic, payload, qos=1, retain=True):
+            self._unsent[topic] = payload
 
     def lost(self) -> None:
         self.client, self.connected = None, False

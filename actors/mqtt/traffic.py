@@ -53,7 +53,6 @@ class Traffic:
         self.hand_over = HandOver(peers, linger, self.limit.flush)  # readings, to the ingest actors
         self.waiting = WaitingRequests(self.inflight, self._dispatch, self._hurry)  # read after arrival
         self._taking = True
-        self._unsent: dict[str, bytes] = {}  # retained availability not published yet (no connection)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -65,9 +64,6 @@ class Traffic:
         self.outbox.connected_to(client, max_packet)
         self.report.connections += 1
         self.limit.connections = self.report.connections  # tells whether one outlived an answer
-        unsent, self._unsent = self._unsent, {}
-        for topic, payload in unsent.items():
-            self._publish_retained(topic, payload)
 
     def stop_taking(self) -> None:
         """Closing: messages that arrive from now on are never acknowledged (the broker keeps them)."""
@@ -189,14 +185,9 @@ class Traffic:
             self._restarted(message)
         elif isinstance(message, Availability):
             self.report.availability_changed(message.state, message.was, message.stale_now)
-            self._publish_retained(message.topic, message.payload)
+            self.outbox.keep(message.topic, message.payload)
         else:
             log.warning("MQTT link ignored an unexpected message: %r", message)
-
-    def _publish_retained(self, topic: str, payload: bytes) -> None:
-        """A device's availability: the latest of each topic is kept until it can be published."""
-        if not self.outbox.send(topic, payload, qos=1, retain=True):
-            self._unsent[topic] = payload
 
     def _answer(self, ack_id: int, payload, error: bool) -> None:
         """Publish the reply to a request in hand, then acknowledge the request. A reply to one

@@ -2,6 +2,7 @@
 
 import json
 import random
+from datetime import datetime, timezone
 from itertools import accumulate
 
 import orjson
@@ -12,7 +13,9 @@ from actors.models import MODELS, FingerprintLog, PowerStatusLog, TemperatureLog
 from actors.peers import Peers
 from actors.devices import DEVICE_TYPES
 from actors.query import QueryActor, QueryRules, cut
-from actors.requests import Ask
+from actors.requests import STEMS, Ask
+from actors.rollups import Upkeep
+from actors.summaries import Summaries, bucket_starts
 from conftest import FakePeer
 
 CREATED = "2026-01-22 15:00:00"
@@ -35,8 +38,7 @@ def ask(db):
 
     def ask(device, body, app_id="app1", max_bytes=None):
         payload = body if isinstance(body, bytes) else json.dumps(body).encode()
-        query.tell(Request(42, device, app_id, payload, f"{DEVICE_TYPES[device].reply_stem}/{app_id}",
-                           max_bytes=max_bytes))
+        query.tell(Request(42, device, app_id, payload, f"{STEMS[device][1]}/{app_id}", max_bytes=max_bytes))
         reply = link.next()
         assert isinstance(reply, Reply) and reply.ack_id == 42
         return json.loads(reply.payload)
@@ -164,3 +166,68 @@ def test_cutting_one_encoding_of_all_records_takes_as_many_as_encoding_each_woul
         sizes = list(accumulate(len(orjson.dumps(r)) + 1 for r in records))
         n = sum(1 for total in sizes if total <= room)
         assert cut(orjson.dumps(records), len(records), room) == (orjson.dumps(records[:n])[1:-1], n)
+
+
+def stored(db, kind, rows):
+    """Rows stored as the writer stores them: with the catalogue and the rollups kept up to date."""
+    rows = [(*row, CREATED) for row in rows]
+    DEVICE_TYPES[kind].model.insert_many(rows, fields=[f for f in DEVICE_TYPES[kind].model._meta.sorted_fields
+                                                      if f.name != "id"]).execute()
+    Upkeep(db).stored(db.connection(), {kind: rows}, {}, CREATED)
+
+
+def test_a_summary_that_does_not_fit_one_reply_comes_in_pages_that_join_up(db, ask):
+    stored(db, "temperature", [("t1", 20.0 + h % 5, 50.0, "HIGH", f"2026-01-{d:02d}T{h:02d}:30:00",
+                                f"2026-01-{d:02d}") for d in (1, 2, 3) for h in range(24)])
+    body = {"device_id": "t1", "summary": "hour", "from_date": "2026-01-01", "to_date": "2026-01-03", "request_id": "x"}
+    whole = ask("temperature", body)
+    assert whole["count"] == 72 and "next" not in whole and whole["request_id"] == "x"
+    pages, next_ = [], None
+    while True:
+        reply = ask("temperature", {**body, **({"cursor": next_} if next_ else {})}, max_bytes=2000)
+        assert len(orjson.dumps(reply)) <= 2000
+        pages.append(reply)
+        if (next_ := reply.get("next")) is None:
+            break
+    assert len(pages) > 3 and [b for p in pages for b in p["buckets"]] == whole["buckets"]
+    assert whole["buckets"][13] == {"start": "2026-01-01T13:00:00", "readings": 1,
+                                    "temperature": {"min": 23.0, "max": 23.0, "avg": 23.0},
+                                    "humidity": {"min": 50.0, "max": 50.0, "avg": 50.0}, "high": 1, "low": 0}
+
+
+def test_the_catalogue_lists_only_the_devices_an_app_may_read_in_pages(db):
+    stored(db, "temperature", [(f"temp_{i:02d}", 21.0, 40.0, "LOW", "2026-01-22T10:00:00", "2026-01-22")
+                               for i in range(30)])
+    stored(db, "fingerprint", [("door", "u1", "PASS", "2026-01-22T10:00:00", "2026-01-22")])
+    peers, link = Peers(), FakePeer()
+    peers.register("link", link)
+    rules = QueryRules(readable={"phone-*": ("temp_1*", "door")})
+    query = QueryActor("query/0", db, peers, rules)
+    reply = orjson.loads(query.answer("devices", b"{}", "phone-1"))
+    assert [(e["type"], e["device_id"]) for e in reply["devices"]] == \
+        [("fingerprint", "door")] + [("temperature", f"temp_{i}") for i in range(10, 20)]
+    assert reply["devices"][0]["state"] is None and reply["devices"][1]["state"] == "live"
+    pages, body = [], {"limit": 4}
+    while True:
+        page = orjson.loads(query.answer("devices", orjson.dumps(body), "phone-1"))
+        pages += page["devices"]
+        if "next" not in page:
+            break
+        body = {"limit": 4, "cursor": page["next"]}
+    assert pages == reply["devices"]
+    assert orjson.loads(query.answer("devices", b"{}", "other"))["devices"] == []
+
+
+def test_power_on_time_is_cut_at_the_devices_now(db):
+    # The device stamps local time (UTC+5:30, no offset sent); its event was stored at 04:45 UTC.
+    DEVICE_TYPES["power"].model.insert_many([("p1", "ON", "", "2026-01-22T10:15:00", "2026-01-22", "x")]).execute()
+    Upkeep(db).stored(db.connection(), {"power": [("p1", "ON", "", "2026-01-22T10:15:00", "2026-01-22", "x")]},
+                      {}, "2026-01-22 04:45:00")
+    half_an_hour_later = datetime(2026, 1, 22, 5, 15, tzinfo=timezone.utc)
+    summaries = Summaries(db, clock=lambda: half_an_hour_later)
+    hours = summaries.buckets(DEVICE_TYPES["power"], "p1", "hour", bucket_starts("hour", "2026-01-22", "2026-01-22"))
+    assert [h["eb_on_s"] for h in hours[9:13]] == [0, 1800, 0, 0]  # 10:15 to the device's 10:45
+    [day] = summaries.buckets(DEVICE_TYPES["power"], "p1", "day", ["2026-01-22"])
+    assert (day["eb_on_s"], day["dg_on_s"], day["readings"]) == (1800, 0, 1)
+    later = Summaries(db, clock=lambda: datetime(2026, 1, 25, tzinfo=timezone.utc))
+    assert later.buckets(DEVICE_TYPES["power"], "p1", "day", ["2026-01-23"])[0]["eb_on_s"] == 86400
