@@ -81,3 +81,45 @@ def test_instances_starting_together_on_an_empty_postgresql_database(pg_url):
     assert errors == []
     assert db.execute_sql("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
     db.close()
+
+
+def upgrade_from_version_3(db):
+    """A database as version 3 left it, with readings, upgraded: the catalogue and the rollups are
+    built from its rows, as if they had just been stored."""
+    prepare(db)
+    for table in ("devices", "temperature_hourly", "power_hourly", "fingerprint_hourly"):
+        db.execute_sql(f"DROP TABLE {table}")
+    db.execute_sql("UPDATE schema_version SET version = 3")
+    p = db.param
+    for ts, stored in (("2026-05-01T10:00:00", "2026-05-01 10:00:01"), ("2026-05-01T10:30:00", "2026-05-02 00:00:00"),
+                       ("2026-04-30T23:00:00", "2026-05-01 09:00:00")):
+        db.execute_sql("INSERT INTO temperature_logs (device_id, temperature, humidity, status, timestamp, date, "
+                       f"created_at) VALUES ('t1', 20.5, 50, 'HIGH', {p}, {p}, {p})", (ts, ts[:10], stored))
+    db.execute_sql("INSERT INTO power_status_logs (device_id, ebstatus, dgstatus, timestamp, date, created_at) "
+                   "VALUES ('p1', 'ON', '', '2026-05-01T06:00:00', '2026-05-01', '2026-05-01 06:00:00')")
+    prepare(db)
+    assert current_version(db) == SCHEMA_VERSION
+    assert db.execute_sql("SELECT type, device_id, readings, first_seen, last_seen, received_at FROM devices "
+                          "ORDER BY type").fetchall() == [
+        ("power", "p1", 1, "2026-05-01T06:00:00", "2026-05-01T06:00:00", "2026-05-01 06:00:00"),
+        ("temperature", "t1", 3, "2026-04-30T23:00:00", "2026-05-01T10:30:00", "2026-05-02 00:00:00")]
+    assert db.execute_sql("SELECT hour, readings, temperature_sum, high FROM temperature_hourly ORDER BY hour"
+                          ).fetchall() == [("2026-04-30T23", 1, 20.5e6, 1), ("2026-05-01T10", 2, 41e6, 2)]
+    assert db.execute_sql("SELECT hour, eb_first_us, eb_on_us, eb_last FROM power_hourly").fetchall() == [
+        ("2026-05-01T06", 0, 3600 * 10**6, "ON")]
+
+
+def test_version_3_is_upgraded_with_the_catalogue_and_rollups_built_on_sqlite(tmp_path):
+    db = database(path=str(tmp_path / "v3.db"))
+    try:
+        upgrade_from_version_3(db)
+    finally:
+        db.close()
+
+
+def test_version_3_is_upgraded_with_the_catalogue_and_rollups_built_on_postgresql(pg_url):
+    db = database(url=pg_url)
+    try:
+        upgrade_from_version_3(db)
+    finally:
+        db.close()
