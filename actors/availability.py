@@ -80,7 +80,7 @@ class AvailabilityActor(Supervised):
             self._schedule()
         elif isinstance(message, CheckNow):
             self._timer = self._timer_due = None
-            changes = self.liveness.due(self.clock())
+            changes = self.liveness.due(self.clock(), self._stored)
             for change in changes:
                 self._announce(change)
             if changes:
@@ -88,6 +88,18 @@ class AvailabilityActor(Supervised):
             self._schedule()
         else:
             log.warning("availability ignored an unexpected message: %r", message)
+
+    def _stored(self, kind: str, device_id: str) -> tuple[str, str] | None:
+        """What the catalogue says of a device that looks silent (another instance may have heard it)."""
+        try:
+            self.db.connect(reuse_if_open=True)
+            return (Device.select(Device.last_seen, Device.received_at)
+                    .where((Device.type == kind) & (Device.device_id == device_id)).tuples().first())
+        except peewee.DatabaseError as exc:
+            log.debug("cannot read the catalogue (%s): deciding on what this instance heard", exc)
+            return None
+        finally:
+            self.db.close()
 
     def _announce(self, change: Change) -> None:
         kind, device_id = change.type, change.device_id

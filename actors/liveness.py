@@ -84,11 +84,19 @@ class Liveness:
         track.state = LIVE
         return Change(kind, device_id, LIVE, track.last_seen, received_at, STALE)
 
-    def due(self, now: float) -> list[Change]:
-        """The devices that have gone stale by `now`."""
+    def due(self, now: float, stored=lambda kind, device_id: None) -> list[Change]:
+        """The devices that have gone stale by `now`. `stored(kind, device_id)`: what the catalogue
+        says of it, (last_seen, received_at) or None: several instances share a database, and another
+        may have stored what this one did not hear."""
         changes = []
         for (kind, device_id), track in self.devices.items():
             if track.state == LIVE and now - track.heard > self.stale_after(kind, track):
+                latest = stored(kind, device_id)
+                if latest is not None and latest[1] and latest[1] > (track.received_at or ""):
+                    track.last_seen, track.received_at = latest
+                    track.heard = epoch(latest[1])
+                    if now - track.heard <= self.stale_after(kind, track):
+                        continue
                 track.state = STALE
                 changes.append(Change(kind, device_id, STALE, track.last_seen, track.received_at, LIVE))
         return changes

@@ -94,31 +94,32 @@ class Summaries:
         return {"start": start, "readings": passes + fails, "pass": passes, "fail": fails, "users": users}
 
     def _power(self, device_id: str, kind: str, starts: list[str], first: str, last: str) -> list[dict]:
-        hours = {row[0]: row[1:] for row in self.db.execute_sql(self._power_sql, (device_id, first, last))}
+        rows = list(self.db.execute_sql(self._power_sql, (device_id, first, last)))  # by hour
         carry = []
         for source in ("eb", "dg"):
             row = self.db.execute_sql(self._carry_sql[source], (device_id, first)).fetchone()
             carry.append(row[0] if row else "")
         now = self._device_now(device_id)
-        buckets, bucket = [], None
-        hour = datetime.fromisoformat(f"{first}:00:00")
-        end = datetime.fromisoformat(f"{last}:00:00")
-        while hour <= end:
-            key = hour.isoformat()[:13]
-            start = f"{key}:00:00" if kind == "hour" else key[:10]
-            if bucket is None or bucket["start"] != start:
-                bucket = {"start": start, "readings": 0, "eb_on_s": 0, "dg_on_s": 0}
-                buckets.append(bucket)
-            row = hours.get(key)
-            if row is not None:
-                bucket["readings"] += row[0]
-            for i, name in enumerate(("eb_on_s", "dg_on_s")):
-                first_us, on_us, last_state = row[1 + 3 * i:4 + 3 * i] if row is not None else (None, 0, "")
-                on, carry[i] = on_time(carry[i], first_us, on_us, last_state, hour, now)
-                bucket[name] += on
-            hour += HOUR
-        for bucket in buckets:
-            bucket["eb_on_s"], bucket["dg_on_s"] = seconds(bucket["eb_on_s"]), seconds(bucket["dg_on_s"])
+        span = HOUR if kind == "hour" else timedelta(days=1)
+        buckets, i = [], 0
+        for start in starts:
+            begin = datetime.fromisoformat(start if kind == "hour" else f"{start}T00:00:00")
+            bucket, on, at = {"start": start, "readings": 0}, [0, 0], begin
+            # the hours of this bucket that have events; between them, each source stays as it was
+            while i < len(rows) and rows[i][0] < (begin + span).isoformat()[:13]:
+                hour_key, readings, *sources = rows[i]
+                hour = datetime.fromisoformat(f"{hour_key}:00:00")
+                for s in (0, 1):
+                    on[s] += steady_on(carry[s], at, hour, now)
+                    first_us, on_us, last_state = sources[3 * s:3 * s + 3]
+                    us, carry[s] = on_time(carry[s], first_us, on_us, last_state, hour, now)
+                    on[s] += us
+                bucket["readings"] += readings
+                at, i = hour + HOUR, i + 1
+            for s in (0, 1):
+                on[s] += steady_on(carry[s], at, begin + span, now)
+            bucket["eb_on_s"], bucket["dg_on_s"] = seconds(on[0]), seconds(on[1])
+            buckets.append(bucket)
         return buckets
 
     def _device_now(self, device_id: str) -> datetime | None:
@@ -129,6 +130,15 @@ class Summaries:
             return None
         stored = datetime.fromisoformat(row[1]).replace(tzinfo=timezone.utc)
         return datetime.fromisoformat(row[0]).replace(tzinfo=None) + max(self.clock() - stored, timedelta(0))
+
+
+def steady_on(state: str, begin: datetime, end: datetime, now: datetime | None) -> int:
+    """ON microseconds from `begin` to `end` (cut at `now`) of a source that stays in `state`."""
+    if state != "ON":
+        return 0
+    if now is not None:
+        end = min(end, now)
+    return max(0, (end - begin) // timedelta(microseconds=1))
 
 
 def on_time(carry: str, first_us: int | None, on_us: int, last: str, hour: datetime,

@@ -23,7 +23,8 @@ def availability(watcher):
             return topic, payload
 
 
-def test_a_silent_device_goes_stale_and_comes_back_and_each_change_is_published_once(service, client, tmp_path):
+def test_a_silent_device_goes_stale_and_comes_back_and_each_change_is_published_once(db_service, client, tmp_path):
+    service = db_service
     config = tmp_path / "site.toml"
     config.write_text(SETTINGS)
     service.start("--config", str(config)).wait_ready()

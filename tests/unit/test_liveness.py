@@ -43,3 +43,14 @@ def test_after_a_start_a_device_is_stale_no_sooner_than_its_stale_after_and_what
     assert [c.device_id for c in live.due(started + 61)] == ["p1"]
     assert [c.device_id for c in live.due(started + 301)] == ["t1"]
     assert live.seen("fingerprint", "f1", "2026-04-02T00:00:00", 1, "2026-04-02 00:00:00", started) is None
+
+
+def test_a_device_another_instance_heard_is_not_stale():
+    live = Liveness(dataclasses.replace(DEVICES, temperature_stale_after=60))
+    live.seen("temperature", "t1", "2026-04-01T00:00:00", 1, "2026-04-01 00:00:00", T0)
+    # the other instance stored a reading 50 s later (its commit time, in the shared catalogue)
+    catalogue = {("temperature", "t1"): ("2026-04-01T00:00:50", "2026-04-01 00:00:50")}
+    assert live.due(T0 + 61, lambda kind, device_id: catalogue.get((kind, device_id))) == []
+    assert live.devices["temperature", "t1"].last_seen == "2026-04-01T00:00:50"
+    [stale] = live.due(T0 + 111, lambda kind, device_id: catalogue.get((kind, device_id)))
+    assert stale.last_seen == "2026-04-01T00:00:50" and stale.received_at == "2026-04-01 00:00:50"
