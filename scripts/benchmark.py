@@ -326,10 +326,16 @@ def publish_steadily(port: int, rate: float, count: int) -> None:
             if (delay := started + i / rate - time.perf_counter()) > 0:
                 await asyncio.sleep(delay)
             second = i % 86_400
-            client.publish("home/temperature", json.dumps({
+            payload = json.dumps({
                 "device_id": f"steady-{i % 10}", "temperature": 20.0 + i % 10, "humidity": 50.0, "status": "LOW",
                 "timestamp": f"2026-05-{1 + i // 86_400:02d}T{second // 3600:02d}:{second // 60 % 60:02d}:"
-                             f"{second % 60:02d}"}), qos=1)
+                             f"{second % 60:02d}"})
+            while True:
+                try:
+                    client.publish("home/temperature", payload, qos=1)
+                    break
+                except OverflowError:  # gmqtt's 65,535 packet ids are all awaiting PUBACKs: let some come
+                    await asyncio.sleep(0.01)
         await client.disconnect()
     asyncio.run(run())
 
