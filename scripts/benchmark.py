@@ -548,7 +548,7 @@ def first_reply_after_start(port: int, db: Path, workdir: Path) -> tuple[subproc
     return asyncio.run(probe())
 
 
-def replies(port: int, db: Path, workdir: Path, rows: int, apps: int, seconds: float) -> dict:
+def replies(port: int, db: Path, workdir: Path, rows: int, apps: int, seconds: float, repeat: int = 21) -> dict:
     print(f"building a database of {rows:,} rows ...", flush=True)
     days, big = build_big_database(db, rows)
     proc, startup = first_reply_after_start(port, db, workdir)
@@ -570,7 +570,7 @@ def replies(port: int, db: Path, workdir: Path, rows: int, apps: int, seconds: f
         if report.problems:
             raise SystemExit("benchmark: wrong or missing replies:\n" + "\n".join(report.problems[:10]))
         busy = sorted(asyncio.run(ask_day(port, *big)) for _ in range(5))  # by time to the first reply
-        summaries = catalogue_and_summaries(port)
+        summaries = catalogue_and_summaries(port, repeat)
         whole = sorted(b[1] for b in busy)
         cost = reply_cost(port, proc, db, days)
     finally:
@@ -771,6 +771,8 @@ def main(argv=None) -> int:
     p.add_argument("--compare-with", metavar="COMMIT",
                    help="also burst into the service as it was at COMMIT (git archive), e.g. the one before a "
                         "change, to see what the change costs per reading")
+    p.add_argument("--rounds", type=int, default=3, help="bursts into each consumer with --compare-with")
+    p.add_argument("--repeat", type=int, default=21, help="times each catalogue and summary request is asked")
     p.add_argument("--durable-subscriber", nargs=2, metavar=("PORT", "DB"), help=argparse.SUPPRESS)
     p.add_argument("--raw-publisher", nargs=2, type=int, metavar=("PORT", "COUNT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -822,7 +824,7 @@ def main(argv=None) -> int:
             subprocess.run(["tar", "-x", "-C", str(older)], input=archive, check=True)
             consumers.insert(1, (args.compare_with, [PYTHON, "system.py"], "taking readings and requests", older))
         bursts = {}
-        for round_ in range(3 if args.compare_with else 1):  # alternately, so that drift shows in all
+        for round_ in range(args.rounds if args.compare_with else 1):  # alternately, so drift shows in all
             for name, command, ready, cwd in consumers:
                 print(f"burst: {args.burst:,} readings from a raw-socket publisher into the {name} ...", flush=True)
                 burst_db = workdir / f"burst-{name}-{round_}.db"
@@ -842,7 +844,7 @@ def main(argv=None) -> int:
         broker.stop()
         (workdir / "replies").mkdir()
         broker = Mosquitto(workdir / "replies")
-        big = replies(broker.port, workdir / "big.db", workdir, args.rows, args.apps, args.seconds)
+        big = replies(broker.port, workdir / "big.db", workdir, args.rows, args.apps, args.seconds, args.repeat)
         expired = retention(broker.port, workdir / "big.db", workdir)
         scaled = scale_out(broker.port, args.postgres, workdir, args.readings) if args.postgres else {}
     finally:
@@ -867,7 +869,7 @@ def main(argv=None) -> int:
         *([(f"burst of {args.burst:,}, CPU s per 100,000, vs {args.compare_with}",
             f"{bursts['service']['cpu_per_100k']:.2f}", f"{bursts[args.compare_with]['cpu_per_100k']:.2f}",
             f"ratio {bursts['service']['cpu_per_100k'] / bursts[args.compare_with]['cpu_per_100k']:.2f} to the "
-            f"service at {args.compare_with} (target ≤ 1.1; medians of 3 each, alternately; "
+            f"service at {args.compare_with} (target ≤ 1.1; medians of {args.rounds} each, alternately; "
             f"{bursts[args.compare_with]['rate']:,.0f} readings/s)")] if args.compare_with else []),
         *((f"steady {rate:g}/s, CPU ms per reading", f"{trickle['service'][rate] * 1000:.2f}",
            f"{trickle['ceiling'][rate] * 1000:.2f}",
@@ -884,7 +886,7 @@ def main(argv=None) -> int:
          f"{ms(big['busy_first_median'])} ({ms(big['busy_first_max'])})", "", "target ≤ 300 ms"),
         (f"86,400-reading day, all {big['busy_pages']} pages, median of 5 (max)",
          f"{ms(big['busy_median'])} ({ms(big['busy_max'])})", "", "replies ≤ queries.max_reply_bytes"),
-        *((f"{name}, median of 21", ms(seconds), "", f"{items:,} {'devices' if 'catalogue' in name else 'buckets'} in "
+        *((f"{name}, median of {args.repeat}", ms(seconds), "", f"{items:,} {'devices' if 'catalogue' in name else 'buckets'} in "
            f"{pages} replies; target ≤ {SUMMARY_TARGETS[name]} ms")
           for name, (seconds, pages, items) in big["summaries"].items()),
         ("start to first reply", f"{big['startup']:.2f} s", "", f"{args.rows:,} rows, {big['size_mib']:.0f} MiB"),

@@ -13,15 +13,15 @@ from conftest import POSTGRES, ROOT
 def test_the_benchmark_runs_and_prints_every_row(pg_url):  # pg_url: a reachable server, else skip
     result = subprocess.run([sys.executable, "scripts/benchmark.py", "--readings", "3000", "--rows", "90000",
                              "--apps", "5", "--seconds", "2", "--steady", "50", "--steady-seconds", "2", "--burst", "3000",
-                             "--compare-with", "HEAD", "--postgres", POSTGRES], cwd=ROOT,
+                             "--compare-with", "HEAD", "--rounds", "1", "--repeat", "3", "--postgres", POSTGRES], cwd=ROOT,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     table = result.stdout.split("benchmark on ", 1)[1]
     for row in ("ingest, readings stored/s", "ingest, CPU s per 100,000 readings", "ingest, peak RSS",
                 "steady 50/s, CPU ms per reading", "idle, CPU", "burst of 3,000, readings stored/s",
                 "burst of 3,000, CPU s per 100,000", "burst of 3,000, CPU s per 100,000, vs HEAD",
-                "device catalogue, median of 21", "31-day hourly summary, median of 21",
-                "366-day daily summary, median of 21", "366-day daily power summary, median of 21",
+                "device catalogue, median of 3", "31-day hourly summary, median of 3",
+                "366-day daily summary, median of 3", "366-day daily power summary, median of 3",
                 "1,440-reading day, 5 apps, p50", "1,440-reading day, 5 apps, p99", "1,440-reading day, CPU per reply",
                 "86,400-reading day, first page", "86,400-reading day, all", "start to first reply", "retention pass, longest delete",
                 "retention pass, reading stored p50 / max", "PostgreSQL: readings stored/s, 1 instance",
