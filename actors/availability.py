@@ -80,7 +80,10 @@ class AvailabilityActor(Supervised):
             self._schedule()
         elif isinstance(message, CheckNow):
             self._timer = self._timer_due = None
-            changes = self.liveness.due(self.clock(), self._stored)
+            try:  # one connection for the whole check, only when a device looks silent
+                changes = self.liveness.due(self.clock(), self._stored)
+            finally:
+                self.db.close()
             for change in changes:
                 self._announce(change)
             if changes:
@@ -98,8 +101,6 @@ class AvailabilityActor(Supervised):
         except peewee.DatabaseError as exc:
             log.debug("cannot read the catalogue (%s): deciding on what this instance heard", exc)
             return None
-        finally:
-            self.db.close()
 
     def _announce(self, change: Change) -> None:
         kind, device_id = change.type, change.device_id

@@ -99,6 +99,7 @@ class DeviceType:
     model: type[Model]
     value_columns: tuple[str, ...]  # the columns between device_id and timestamp
     reading_fields: tuple[str, ...]  # the reading's fields that values() turns into those columns
+    carried: tuple[str, ...] = ()  # value columns whose latest state replies carry forward (see Power)
 
     def __init__(self):
         self._compiled: dict[tuple, tuple[str, list[int]]] = {}  # see _compile
@@ -233,6 +234,7 @@ class Power(DeviceType):
     model = PowerStatusLog
     value_columns = ("ebstatus", "dgstatus")
     reading_fields = ("status",)  # one event names one source: see values()
+    carried = value_columns
     STATUSES = {"EB_ON": ("ON", ""), "EB_OFF": ("OFF", ""), "DG_ON": ("", "ON"), "DG_OFF": ("", "OFF")}
 
     def values(self, obj):

@@ -175,7 +175,7 @@ class Catalogue:
     def merge(self, db, device: DeviceType, rows: list[tuple], wrong_clocks, received_at: str) -> list[tuple]:
         """Merge what a transaction stored of one type; per device (device_id, last_seen, readings)."""
         width = len(device.value_columns)
-        carried = [i for i, c in enumerate(device.value_columns, 1) if c in ("ebstatus", "dgstatus")]
+        carried = [i for i, c in enumerate(device.value_columns, 1) if c in device.carried]
         seen: dict[str, list] = {}
         for row in rows:
             device_id, timestamp = row[0], row[width + 1]
