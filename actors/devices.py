@@ -116,9 +116,17 @@ class DeviceType:
     def values(self, obj: dict) -> tuple:
         raise NotImplementedError
 
-    def record(self, row: tuple) -> dict:
-        """A stored row (*value_columns, timestamp) as one record of a reply."""
+    def records(self, rows, state: tuple) -> list[dict]:
+        """Stored rows (*value_columns, timestamp) as the records of a reply; `state`: what they
+        carry forward from earlier rows (see Power). The one definition of a type's record: a
+        comprehension, since a call per row cost a third more than the dicts themselves."""
         raise NotImplementedError
+
+    blank: tuple = ()  # the state before anything was carried
+
+    def record(self, row: tuple) -> dict:
+        """A stored row as one record of a reply, as it is, carrying nothing."""
+        return self.records((row,), self.blank)[0]
 
     def rows(self, device_id: str, date: str, after: tuple | None = None, start: str | None = None,
              end: str | None = None, limit: int | None = None) -> list[tuple]:
@@ -179,9 +187,6 @@ class DeviceType:
         of that day, None for its start."""
         return ()
 
-    def records(self, rows: list[tuple], state: tuple) -> list[dict]:
-        return [self.record(row) for row in rows]
-
     def state_after(self, record: dict) -> tuple:
         """The carried state once `record` is sent: where the next page starts from."""
         return ()
@@ -216,10 +221,9 @@ class Temperature(DeviceType):
         return (number_field(obj, "temperature", -MAX_TEMPERATURE, MAX_TEMPERATURE),
                 number_field(obj, "humidity", 0, 100), choice_field(obj, "status", ("HIGH", "LOW")))
 
-    def record(self, row):
-        temperature, humidity, status, timestamp = row
-        return {"temperature": temperature, "humidity": humidity, "status": status,
-                "timestamp": timestamp}
+    def records(self, rows, state):
+        return [{"temperature": temperature, "humidity": humidity, "status": status, "timestamp": timestamp}
+                for temperature, humidity, status, timestamp in rows]
 
 
 class Power(DeviceType):
@@ -240,20 +244,15 @@ class Power(DeviceType):
     def values(self, obj):
         return self.STATUSES[choice_field(obj, "status", tuple(self.STATUSES))]
 
-    def record(self, row):
-        ebstatus, dgstatus, timestamp = row
-        return {"ebstatus": ebstatus, "dgstatus": dgstatus, "timestamp": timestamp}
+    blank = ("", "")
 
     def state_before(self, device_id, date, before):
         return tuple(self._latest_before(device_id, date, before, c) for c in ("ebstatus", "dgstatus"))
 
     def records(self, rows, state):
-        eb, dg = state
-        records = []
-        for ebstatus, dgstatus, timestamp in rows:
-            eb, dg = ebstatus or eb, dgstatus or dg
-            records.append(self.record((eb, dg, timestamp)))
-        return records
+        eb, dg = state  # each source's state so far: an event of the other source leaves it as it was
+        return [{"ebstatus": (eb := ebstatus or eb), "dgstatus": (dg := dgstatus or dg), "timestamp": timestamp}
+                for ebstatus, dgstatus, timestamp in rows]
 
     def state_after(self, record):
         return record["ebstatus"], record["dgstatus"]
@@ -309,9 +308,9 @@ class Fingerprint(DeviceType):
     def values(self, obj):
         return text_field(obj, "user_id"), choice_field(obj, "authStatus", ("PASS", "FAIL"))
 
-    def record(self, row):
-        user_id, auth_status, timestamp = row
-        return {"user_id": user_id, "authStatus": auth_status, "timestamp": timestamp}
+    def records(self, rows, state):
+        return [{"user_id": user_id, "authStatus": auth_status, "timestamp": timestamp}
+                for user_id, auth_status, timestamp in rows]
 
 
 DEVICE_TYPES: dict[str, DeviceType] = {d.name: d for d in (Temperature(), Power(), Fingerprint())}

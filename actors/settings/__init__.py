@@ -59,7 +59,7 @@ class DatabaseSettings:
     url: str = setting(Secret(env="DATABASE_URL", in_file_ok=lambda url: describe_url(url) == url))
     busy_timeout: float = setting(Float(0, 600))
     max_batch: int = setting(Integer(1, 100_000))
-    commit_linger: float = setting(Float(0, 1))
+    commit_linger: float = setting(Float(0, 5))
     retry_delay: float = setting(Float(0.01, 60))
     max_size_mb: int = setting(Integer(0, 16 * 1024 * 1024))
     checkpoint_mb: int = setting(Integer(1, 4096))

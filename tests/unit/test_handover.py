@@ -7,7 +7,7 @@ import time
 import pytest
 
 from actors.messages import Inbound, ReadingBatch
-from actors.mqtt.handover import GROUP_ROWS, QUIET, HandOver
+from actors.mqtt.handover import BURST_GAP, GROUP_ROWS, QUIET, HandOver
 from actors.peers import Peers
 from conftest import FakePeer
 
@@ -87,14 +87,88 @@ def test_soon_replaces_a_pending_window(setup):
     assert [r.ack_id for r in told(ingest)[0].items] == [1]
 
 
-def test_the_tail_of_a_burst_goes_once_the_stream_pauses_but_a_lone_reading_waits(setup):
+def test_the_tail_of_a_burst_goes_once_the_stream_pauses(setup):
     make, loop, ingest, _ = setup
     hand_over = make(linger=3600)
-    hand_over.add("ingest/temperature", reading(1))
-    until = loop.time() + 4 * QUIET
-    run_until(loop, lambda: loop.time() > until)
-    assert told(ingest) == []  # one reading says nothing of a pace: it waits for the window
-    for n in range(2, 5):  # a burst's tail, back to back
+    for n in range(1, 5):  # a burst's tail, back to back
         hand_over.add("ingest/temperature", reading(n))
     run_until(loop, lambda: not ingest.inbox.empty())  # within a few QUIETs, not an hour
     assert [r.ack_id for r in told(ingest)[0].items] == [1, 2, 3, 4]
+
+
+def test_a_lone_reading_waits_half_the_window_and_a_trickle_all_of_it(setup):
+    make, loop, ingest, _ = setup
+    hand_over = make(linger=0.4)
+    started = loop.time()
+    hand_over.add("ingest/temperature", reading(1))
+    run_until(loop, lambda: not ingest.inbox.empty())
+    assert 0.2 <= loop.time() - started < 0.4  # no company came: half the window
+    assert [r.ack_id for r in told(ingest)[0].items] == [1]
+    started = loop.time()
+    for n in range(2, 5):  # a trickle: gaps far wider than a burst's
+        hand_over.add("ingest/temperature", reading(n))
+        until = loop.time() + 10 * BURST_GAP
+        run_until(loop, lambda: loop.time() > until)
+    assert told(ingest) == []  # the pause of a trickle does not end its window
+    run_until(loop, lambda: not ingest.inbox.empty())
+    assert loop.time() - started >= 0.4
+    assert [r.ack_id for r in told(ingest)[0].items] == [2, 3, 4]
+
+
+class Clock:
+    """Just enough of an event loop for the window's timers, on a clock the test moves."""
+
+    def __init__(self):
+        self.now, self.handles, self.fired = 0.0, [], []
+
+    def time(self):
+        return self.now
+
+    def get_debug(self):
+        return False
+
+    def _timer_handle_cancelled(self, handle):
+        pass
+
+    def call_at(self, when, callback):
+        self.handles.append(handle := asyncio.TimerHandle(when, callback, (), self))
+        return handle
+
+    def call_soon(self, callback):
+        self.handles.append(handle := asyncio.TimerHandle(self.now, callback, (), self))
+        return handle
+
+    def advance(self, seconds):
+        self.now += seconds
+        while due := sorted((h for h in self.handles if not h.cancelled() and h.when() <= self.now),
+                            key=asyncio.TimerHandle.when):
+            self.handles.remove(due[0])
+            self.fired.append(due[0].when())
+            due[0]._run()
+
+
+def test_the_timer_of_a_burst_that_goes_on_fires_ever_later():
+    peers, ingest, clock = Peers(), FakePeer(), Clock()
+    peers.register("ingest/temperature", ingest)
+    hand_over = HandOver(peers, 3600, lambda: None)
+    hand_over.start(clock)
+    for n in range(80):  # readings 1 ms apart, for 80 ms
+        hand_over.add("ingest/temperature", reading(n))
+        clock.advance(0.001)
+    assert told(ingest) == []
+    assert len(clock.fired) == 4  # after 5, 10, 20 and 40 ms of no pause; not one per QUIET
+    clock.advance(0.1)  # the stream has paused
+    [batch] = told(ingest)
+    assert len(batch.items) == 80 and clock.fired[-1] <= 0.08 + 80 * QUIET
+
+
+def test_a_trickle_arms_no_timer_but_its_window():
+    peers, ingest, clock = Peers(), FakePeer(), Clock()
+    peers.register("ingest/temperature", ingest)
+    hand_over = HandOver(peers, 1.0, lambda: None)
+    hand_over.start(clock)
+    for n in range(10):  # 10 readings/s: one commit a second, one timer
+        hand_over.add("ingest/temperature", reading(n))
+        clock.advance(0.1)
+    clock.advance(0.01)
+    assert clock.fired == [pytest.approx(1.0)] and len(told(ingest)[0].items) == 10
