@@ -6,6 +6,7 @@ logging, signals and the supervisor actor, which starts and watches everything e
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import signal
 import sys
@@ -70,6 +71,12 @@ def main(argv=None) -> int:
     # Threads hand the GIL over every 5 ms by default; a reply waiting on it showed up as a
     # 10+ ms p99. 1 ms brought the p99 of a 1,440-reading reply to 8.8 ms at no measurable cost.
     sys.setswitchinterval(0.001)
+    # What start-up made lives as long as the process: the collector need not scan it again. And
+    # the service makes short-lived containers by the thousand (a reply's rows and records, a
+    # burst's readings) but few cycles: collecting the youngest every 20,000 of them instead of 700
+    # took 5% off a 1,440-reading reply's instructions.
+    gc.freeze()
+    gc.set_threshold(20_000, 10, 10)
     if args.retire:
         log.info("retiring instance %s: taking over its session to hand over what the broker kept for it",
                  settings.mqtt.client_id)

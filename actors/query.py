@@ -185,20 +185,23 @@ class QueryActor(Supervised):
             ask.device_id, ask.date, f"{ask.date}T{ask.start}" if ask.start else None)
         # Rows past the cap would be read, made records and encoded for nothing (a quarter of a
         # 1,440-reading day): read about as many as fit, by the size of this type's records in
-        # earlier replies, and all `wanted` only when that fell short.
+        # earlier replies, and read on only if that fell short.
         guess = self._record_bytes.get(device.name)
-        take = wanted if guess is None else min(wanted, int(cap / guess * 1.02) + 16)
+        take = wanted if guess is None else min(wanted, int(cap / guess * 1.005) + 4)
+        rows = device.rows(ask.device_id, ask.date, ask.after, ask.start, ask.end, limit=take + 1)
+        records = device.records(rows[:take], state)
+        # Room is left for `next` (a cursor like the first row's, and then some).
+        frame = len(self._reply(ask, ask.date, 0, b"", encode_cursor(device, device.key(rows[0]), state)
+                                if rows else None)) + 64
         while True:
-            rows = device.rows(ask.device_id, ask.date, ask.after, ask.start, ask.end, limit=take + 1)
-            records = device.records(rows[:take], state)
-            # The most records that keep the reply under the cap (room is left for `next`), cut from
-            # one encoding of them all: a call per record cost ten times as much.
-            frame = len(self._reply(ask, ask.date, 0, b"", encode_cursor(device, device.key(rows[0]), state)
-                                    if rows else None)) + 64
+            # The most records that keep the reply under the cap, cut from one encoding of them
+            # all: a call per record cost ten times as much.
             encoded, n = cut(orjson.dumps(records), len(records), cap - frame)
-            if n < len(records) or len(rows) <= take or take >= wanted:
+            if n < len(records) or len(rows) <= len(records) or len(records) >= wanted:
                 break  # cut by the cap, or the day is all here, or so is `wanted`
-            take = wanted
+            rows += device.rows(ask.device_id, ask.date, device.key(rows[-1]), ask.start, ask.end,
+                                limit=wanted + 1 - len(rows))
+            records += device.records(rows[len(records):wanted], device.state_after(records[-1]))
         if records and not n:
             return None
         if n:

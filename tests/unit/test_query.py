@@ -231,3 +231,20 @@ def test_power_on_time_is_cut_at_the_devices_now(db):
     assert (day["eb_on_s"], day["dg_on_s"], day["readings"]) == (1800, 0, 1)
     later = Summaries(db, clock=lambda: datetime(2026, 1, 25, tzinfo=timezone.utc))
     assert later.buckets(DEVICE_TYPES["power"], "p1", "day", ["2026-01-23"])[0]["eb_on_s"] == 86400
+
+
+def test_a_page_reads_on_when_earlier_replies_made_its_guess_too_small(db, ask):
+    """A page reads about as many rows as fit by the size of earlier records: shorter ones now
+    must not shorten the page, nor lose or repeat a record across pages."""
+    stamps = [f"{h:02d}:{m:02d}:00" for h in range(24) for m in range(0, 60, 1)][:1500]
+    stored(db, "fingerprint", [("f1", "u" * 100, "PASS", f"2026-01-21T{t}", "2026-01-21") for t in stamps]
+           + [("f1", "u", "FAIL", f"2026-01-22T{t}", "2026-01-22") for t in stamps])
+    long = ask("fingerprint", {"device_id": "f1", "date": "2026-01-21"})
+    assert 0 < long["count"] < 800  # records of ~150 bytes: the guess for the next page
+    pages = [ask("fingerprint", {"device_id": "f1", "date": "2026-01-22"})]
+    assert pages[0]["count"] > 1000 and len(orjson.dumps(pages[0])) <= 100_000  # as many as fit
+    while "next" in pages[-1]:
+        pages.append(ask("fingerprint", {"device_id": "f1", "date": "2026-01-22", "cursor": pages[-1]["next"]}))
+    assert [r["timestamp"][11:] for p in pages for r in p["records"]] == stamps
+    again = ask("fingerprint", {"device_id": "f1", "date": "2026-01-22"})  # the guess fits this day now
+    assert again == pages[0]
