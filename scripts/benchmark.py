@@ -78,8 +78,19 @@ def wait_for(predicate, timeout: float, what: str):
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU time of a process's threads, to the nanosecond (schedstat): /proc/PID/stat counts in
+    ticks of 10 ms, a tenth of what a trickle of 10 readings/s costs in 20 s. (A thread that ended
+    meanwhile is not counted: the consumers measured keep theirs.)"""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass  # the thread ended just now
+    if not total:  # a kernel without schedstat
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total / 1e9
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -894,7 +905,7 @@ def main(argv=None) -> int:
          f"{expired['rows']:,} of {expired['total']:,} rows, {expired['days']} days, {expired['seconds']:.0f} s"),
         ("retention pass, reading stored p50 / max", f"{ms(expired['stored_p50'])} / {ms(expired['stored_max'])}", "",
          f"{expired['readings']:,} readings during the pass (after it: {ms(expired['after_p50'])} / "
-         f"{ms(expired['after_max'])}); target: a few hundred ms"),
+         f"{ms(expired['after_max'])}); target: within the commit window (database.commit_linger)"),
     ]
     for instances, rate in scaled.items():
         rows.append((f"PostgreSQL: readings stored/s, {instances} instance{'s' if instances > 1 else ''}",
