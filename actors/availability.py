@@ -75,8 +75,8 @@ class AvailabilityActor(Supervised):
             now = self.clock()
             for device_id, last_seen, readings in message.devices:
                 change = self.liveness.seen(message.type, device_id, last_seen, readings, message.received_at, now)
-                if change is not None:
-                    self._announce(change)
+                if change is not None and (announcement := self._announcement(change)) is not None:
+                    self.peers.tell(LINK, announcement)
             self._schedule()
         elif isinstance(message, CheckNow):
             self._timer = self._timer_due = None
@@ -84,10 +84,10 @@ class AvailabilityActor(Supervised):
                 changes = self.liveness.due(self.clock(), self._stored)
             finally:
                 self.db.close()
-            for change in changes:
-                self._announce(change)
-            if changes:
-                self.peers.tell(WRITER, MarkStale(tuple((c.type, c.device_id, c.received_at) for c in changes)))
+            if changes:  # published once stored: a request after the announcement sees the state
+                announcements = (self._announcement(change) for change in changes)
+                self.peers.tell(WRITER, MarkStale(tuple((c.type, c.device_id, c.received_at) for c in changes),
+                                                  tuple(a for a in announcements if a is not None)))
             self._schedule()
         else:
             log.warning("availability ignored an unexpected message: %r", message)
@@ -102,7 +102,8 @@ class AvailabilityActor(Supervised):
             log.debug("cannot read the catalogue (%s): deciding on what this instance heard", exc)
             return None
 
-    def _announce(self, change: Change) -> None:
+    def _announcement(self, change: Change) -> Availability | None:
+        """Log a change of state; what to publish of it (None if it cannot be published)."""
         kind, device_id = change.type, change.device_id
         if change.state == STALE:
             log.warning("%s device %s is stale: nothing from it since %s UTC (its latest reading is of %s)",
@@ -113,10 +114,10 @@ class AvailabilityActor(Supervised):
         if topic is None:
             log.warning("the availability of %s device %r is not published: its id cannot be an MQTT topic level",
                         kind, device_id)
-            return
+            return None
         payload = orjson.dumps({"state": change.state, "last_seen": change.last_seen,
                                 "received_at": change.received_at})
-        self.peers.tell(LINK, Availability(topic, payload, change.state, change.was, self.liveness.stale_count()))
+        return Availability(topic, payload, change.state, change.was, self.liveness.stale_count())
 
     def _schedule(self) -> None:
         due = self.liveness.next_due()

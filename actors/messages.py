@@ -189,13 +189,16 @@ class Seen:
 @dataclass(frozen=True, slots=True)
 class MarkStale:
     """Availability actor -> writer: keep these devices' stale state in the catalogue, unless a
-    reading was stored since: (type, device_id, received_at of its latest reading)."""
+    reading was stored since: (type, device_id, received_at of its latest reading); then tell the
+    link to publish the `announce`ments."""
     devices: tuple[tuple[str, str, str | None], ...]
+    announce: tuple[Availability, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class Availability:
-    """Availability actor -> MQTT link: publish a device's new state, retained."""
+    """Availability actor (a stale state: writer, once stored) -> MQTT link: publish a device's new
+    state, retained."""
     topic: str
     payload: bytes
     state: str  # live or stale

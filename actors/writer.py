@@ -7,7 +7,8 @@ for up to `commit_linger` before it hands them on: actors/mqtt/handover.py.) A f
 is rolled back and retried with backoff; nothing is acknowledged until it is durable.
 
 It also counts failed deliveries for the MQTT link (Strikes, answered with Struck once
-committed; see actors/mqtt/inflight.py), deletes what the retention actor has archived (Prune, one small
+committed; see actors/mqtt/inflight.py), keeps devices' stale state (MarkStale: its announcement
+is published only once stored), deletes what the retention actor has archived (Prune, one small
 transaction at a time) and keeps the WAL bounded (checkpoint.py). The database work itself is the
 store's (store.py: SQLite or PostgreSQL); a stop never waits out someone else's lock, and what is
 not committed by then is delivered again by the broker."""
@@ -22,8 +23,8 @@ import peewee
 
 from actors.checkpoint import WalCheckpoint
 from actors.devices import DEVICE_TYPES
-from actors.messages import (Cleared, Committed, Flush, MarkStale, Prune, Pruned, Seen, StatsRequest, Strikes, Struck,
-                             WriteBatch, WriterStats)
+from actors.messages import (Availability, Cleared, Committed, Flush, MarkStale, Prune, Pruned, Seen, StatsRequest,
+                             Strikes, Struck, WriteBatch, WriterStats)
 from actors.models import utc_now
 from actors.peers import AVAILABILITY, LINK, Peers, Supervised
 from actors.readgate import ReadGate
@@ -55,6 +56,7 @@ class WriterActor(Supervised):
         self._strikes: list[tuple[int, str, str, bool]] = []  # (ack id, fingerprint, topic, fresh only)
         self._cleared: set[str] = set()  # fingerprints whose failures to forget
         self._stale: list[tuple] = []  # devices whose stale state to keep (MarkStale)
+        self._announce: list[Availability] = []  # ... and to publish once kept
         self._flush_queued = False
         self._retry_timer: threading.Timer | None = None
         self._retry_delay = settings.retry_delay
@@ -93,6 +95,7 @@ class WriterActor(Supervised):
                 self._queue_flush()
         elif isinstance(message, MarkStale):
             self._stale.extend(message.devices)
+            self._announce.extend(message.announce)
             if self._retry_timer is None:
                 self._queue_flush()
         elif isinstance(message, Flush):
@@ -138,6 +141,7 @@ class WriterActor(Supervised):
             strikes, self._strikes = self._strikes, []
             cleared, self._cleared = self._cleared, set()
             stale, self._stale = self._stale, []
+            announce, self._announce = self._announce, []
             self.handling(tuple(a for b in taken for a in b.ack_ids))  # if this crashes the writer
             try:
                 counts = self._write(taken, strikes, cleared.union(*(b.forget for b in taken)), stale)
@@ -146,6 +150,7 @@ class WriterActor(Supervised):
                 self._strikes[:0] = strikes
                 self._cleared |= cleared
                 self._stale[:0] = stale
+                self._announce[:0] = announce
                 self.handled()
                 self.store.failed()
                 self._failed(exc)
@@ -157,6 +162,8 @@ class WriterActor(Supervised):
                 self.peers.tell(LINK, Committed(tuple(a for b in taken for a in b.ack_ids), tuple(cleared)))
             if counts:
                 self.peers.tell(LINK, Struck(tuple(counts)))
+            for announcement in announce:
+                self.peers.tell(LINK, announcement)
         if self.checkpoint is not None:
             self.checkpoint.if_due()
 

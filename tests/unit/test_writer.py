@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from actors.handling import Marks, ack_id
-from actors.messages import Committed, Rejection, StatsRequest, WriteBatch
+from actors.messages import Availability, Committed, MarkStale, Rejection, StatsRequest, WriteBatch
 from actors.models import open_database
 from actors.peers import WRITER, Peers
 from actors.readgate import ReadGate
@@ -102,6 +102,25 @@ def test_nothing_is_acknowledged_while_the_database_is_locked_and_all_of_it_comm
     # Everything that piled up goes in one transaction, with one acknowledgement message.
     assert link.next() == Committed((10, 11, 12))
     assert rows(db_path, "SELECT COUNT(*) FROM power_status_logs") == [(3,)]
+
+
+def test_a_stale_state_is_published_only_once_it_is_stored(db_path, caplog):
+    """So that an app that saw the announcement and asks for the catalogue sees the state."""
+    writer, link = start_writer(db_path)
+    writer.tell(WriteBatch("temperature", (ROW,), (), (1,)))
+    link.next()
+    [(received_at,)] = rows(db_path, "SELECT received_at FROM devices WHERE device_id = 't1'")
+    operator = sqlite3.connect(db_path, isolation_level=None)
+    operator.execute("BEGIN IMMEDIATE")
+    caplog.set_level(logging.ERROR, logger="actors.writer")
+    announcement = Availability("home/availability/temperature/t1", b"{}", "stale", "live", 1)
+    writer.tell(MarkStale((("temperature", "t1", received_at),), (announcement,)))
+    wait_until(lambda: "cannot commit to the database" in caplog.text, what="a failed commit")
+    assert link.inbox.empty(), "announced before it was stored"
+    operator.execute("ROLLBACK")
+    operator.close()
+    assert link.next() == announcement
+    assert rows(db_path, "SELECT state FROM devices WHERE device_id = 't1'") == [("stale",)]
 
 
 def test_a_transaction_holds_at_most_max_batch_rows(db_path):
