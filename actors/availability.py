@@ -1,7 +1,8 @@
 """The availability actor: watches which devices are still reporting (liveness.py) and says so. Every
 change of a device's state is published, retained, on home/availability/{type}/{device_id}, logged
 once (WARNING when it goes stale, INFO when it is back) and counted in the stats; a stale state is
-also kept in the catalogue (by the writer), so that a restart neither forgets nor repeats it.
+also kept in the catalogue (by the writer, which publishes it once stored, so that an app that saw
+it also reads it there), so that a restart neither forgets nor repeats it.
 
 The writer tells it which devices each commit stored readings of (Seen); a timer wakes it when the
 next live device would go stale."""
