@@ -858,9 +858,13 @@ def main(argv=None) -> int:
         big = replies(broker.port, workdir / "big.db", workdir, args.rows, args.apps, args.seconds, args.repeat)
         expired = retention(broker.port, workdir / "big.db", workdir)
         scaled = scale_out(broker.port, args.postgres, workdir, args.readings) if args.postgres else {}
+    except BaseException:
+        print(f"benchmark: the consumers' logs are kept in {workdir}", file=sys.stderr)
+        raise
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
     finally:
         broker.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
 
     r = big["report"]
     rows = [
