@@ -861,10 +861,9 @@ def main(argv=None) -> int:
     except BaseException:
         print(f"benchmark: the consumers' logs are kept in {workdir}", file=sys.stderr)
         raise
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
     finally:
         broker.stop()
+    shutil.rmtree(workdir, ignore_errors=True)
 
     r = big["report"]
     rows = [
