@@ -799,6 +799,7 @@ def main(argv=None) -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="benchmark-"))
     broker = Mosquitto(workdir)
+    failed = False
     try:
         if args.retention_only:
             print(f"building a database of {args.rows:,} rows ...", flush=True)
@@ -859,11 +860,13 @@ def main(argv=None) -> int:
         expired = retention(broker.port, workdir / "big.db", workdir)
         scaled = scale_out(broker.port, args.postgres, workdir, args.readings) if args.postgres else {}
     except BaseException:
+        failed = True
         print(f"benchmark: the consumers' logs are kept in {workdir}", file=sys.stderr)
         raise
     finally:
         broker.stop()
-    shutil.rmtree(workdir, ignore_errors=True)
+        if not failed:
+            shutil.rmtree(workdir, ignore_errors=True)
 
     r = big["report"]
     rows = [
