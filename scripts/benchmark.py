@@ -362,6 +362,11 @@ def stored_rows(db: Path) -> int:
         return 0
 
 
+# #16's targets at steady rates: CPU per reading as a share of the durable baseline's, and of a core
+RATIO_TARGETS = {100: " (target ≤ 0.5)"}
+CORE_TARGETS = {10: " (target ≤ 0.5%)"}
+
+
 def steady(port: int, workdir: Path, rates: list[float], seconds: float) -> dict:
     """At each rate, for `seconds`: CPU per reading of the service and of both baselines, each
     consumer started afresh on its own database (and the service's CPU while idle)."""
@@ -891,8 +896,9 @@ def main(argv=None) -> int:
         *((f"steady {rate:g}/s, CPU ms per reading", f"{trickle['service'][rate] * 1000:.2f}",
            f"{trickle['ceiling'][rate] * 1000:.2f}",
            f"durable baseline {trickle['durable'][rate] * 1000:.2f} ms: ratio "
-           f"{trickle['service'][rate] / max(trickle['durable'][rate], 1e-9):.2f} (target ≤ 0.5); "
-           f"{trickle['service'][rate] * rate * 100:.2f}% of a core") for rate in rates),
+           f"{trickle['service'][rate] / max(trickle['durable'][rate], 1e-9):.2f}{RATIO_TARGETS.get(rate, '')}; "
+           f"{trickle['service'][rate] * rate * 100:.2f}% of a core{CORE_TARGETS.get(rate, '')}")
+          for rate in rates),
         ("idle, CPU", f"{trickle['idle'] * 100:.2f}% of a core", "", f"over {args.steady_seconds:g} s"),
         (f"1,440-reading day, {args.apps} apps, p50", ms(r.percentile(0.5)), "", f"{r.asked:,} requests"),
         (f"1,440-reading day, {args.apps} apps, p99", ms(r.percentile(0.99)), "", "target ≤ 20 ms, p50 ≤ 5 ms "
@@ -911,7 +917,7 @@ def main(argv=None) -> int:
          f"{expired['rows']:,} of {expired['total']:,} rows, {expired['days']} days, {expired['seconds']:.0f} s"),
         ("retention pass, reading stored p50 / max", f"{ms(expired['stored_p50'])} / {ms(expired['stored_max'])}", "",
          f"{expired['readings']:,} readings during the pass (after it: {ms(expired['after_p50'])} / "
-         f"{ms(expired['after_max'])}); target: within the commit window (database.commit_linger)"),
+         f"{ms(expired['after_max'])}); target: the commit window (database.commit_linger) and a commit"),
     ]
     for instances, rate in scaled.items():
         rows.append((f"PostgreSQL: readings stored/s, {instances} instance{'s' if instances > 1 else ''}",
