@@ -175,7 +175,8 @@ class WriterStats:
     last_stored_at: tuple[tuple[str, str], ...]  # (device type, UTC time of its latest commit)
     wal_bytes: int  # the write-ahead log alone
     checkpoints: int  # truncating WAL checkpoints done (see readgate.py)
-    wrong_clocks: tuple[tuple[str, str, int], ...] = ()  # (device type, device id, clock rejections)
+    wrong_clocks: tuple[tuple[str, str, int], ...] = ()  # (device type, device id, clock rejections): the worst
+    wrong_clock_totals: tuple[tuple[str, int], ...] = ()  # (device type, clock rejections)
 
 
 @dataclass(frozen=True, slots=True)

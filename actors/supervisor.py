@@ -23,6 +23,7 @@ from actors.ingest import IngestActor
 from actors.messages import ChildFailed, Restarted, Retired
 from actors.models import connect_database, is_sqlite
 from actors.mqtt import MqttLink
+from actors.mqtt.status import StatusReport
 from actors.peers import AVAILABILITY, BACKUP, LINK, QUERY_POOL, RETENTION, WRITER, Peers, ingest_name, pool_member
 from actors.query import QueryActor, QueryRules
 from actors.readgate import ReadGate
@@ -84,8 +85,11 @@ class Supervisor(pykka.ThreadingActor):
         specs += [ChildSpec(ingest_name(d.name), lambda name, sup, d=d: IngestActor.start(
                       name, d, peers, s.limits.max_reading_bytes, clock, supervisor=sup, marks=marks))
                   for d in DEVICE_TYPES.values()]
+        # The status outlives a link that crashes: its start time, connections and ack ids are the process's.
+        report = StatusReport(s.mqtt.client_id, s.status)
         specs += [ChildSpec(LINK, lambda name, sup: MqttLink.start(name, s.mqtt, s.status, s.apps, s.limits, peers,
-                                                                   sup, self.retire, marks, s.database.commit_linger))]
+                                                                   sup, self.retire, marks, s.database.commit_linger,
+                                                                   report, s.devices.max_known + 1000))]
         return specs
 
     def on_start(self):

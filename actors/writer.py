@@ -22,6 +22,7 @@ import time
 import peewee
 
 from actors.checkpoint import WalCheckpoint
+from actors.counting import TopCounts
 from actors.devices import DEVICE_TYPES
 from actors.messages import (Availability, Cleared, Committed, Flush, MarkStale, Prune, Pruned, Seen, StatsRequest,
                              Strikes, Struck, WriteBatch, WriterStats)
@@ -33,6 +34,7 @@ from actors.store import RETRIABLE, Failures, SqliteStore, Store, open_store
 
 log = logging.getLogger(__name__)
 MAX_RETRY_DELAY = 10.0
+WRONG_CLOCKS_KEPT, WRONG_CLOCKS_REPORTED = 100, 20  # devices counted; listed in the stats (the worst)
 
 
 def _rows(batch: WriteBatch) -> int:
@@ -65,7 +67,9 @@ class WriterActor(Supervised):
         self._stored: dict[str, int] = {name: 0 for name in DEVICE_TYPES}
         self._last_stored_at: dict[str, str] = {}
         self._rejected = 0
-        self._wrong_clocks: dict[tuple[str, str], int] = {}  # (device type, device id) -> clock rejections
+        # clock rejections: the worst devices (bounded, whatever the fleet) and totals by type
+        self._wrong_clocks = TopCounts(WRONG_CLOCKS_KEPT)
+        self._wrong_clock_totals: dict[str, int] = {name: 0 for name in DEVICE_TYPES}
         self._commit_failures = 0
         self._last_commit_ms = 0.0
         self._max_commit_ms = 0.0
@@ -175,7 +179,8 @@ class WriterActor(Supervised):
             max_commit_ms=round(self._max_commit_ms, 2), database_bytes=database_bytes,
             last_stored_at=tuple(self._last_stored_at.items()), wal_bytes=wal_bytes,
             checkpoints=self.checkpoint.done if self.checkpoint else 0,
-            wrong_clocks=tuple((*key, n) for key, n in self._wrong_clocks.items()))
+            wrong_clocks=tuple((*key, n) for key, n in self._wrong_clocks.top(WRONG_CLOCKS_REPORTED)),
+            wrong_clock_totals=tuple((k, n) for k, n in self._wrong_clock_totals.items() if n))
         self._max_commit_ms = 0.0
         return stats
 
@@ -208,9 +213,9 @@ class WriterActor(Supervised):
             self._stored[device] += n
             self._last_stored_at[device] = created_at
         for device, ids in wrong_clocks.items():
+            self._wrong_clock_totals[device] += len(ids)
             for device_id in ids:
-                key = (device, device_id)
-                self._wrong_clocks[key] = self._wrong_clocks.get(key, 0) + 1
+                self._wrong_clocks.add((device, device_id))
         self._rejected += len(rejections)
         if self.peers.knows(AVAILABILITY):
             for device, devices in seen.items():

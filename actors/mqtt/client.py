@@ -30,6 +30,15 @@ class AckLaterHandler(MqttPackageHandler):
     def _handle_qos_1_publish_packet(self, mid, packet, print_topic, properties):
         self.on_message(print_topic, packet, 1, properties, mid)
 
+    def _apply_receive_maximum(self):
+        """gmqtt sizes its packet ids by the broker's Receive Maximum and raises OverflowError past
+        it; the outbox keeps within that window itself (Outbox.window), so the ids stay unlimited:
+        a SUBSCRIBE, which the broker does not count, never fails for a full window."""
+        super()._apply_receive_maximum()
+        values = self._connack_properties.get("receive_maximum")
+        self.broker_receive_maximum = values[0] if values else 65535
+        self.id_generator._max = 65536
+
 
 PUBACK = struct.Struct("!BBH")  # MQTT 5 PUBACK, success: reason code and properties omitted
 
@@ -47,6 +56,23 @@ class OneConnectionClient(gmqtt.Client):
         super().__init__(*args, **kwargs)
         self._package_handler.__class__ = AckLaterHandler
         self.reading_paused = False
+        self.on_published = lambda packet_id: None  # the broker acknowledged a QoS 1 publish of ours
+
+    @property
+    def receive_maximum(self) -> int:
+        """How many QoS 1 publishes the broker lets us have unacknowledged (its CONNACK's)."""
+        return getattr(self._package_handler, "broker_receive_maximum", 65535)
+
+    def publish_tracked(self, topic: str, payload: bytes) -> int:
+        """Publish a retained state at QoS 1; its packet id, which on_published is called with once
+        the broker acknowledges it. Not kept for a resend: a connection's client is not reused,
+        and the outbox publishes again what a lost connection left unacknowledged."""
+        packet_id, _ = self._connection.publish(gmqtt.Message(topic, payload, qos=1, retain=True))
+        return packet_id
+
+    def _remove_message_from_queue(self, mid):  # gmqtt calls it on a PUBACK
+        super()._remove_message_from_queue(mid)
+        self.on_published(mid)
 
     async def reconnect(self, delay=False):
         pass  # the session notices the loss through on_disconnect and reconnects

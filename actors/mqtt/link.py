@@ -13,6 +13,7 @@ import pykka
 from actors.handling import Marks
 from actors.messages import Crash, Retired
 from actors.mqtt.session import Session
+from actors.mqtt.status import StatusReport
 from actors.peers import Peers, Supervised
 from actors.settings import AppsSettings, LimitsSettings, MqttSettings, StatusSettings
 
@@ -37,8 +38,9 @@ class LoopHandle:
 class MqttLink(Supervised):
     def __init__(self, name: str, settings: MqttSettings, status: StatusSettings, apps: AppsSettings,
                  limits: LimitsSettings, peers: Peers, supervisor=None, retire: bool = False, marks: Marks | None = None,
-                 linger: float = 0.0):
-        """`linger`: how long sparse readings wait for others before they are handed on (handover.py)."""
+                 linger: float = 0.0, report: StatusReport | None = None, max_waiting: int = 250_000):
+        """`linger`: how long sparse readings wait for others before they are handed on (handover.py);
+        `report`: the process's status (see Session); `max_waiting`: see Outbox."""
         # What the process (or the link) before this one died handling: read before this link marks.
         self.died_with = marks.left_by(name) if marks is not None else frozenset()
         super().__init__(name, supervisor, marks)
@@ -49,6 +51,8 @@ class MqttLink(Supervised):
         self.limits = limits
         self.status_settings = status
         self.peers = peers
+        self.report = report or StatusReport(settings.client_id, status)
+        self.max_waiting = max_waiting
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_event: asyncio.Event | None = None
         self._session: Session | None = None
@@ -102,7 +106,7 @@ class MqttLink(Supervised):
         self._stop_event = asyncio.Event()
         on_retired = (lambda: self.supervisor.tell(Retired())) if self.retire else None
         self._session = Session(self.settings, self.status_settings, self.peers, self.apps, self.limits, on_retired,
-                                self.died_with, self.mark, self.linger)
+                                self.died_with, self.mark, self.linger, self.report, self.max_waiting)
         # Reachable before it connects: the writer's answers to what the broker delivers first
         # (Struck, Committed) must not be dropped as if told to a link that has not started.
         self.peers.register(self.name, self.address())

@@ -35,7 +35,7 @@ class Retirement:
     def connected(self, client) -> None:
         """Instead of subscribing: no new readings or requests come to this instance."""
         client.unsubscribe(self.topics)
-        self.outbox.send(self.report.status_topic, self.report.status("retiring"), qos=1, retain=True)
+        self.outbox.keep(self.report.status_topic, self.report.status("retiring"), urgent=True)
 
     def unsubscribed(self) -> None:
         if self._handing_over is None:
@@ -48,16 +48,18 @@ class Retirement:
         unsubscribing) and all of it is committed or answered, clear the retained status and
         stats and end the session."""
         traffic = self.traffic
-        seen, quiet_since = traffic.received, time.monotonic()
+        seen, quiet_since = self.report.received, time.monotonic()
         while time.monotonic() - quiet_since < HANDED_OVER_AFTER:
             await asyncio.sleep(0.1)
-            if traffic.received != seen or traffic.inflight or not self.outbox.connected:
-                seen, quiet_since = traffic.received, time.monotonic()
+            if self.report.received != seen or traffic.inflight or not self.outbox.connected:
+                seen, quiet_since = self.report.received, time.monotonic()
         for topic in (self.report.status_topic, self.report.stats_topic):
-            self.outbox.send(topic, b"", qos=1, retain=True)  # an empty retained message deletes it
+            self.outbox.keep(topic, b"", urgent=True)  # an empty retained message deletes it
+        while self.outbox and self.outbox.connected:
+            await asyncio.sleep(0.02)
         if await self.end_session():
             log.info("retired: %d messages the broker kept for %s stored or answered, and its session "
-                     "ended; this instance may be removed", traffic.received, self.report.client_id)
+                     "ended; this instance may be removed", self.report.received, self.report.client_id)
             self.on_retired()
             return
         log.warning("the broker did not confirm the end of the session; trying again")

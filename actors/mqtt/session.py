@@ -37,6 +37,7 @@ from actors.settings import AppsSettings, LimitsSettings, MqttSettings, StatusSe
 from actors.tls import explain, tls_context
 
 log = logging.getLogger(__name__)
+OUTBOX_DRAIN = 2.0  # on a stop, seconds the status and states waiting in the outbox may take
 
 
 class Backoff:
@@ -59,15 +60,18 @@ class Session:
 
     def __init__(self, settings: MqttSettings, status: StatusSettings, peers: Peers, apps: AppsSettings,
                  limits: LimitsSettings, on_retired: Callable[[], None] | None = None,
-                 died_with: frozenset[int] | None = frozenset(), mark: Mark | None = None, linger: float = 0.0):
+                 died_with: frozenset[int] | None = frozenset(), mark: Mark | None = None, linger: float = 0.0,
+                 report: StatusReport | None = None, max_waiting: int = 250_000):
         """With `on_retired`, retire this instance instead of serving (retire.py). `died_with`,
-        `mark` and `linger` (database.commit_linger): see Traffic."""
+        `mark` and `linger` (database.commit_linger): see Traffic. `report`: the process's (it
+        outlives a restarted link: connections, start time, ack ids); `max_waiting`: see Outbox."""
         self.settings = settings
-        self.report = StatusReport(settings.client_id, status)
+        self.report = report or StatusReport(settings.client_id, status)
+        self.report.link_started()
         self._ready = False
         self.backoff = Backoff(settings.reconnect_min_delay, settings.reconnect_max_delay)
         self.client: OneConnectionClient | None = None  # the one connecting or connected
-        self.outbox = Outbox(limits.max_request_bytes)
+        self.outbox = Outbox(limits.max_request_bytes, settings.max_inflight_publishes, max_waiting)
         self.traffic = Traffic(settings, apps, limits, peers, self.report, self.outbox, self._fail, died_with,
                                mark or Mark(None), linger)
         self._closing = False
@@ -163,7 +167,7 @@ class Session:
             pass
 
     def _on_connect(self, client, session_present, result, properties):
-        self.traffic.connected_to(client, property_of(properties, "maximum_packet_size"))
+        self.traffic.connected_to(client, property_of(properties, "maximum_packet_size"), client.receive_maximum)
         self.backoff.reset()
         s = self.settings
         session = "resumed" if session_present else "new"
@@ -188,7 +192,7 @@ class Session:
         else:
             log.info("subscribed to %d topics; taking readings and requests", len(granted))
             # Online once subscribed: a device or app that sees it can count on being heard.
-            self.outbox.send(self.report.status_topic, self.report.status("online"), qos=1, retain=True)
+            self.outbox.keep(self.report.status_topic, self.report.status("online"), urgent=True)
             if not self._ready:  # the database is open (the writer started first) and we listen
                 self._ready = True
                 notify("READY=1")
@@ -222,11 +226,20 @@ class Session:
             log.warning("%d messages were not committed in time; the broker will deliver them again", remaining)
         if self.client is not None:
             if self.outbox.connected:  # a clean DISCONNECT cancels the last will: say it ourselves
-                self.outbox.send(self.report.status_topic, self.report.status("offline", "stopped"), qos=1, retain=True)
+                self.outbox.keep(self.report.status_topic, self.report.status("offline", "stopped"), urgent=True)
+                await self._outbox_sent(OUTBOX_DRAIN)
             await self._discard(self.client)
         self.traffic.lost()
         log.info("disconnected from the MQTT broker (at most %d messages were in hand at once)",
                  self.traffic.inflight.peak)
+
+    async def _outbox_sent(self, timeout: float) -> None:
+        """Give the states waiting in the outbox (the status, availability) up to `timeout` to go out."""
+        deadline = time.monotonic() + timeout
+        while self.outbox and self.outbox.connected and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        if self.outbox:
+            log.warning("%d retained states were not published before disconnecting", len(self.outbox))
 
     def _fail(self, exc: Exception, what: str) -> None:
         """A bug while handling a message must not leave it in hand for ever, unanswered: the link

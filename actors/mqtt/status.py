@@ -31,6 +31,8 @@ class StatusReport:
         self.started_at = utc_now()
         self.answered = self.errors = 0  # requests answered, of which error replies
         self.connections = 0  # to the broker, since the service started
+        self.received = 0  # messages taken since the service started (the high bits of ack ids)
+        self.links = 0  # MQTT links started: more than one means the link crashed and was restarted
         self.went_stale = self.live_again = self.new_devices = self.stale_now = 0  # devices' liveness
         self._settings = settings
         self._clock = clock
@@ -42,6 +44,16 @@ class StatusReport:
                   "connections": self.connections}
         return orjson.dumps(status if reason is None else {**status, "reason": reason})
 
+    @property
+    def link_restarts(self) -> int:
+        return max(0, self.links - 1)
+
+    def link_started(self) -> None:
+        self.links += 1
+        if self.links > 1:
+            log.warning("the MQTT link runs again after a crash (%d link restarts since the service started)",
+                        self.link_restarts)
+
     def availability_changed(self, state: str, was: str | None, stale_now: int) -> None:
         if state == "stale":
             self.went_stale += 1
@@ -51,7 +63,7 @@ class StatusReport:
             self.live_again += 1
         self.stale_now = stale_now
 
-    def stats(self, writer: WriterStats, connected: bool, in_hand: int) -> bytes | None:
+    def stats(self, writer: WriterStats, connected: bool, in_hand: int, outbox: Outbox | None = None) -> bytes | None:
         """The stats to publish now, or None if they are not due yet (logged too, when that is due)."""
         now = self._clock()
         if now < self._next_stats:
@@ -72,8 +84,13 @@ class StatusReport:
             "commit_ms": {"last": writer.last_commit_ms, "max": writer.max_commit_ms},
             "database_bytes": writer.database_bytes, "wal_bytes": writer.wal_bytes,
             "wal_checkpoints": writer.checkpoints, "last_stored_at": dict(writer.last_stored_at),
+            "connections": self.connections, "link_restarts": self.link_restarts,
+            "outbox": {"waiting": len(outbox) if outbox else 0, "peak": outbox.peak if outbox else 0,
+                       "dropped": outbox.dropped if outbox else 0},
             "availability": {"stale_now": self.stale_now, "went_stale": self.went_stale, "live_again": self.live_again,
                              "new_devices": self.new_devices},
+            # bounded whatever the fleet: totals by type, and the worst devices (actors/counting.py)
+            "clock_rejected_total": dict(writer.wrong_clock_totals),
             "clock_rejected": _by_type(writer.wrong_clocks)})
 
 
@@ -110,5 +127,5 @@ class Heartbeat:
     def answered(self, writer: WriterStats) -> None:
         if self._watchdog:
             notify("WATCHDOG=1")
-        if (stats := self.report.stats(writer, self.outbox.connected, self.in_hand())) is not None:
+        if (stats := self.report.stats(writer, self.outbox.connected, self.in_hand(), self.outbox)) is not None:
             self.outbox.send(self.report.stats_topic, stats, retain=True)

@@ -48,7 +48,6 @@ class Traffic:
         self.mark = mark or Mark(None)
         self.limit = DeliveryLimit(limits, died_with, self.mark, self.inflight, peers, outbox, self._dispatch,
                                    self._answer, self._hand_over_soon)
-        self.received = 0  # messages taken so far (the high bits of their ack ids: handling.ack_id)
         self.drained: asyncio.Event | None = None  # set when nothing is in hand while closing
         self.hand_over = HandOver(peers, linger, self.limit.flush)  # readings, to the ingest actors
         self.waiting = WaitingRequests(self.inflight, self._dispatch, self._hurry)  # read after arrival
@@ -60,8 +59,8 @@ class Traffic:
         self.waiting.start(loop)
         self.hand_over.start(loop)
 
-    def connected_to(self, client: OneConnectionClient, max_packet: int | None) -> None:
-        self.outbox.connected_to(client, max_packet)
+    def connected_to(self, client: OneConnectionClient, max_packet: int | None, receive_maximum: int = 65535) -> None:
+        self.outbox.connected_to(client, max_packet, receive_maximum)
         self.report.connections += 1
         self.limit.connections = self.report.connections  # tells whether one outlived an answer
 
@@ -93,8 +92,10 @@ class Traffic:
         try:
             if client is not self.outbox.client or not self._taking:
                 return  # shutting down, or a connection we gave up: never acknowledged
-            self.received += 1
-            ack_id = make_ack_id(self.received, packet_id)
+            # the process's count, not the link's: an answer from a link that crashed cannot name
+            # a message of its successor (the high bits of the ack id: handling.ack_id)
+            self.report.received += 1
+            ack_id = make_ack_id(self.report.received, packet_id)
             if (route := self._reading_routes.get(topic)) is not None:
                 held = Held(packet_id, Inbound(ack_id, topic, payload), route)
             elif (request := self._admit(ack_id, topic, payload, properties)) is not None:

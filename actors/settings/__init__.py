@@ -49,6 +49,7 @@ class MqttSettings:
     reconnect_min_delay: float = setting(Float(0.1, 3600))
     reconnect_max_delay: float = setting(Float(0.1, 3600))
     drain_timeout: float = setting(Float(0, 60))
+    max_inflight_publishes: int = setting(Integer(1, 65535))
     shared_group: str = setting(String(env="MQTT_SHARED_GROUP"))
 
 
@@ -91,6 +92,7 @@ class DevicesSettings:
     power_stale_after: float | str = setting(SecondsOrAuto(0, 10 * 365 * 86400))
     fingerprint_stale_after: float | str = setting(SecondsOrAuto(0, 10 * 365 * 86400))
     min_stale_after: float = setting(Float(0, 10 * 365 * 86400))  # the least "auto" waits
+    max_known: int = setting(Integer(1, 10_000_000))  # devices watched for liveness; the rest are stored, not watched
 
     def stale_after(self, device_type: str) -> float | str:
         return getattr(self, f"{device_type}_stale_after")
