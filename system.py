@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import os
 import signal
 import sys
 import threading
@@ -22,6 +23,7 @@ from actors.supervisor import Supervisor
 
 log = logging.getLogger("system")
 EXIT_CONFIG = 2  # bad settings: restarting will not help (see RestartPreventExitStatus)
+STOP_DEADLINE = 14.0  # seconds from SIGTERM to exit, whatever is in flight (systemd allows 30)
 
 
 class ExitCode:
@@ -84,12 +86,24 @@ def main(argv=None) -> int:
     code = exit_code.wait()
     notify("STOPPING=1")
     log.info("stopping (exit code %d)", code)
+    # Whatever is in flight (a retention pass, a commit waiting for a lock), the process ends in
+    # time: what was not committed is not acknowledged, and the broker delivers it again.
+    deadline = threading.Timer(STOP_DEADLINE, _exit_now, (code,))
+    deadline.daemon = True
+    deadline.start()
     try:
-        supervisor.stop(block=True, timeout=30)
+        supervisor.stop(block=True, timeout=STOP_DEADLINE)
     except pykka.Timeout:
         log.error("the supervisor did not stop in time")
-    pykka.ActorRegistry.stop_all(block=True, timeout=5)
+    pykka.ActorRegistry.stop_all(block=True, timeout=1)
     return code
+
+
+def _exit_now(code: int) -> None:
+    log.error("not stopped within %g s of the signal; exiting anyway (what was not committed is delivered "
+              "again)", STOP_DEADLINE)
+    logging.shutdown()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import orjson
 import peewee
 
+from actors.dberrors import Episode, StoreUnavailable, translated
 from actors.liveness import STALE, Change, Liveness
 from actors.messages import Availability, MarkStale, Seen
 from actors.models import Device
@@ -26,11 +27,17 @@ from actors.settings import DevicesSettings
 
 log = logging.getLogger(__name__)
 TOPIC = "home/availability"
+FIRST_RETRY, MAX_RETRY = 5.0, 300.0  # reading the catalogue again at start-up
 
 
 @dataclass(frozen=True, slots=True)
 class CheckNow:
     """The timer -> the availability actor: a device may have gone stale."""
+
+
+@dataclass(frozen=True, slots=True)
+class LoadNow:
+    """The timer -> the availability actor: read the catalogue again (it could not be read)."""
 
 
 def availability_topic(kind: str, device_id: str) -> str | None:
@@ -49,23 +56,42 @@ class AvailabilityActor(Supervised):
         self.liveness = Liveness(settings)
         self._timer: threading.Timer | None = None
         self._timer_due: float | None = None
+        self._loader: threading.Timer | None = None
+        self._episode = Episode(log, "cannot read the device catalogue (%s); watching only the devices heard "
+                                     "from now on until it can be read", "the device catalogue was read after %.0f s",
+                                FIRST_RETRY, MAX_RETRY)
+        self._said_full = False
 
     def on_start(self):
-        self.db.connect(reuse_if_open=True)
+        self._load()
+
+    def _load(self) -> None:
+        """What the catalogue knows (a device heard since this start stays as heard); a catalogue that
+        cannot be read just now is read again later, while new readings are watched meanwhile."""
+        self._loader = None
         try:
-            rows = (Device.select(Device.type, Device.device_id, Device.last_seen, Device.received_at, Device.state)
-                    .where(Device.type.in_(sorted(self.liveness.types))).tuples())
-            self.liveness.load(list(rows), self.clock())
-        finally:
-            self.db.close()  # the rest is in memory
+            with translated():
+                self.db.connect(reuse_if_open=True)
+                try:
+                    rows = (Device.select(Device.type, Device.device_id, Device.last_seen, Device.received_at,
+                                          Device.state).where(Device.type.in_(sorted(self.liveness.types)))
+                            .order_by(Device.received_at.desc()).limit(self.liveness.max_known).tuples())
+                    self.liveness.load(list(rows), self.clock())
+                finally:
+                    self.db.close()  # the rest is in memory
+        except StoreUnavailable as exc:
+            self._loader = self.tell_later(self._episode.failed(exc), LoadNow())
+            return
+        self._episode.succeeded()
         log.info("watching %d devices for liveness (%s)", len(self.liveness.devices), ", ".join(
             f"{kind}: {'auto' if after == 'auto' else f'{after:g} s'}" for kind in sorted(self.liveness.types)
             if (after := self.liveness.settings.stale_after(kind))))
         self._schedule()
 
     def on_stop(self):
-        if self._timer is not None:
-            self._timer.cancel()
+        for timer in (self._timer, self._loader):
+            if timer is not None:
+                timer.cancel()
 
     def on_failure(self, exception_type, exception_value, traceback):
         self.on_stop()
@@ -78,7 +104,14 @@ class AvailabilityActor(Supervised):
                 change = self.liveness.seen(message.type, device_id, last_seen, readings, message.received_at, now)
                 if change is not None and (announcement := self._announcement(change)) is not None:
                     self.peers.tell(LINK, announcement)
+            if self.liveness.full and not self._said_full:
+                self._said_full = True
+                log.warning("liveness watches %d devices (devices.max_known): devices new from now on are stored "
+                            "and listed in the catalogue, but not watched and get no availability topic",
+                            self.liveness.max_known)
             self._schedule()
+        elif isinstance(message, LoadNow):
+            self._load()
         elif isinstance(message, CheckNow):
             self._timer = self._timer_due = None
             try:  # one connection for the whole check, only when a device looks silent
@@ -96,10 +129,11 @@ class AvailabilityActor(Supervised):
     def _stored(self, kind: str, device_id: str) -> tuple[str, str] | None:
         """What the catalogue says of a device that looks silent (another instance may have heard it)."""
         try:
-            self.db.connect(reuse_if_open=True)
-            return (Device.select(Device.last_seen, Device.received_at)
-                    .where((Device.type == kind) & (Device.device_id == device_id)).tuples().first())
-        except peewee.DatabaseError as exc:
+            with translated():
+                self.db.connect(reuse_if_open=True)
+                return (Device.select(Device.last_seen, Device.received_at)
+                        .where((Device.type == kind) & (Device.device_id == device_id)).tuples().first())
+        except StoreUnavailable as exc:
             log.debug("cannot read the catalogue (%s): deciding on what this instance heard", exc)
             return None
 
@@ -118,7 +152,8 @@ class AvailabilityActor(Supervised):
             return None
         payload = orjson.dumps({"state": change.state, "last_seen": change.last_seen,
                                 "received_at": change.received_at})
-        return Availability(topic, payload, change.state, change.was, self.liveness.stale_count())
+        return Availability(topic, payload, change.state, change.was, self.liveness.stale_count(),
+                            len(self.liveness.devices))
 
     def _schedule(self) -> None:
         due = self.liveness.next_due()

@@ -5,6 +5,7 @@ the newest `keep` kept. The backup actor runs them on a schedule; scripts/backup
 from __future__ import annotations
 
 import logging
+import math
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 
+from actors.dberrors import Episode
 from actors.peers import Supervised
 from actors.settings import BackupSettings
 
@@ -57,6 +59,9 @@ class BackupNow:
     """A timer -> the backup actor: time for the scheduled backup."""
 
 
+FIRST_RETRY = 60.0  # after a failed backup; doubling up to the interval
+
+
 class BackupActor(Supervised):
     """Backs the database up every `interval_hours` (0: never)."""
 
@@ -65,6 +70,8 @@ class BackupActor(Supervised):
         self.database_path = database_path
         self.settings = settings
         self._timer: threading.Timer | None = None
+        self._episode = Episode(log, "%s; trying again with backoff", "backups resumed after %.0f s of retrying",
+                                FIRST_RETRY, settings.interval_hours * 3600 or FIRST_RETRY)
 
     def on_start(self):
         self._schedule()
@@ -79,11 +86,13 @@ class BackupActor(Supervised):
             return
         try:
             target = backup_database(self.database_path, self.settings.dir, self.settings.keep)
-            log.info("backup written: %s (%.1f MiB, integrity_check ok)", target, target.stat().st_size / 2**20)
-        except BackupFailed as exc:
-            log.error("%s; trying again at the next scheduled time", exc)
+        except (BackupFailed, OSError) as exc:  # a locked or full disk, a damaged copy: try again soon
+            self._schedule(self._episode.failed(exc))
+            return
+        self._episode.succeeded()
+        log.info("backup written: %s (%.1f MiB, integrity_check ok)", target, target.stat().st_size / 2**20)
         self._schedule()
 
-    def _schedule(self) -> None:
+    def _schedule(self, delay: float | None = None) -> None:
         if self.settings.interval_hours:
-            self._timer = self.tell_later(self.settings.interval_hours * 3600, BackupNow())
+            self._timer = self.tell_later(min(delay or math.inf, self.settings.interval_hours * 3600), BackupNow())

@@ -205,3 +205,4 @@ class Availability:
     state: str  # live or stale
     was: str | None  # before: live, stale, or None for a new device
     stale_now: int  # devices stale now, for the stats
+    watched: int = 0  # devices watched for liveness (at most devices.max_known)

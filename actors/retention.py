@@ -8,6 +8,7 @@ as small id ranges (Prune) asked one at a time, so new readings wait at most for
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import fcntl
 import gzip
@@ -25,6 +26,7 @@ import peewee
 import pykka
 from peewee import fn
 
+from actors.dberrors import DRIVER_ERRORS, Episode, StoreUnavailable, translated
 from actors.devices import DEVICE_TYPES
 from actors.messages import Prune
 from actors.models import ROLLUP_MODELS, RejectedMessage, is_sqlite
@@ -34,7 +36,7 @@ from actors.settings import RetentionSettings
 
 log = logging.getLogger(__name__)
 PRUNE_TIMEOUT = 120.0  # a delete waits behind the writer's queue, and a locked database retries
-RETRY_AFTER_FAILURE = 600.0
+FIRST_RETRY, RETRY_AFTER_FAILURE = 5.0, 600.0  # a pass that failed is tried again after 5 s, doubling up to 10 min
 READ_ROWS = 10_000
 RETENTION_LOCK = 0x6D717475  # the PostgreSQL advisory lock of a pass
 
@@ -77,13 +79,14 @@ class RetentionActor(Supervised):
         self.gate = gate or ReadGate()
         self.tables = expiring_tables(settings)
         self._timer: threading.Timer | None = None
+        self._episode = Episode(log, "retention pass stopped: %s; trying again with backoff (what was archived "
+                                     "and not yet deleted is archived again then, without duplicates)",
+                                "retention: a pass completed after %.0f s of retrying", FIRST_RETRY,
+                                RETRY_AFTER_FAILURE)
 
     def on_start(self):
         if not self.tables:
             return  # keep everything: nothing to do, ever
-        self.db.connect(reuse_if_open=True)
-        if is_sqlite(self.db):
-            self.db.execute_sql("PRAGMA query_only = 1")  # this thread's connection only reads
         log.info("retention: %s; archive in %s", ", ".join(f"{t.name} {t.days} days" for t in self.tables),
                  Path(self.settings.archive_dir).resolve())
         self.actor_ref.tell(RetentionNow())
@@ -104,14 +107,29 @@ class RetentionActor(Supervised):
         delay = self.settings.interval_hours * 3600
         try:
             self.run_pass(datetime.now(timezone.utc).date())
-        except (OSError, peewee.DatabaseError, pykka.ActorDeadError, pykka.Timeout) as exc:
-            delay = min(delay, RETRY_AFTER_FAILURE)
-            log.error("retention pass stopped: %s; trying again in %.0f min (what was archived "
-                      "and not yet deleted is archived again then, without duplicates)", exc or type(exc).__name__,
-                      delay / 60)
+        except (StoreUnavailable, OSError, pykka.ActorDeadError, pykka.Timeout) as exc:
+            # a locked, full or read-only database, a full archive disk, a writer that is restarting
+            delay = min(delay, self._episode.failed(exc or type(exc).__name__))
+            with contextlib.suppress(*DRIVER_ERRORS):
+                self.db.close()  # a broken connection is not used again: the next pass makes its own
+        else:
+            self._episode.succeeded()
         self._timer = self.tell_later(delay, RetentionNow())
 
     def run_pass(self, today: date) -> None:
+        with translated():  # the writer's answers (Prune) are translated where it deletes
+            self._connect()
+            self._run_pass(today)
+
+    def _connect(self) -> None:
+        """This thread's own connection, which only reads (the writer deletes); made when a pass
+        needs it, so that a database that cannot be reached just now never stops the actor's start."""
+        if self.db.is_closed():
+            self.db.connect()
+            if is_sqlite(self.db):
+                self.db.execute_sql("PRAGMA query_only = 1")
+
+    def _run_pass(self, today: date) -> None:
         with exclusive_pass(self.db) as ours:
             if not ours:
                 log.info("retention: another instance of the service is running a pass on this database; "

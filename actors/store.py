@@ -17,6 +17,7 @@ from pathlib import Path
 
 import peewee
 
+from actors.dberrors import DRIVER_ERRORS, locked, translated
 from actors.devices import DEVICE_TYPES
 from actors.models import MODELS, DeliveryFailure, RejectedMessage, insert_fields, insert_sql, is_sqlite
 from actors.rollups import ServerCursor, Upkeep
@@ -28,7 +29,6 @@ LOCK_POLL_MS = 100  # how long one try for SQLite's write lock waits; see Sqlite
 STARTUP_LOCK_WAIT = 20.0  # within the supervisor's start timeout
 TABLES = {m._meta.table_name: m for m in MODELS}
 FORGET_FAILURES_AFTER = timedelta(days=30)  # a failed message the broker never delivered again
-RETRIABLE = (sqlite3.OperationalError, peewee.OperationalError, peewee.InterfaceError)
 
 
 def quick_check(path: str | Path) -> list[str] | None:
@@ -46,15 +46,13 @@ def quick_check(path: str | Path) -> list[str] | None:
         con.close()
 
 
-def locked(exc: Exception) -> bool:
-    return "locked" in str(exc) or "busy" in str(exc)
-
-
-def open_store(db: peewee.Database, settings: DatabaseSettings, stopping: threading.Event) -> Store:
-    """The store for `db`, opened: RuntimeError with the reason if it cannot be used."""
+def open_store(db: peewee.Database, settings: DatabaseSettings, stopping: threading.Event,
+               check: bool = True) -> Store:
+    """The store for `db`, opened (`check`: SQLite's quick_check first): RuntimeError with the
+    reason if it cannot be used."""
     store = (SqliteStore if is_sqlite(db) else ServerStore)(db, settings, stopping)
     try:
-        store.open()
+        store.open(check)
     except peewee.DatabaseError as exc:
         raise RuntimeError(f"cannot open the database {store.where}: {exc}") from None
     return store
@@ -69,7 +67,7 @@ class Store:
         self.fields = {name: insert_fields(d.model) for name, d in DEVICE_TYPES.items()}
         self.fields["rejected"] = insert_fields(RejectedMessage)
 
-    def open(self) -> None:
+    def open(self, check: bool = True) -> None:
         raise NotImplementedError
 
     def write(self, by_device: dict[str, list[tuple]], rejections: list[tuple], failures, wrong_clocks=None,
@@ -78,7 +76,8 @@ class Store:
         see Failures), with the catalogue and rollups they change (rollups.py; `wrong_clocks`: device
         ids of clock rejections per type; `stale`: see MarkStale); `ran` is called once the statements have run, before the
         commit. The rows inserted per type (redeliveries are not), what the catalogue saw per type
-        (Upkeep.stored), and the counts."""
+        (Upkeep.stored), and the counts. Like every method here, StoreUnavailable (dberrors.py) when
+        the database cannot be written just now."""
         raise NotImplementedError
 
     def delete(self, table: str, first_id: int, last_id: int) -> int:
@@ -113,15 +112,15 @@ class Store:
 
 
 class SqliteStore(Store):
-    def open(self) -> None:
+    def open(self, check: bool = True) -> None:
         # Before anything touches it (connecting switches the file to WAL). A damaged database stops
         # start-up; it is never replaced or repaired behind the operator's back.
-        report = quick_check(self.settings.path)
+        report = quick_check(self.settings.path) if check else None
         if report is not None and report != ["ok"]:
             raise RuntimeError(f"the database {self.settings.path} is damaged ({'; '.join(report)}). It has been "
                                "left as it is: restore a backup, or repair it with sqlite3's .recover")
         self.db.connect(reuse_if_open=True)
-        self._check_settings()
+        self._check_settings(check)
         self.db.execute_sql(f"PRAGMA busy_timeout = {LOCK_POLL_MS}")  # begin() polls up to busy_timeout
         self._prepare()
         if self.settings.max_size_mb:
@@ -139,7 +138,7 @@ class SqliteStore(Store):
     def _pragma(self, name: str):
         return self.db.execute_sql(f"PRAGMA {name}").fetchone()[0]
 
-    def _check_settings(self) -> None:
+    def _check_settings(self, check: bool) -> None:
         """The settings durability rests on; e.g. a filesystem without shared memory cannot do WAL."""
         problems = [f"{name} is {value!r}, not {expected!r}" for name, value, expected in (
             ("journal_mode", self._pragma("journal_mode"), "wal"),
@@ -148,8 +147,8 @@ class SqliteStore(Store):
         ) if value != expected]
         if problems:
             raise RuntimeError(f"the database {self.settings.path} cannot be used safely: {'; '.join(problems)}")
-        log.info("database %s: WAL, synchronous=FULL, busy timeout %d ms, quick_check ok",
-                 self.settings.path, self._pragma("busy_timeout"))
+        log.info("database %s: WAL, synchronous=FULL, busy timeout %d ms%s", self.settings.path,
+                 self._pragma("busy_timeout"), ", quick_check ok" if check else "")
 
     @property
     def connection(self) -> sqlite3.Connection:
@@ -172,15 +171,16 @@ class SqliteStore(Store):
         # The raw connection, not db.atomic(): after SQLITE_FULL, SQLite has already rolled the
         # transaction back, and peewee's own rollback would fail and hide the real error.
         conn = self.connection
-        try:
-            self.begin(conn)
-            result = work(conn)
-            conn.execute("COMMIT")
-            return result
-        except BaseException:  # a bug as much as a full disk: never leave the write lock held
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+        with translated():
+            try:
+                self.begin(conn)
+                result = work(conn)
+                conn.execute("COMMIT")
+                return result
+            except BaseException:  # a bug as much as a full disk: never leave the write lock held
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
 
     def write(self, by_device, rejections, failures, wrong_clocks=None, stored_at="", ran=lambda: None, stale=()):
         def work(conn):
@@ -228,7 +228,7 @@ class ServerStore(Store):
     """PostgreSQL: pooled connections; one transaction per commit, with a multi-row INSERT ... ON
     CONFLICT DO NOTHING per table."""
 
-    def open(self) -> None:
+    def open(self, check: bool = True) -> None:
         self.db.connect(reuse_if_open=True)
         self._prepare()
         self.upkeep = Upkeep(self.db)
@@ -236,6 +236,10 @@ class ServerStore(Store):
         log.info("database %s: PostgreSQL, schema version ok", self.where)
 
     def write(self, by_device, rejections, failures, wrong_clocks=None, stored_at="", ran=lambda: None, stale=()):
+        with translated():
+            return self._write(by_device, rejections, failures, wrong_clocks, stored_at, ran, stale)
+
+    def _write(self, by_device, rejections, failures, wrong_clocks, stored_at, ran, stale):
         self.db.connect(reuse_if_open=True)
         with self.db.atomic():
             inserted = {}
@@ -252,14 +256,14 @@ class ServerStore(Store):
 
     def delete(self, table, first_id, last_id):
         model = TABLES[table]
-        with self.db.atomic():
+        with translated(), self.db.atomic():
             self.upkeep.deleting(self.cursor, table, first_id, last_id)
             return model.delete().where(model.id.between(first_id, last_id)).execute()
 
     def sizes(self):
         try:
             return self.db.execute_sql("SELECT pg_database_size(current_database())").fetchone()[0], 0
-        except RETRIABLE:
+        except DRIVER_ERRORS:
             return 0, 0
 
     def failed(self) -> None:

@@ -33,7 +33,7 @@ from actors.writer import WriterActor
 
 log = logging.getLogger(__name__)
 START_TIMEOUT = 30.0
-STOP_TIMEOUT = 20.0
+STOP_TIMEOUT = 12.0  # all the children together
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,7 @@ class Supervisor(pykka.ThreadingActor):
         self._specs = specs
         self._children: dict[str, pykka.ActorRef] = {}  # in start order
         self._crashes: collections.deque[float] = collections.deque()
+        self._starts: collections.Counter[str] = collections.Counter()  # instances started, by child
         self._db = None
         self._stopping = threading.Event()  # the writer stops waiting for locks
 
@@ -65,8 +66,10 @@ class Supervisor(pykka.ThreadingActor):
         marks = Marks(s.database.path, s.mqtt.client_id)  # what a process that died was handling
         # The writer's start upgrades an older schema, which can take minutes on a big database (its
         # waits for someone else's lock are bounded on their own).
+        # A restarted writer skips quick_check: the file was checked at this process's start.
         specs = [ChildSpec(WRITER, lambda name, sup: WriterActor.start(name, db, s.database, peers, sup, gate,
-                                                                       self._stopping, marks), None)]
+                                                                       self._stopping, marks,
+                                                                       check=not self._starts[WRITER]), None)]
         live_types = frozenset(name for name in DEVICE_TYPES if s.devices.stale_after(name))
         rules = QueryRules(s.limits.max_request_bytes, s.queries.max_reply_bytes, s.queries.max_page_records,
                            s.apps.readable, s.queries.max_summary_buckets, live_types)
@@ -131,6 +134,7 @@ class Supervisor(pykka.ThreadingActor):
             ref.stop(block=False)
             raise RuntimeError(f"{spec.name} did not start (see the error above)") from None
         self._children[spec.name] = ref
+        self._starts[spec.name] += 1
         self.peers.register(spec.name, address)
 
     def _child_failed(self, failed: ChildFailed) -> None:
@@ -161,13 +165,14 @@ class Supervisor(pykka.ThreadingActor):
                 self.peers.tell(LINK, Restarted(failed.name, failed.suspects))
 
     def _stop_children(self) -> None:
+        deadline = time.monotonic() + STOP_TIMEOUT  # for all of them: system.py exits at its own deadline
         for name, ref in reversed(list(self._children.items())):
             if name == WRITER:  # the last to stop: what it cannot commit now, the broker redelivers
                 self._stopping.set()
             try:
-                ref.stop(block=True, timeout=STOP_TIMEOUT)
+                ref.stop(block=True, timeout=max(0.5, deadline - time.monotonic()))
             except pykka.Timeout:
-                log.error("%s did not stop within %g s", name, STOP_TIMEOUT)
+                log.error("%s did not stop in time (busy: it is left to the process's exit)", name)
         self._children.clear()
         if self._db is not None:
             self._db.close()

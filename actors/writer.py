@@ -23,6 +23,7 @@ import peewee
 
 from actors.checkpoint import WalCheckpoint
 from actors.counting import TopCounts
+from actors.dberrors import Episode, StoreUnavailable
 from actors.devices import DEVICE_TYPES
 from actors.messages import (Availability, Cleared, Committed, Flush, MarkStale, Prune, Pruned, Seen, StatsRequest,
                              Strikes, Struck, WriteBatch, WriterStats)
@@ -30,7 +31,7 @@ from actors.models import utc_now
 from actors.peers import AVAILABILITY, LINK, Peers, Supervised
 from actors.readgate import ReadGate
 from actors.settings import DatabaseSettings
-from actors.store import RETRIABLE, Failures, SqliteStore, Store, open_store
+from actors.store import Failures, SqliteStore, Store, open_store
 
 log = logging.getLogger(__name__)
 MAX_RETRY_DELAY = 10.0
@@ -44,8 +45,11 @@ def _rows(batch: WriteBatch) -> int:
 class WriterActor(Supervised):
     def __init__(self, name: str, database: peewee.Database, settings: DatabaseSettings, peers: Peers,
                  supervisor=None, gate: ReadGate | None = None, stopping: threading.Event | None = None,
-                 marks=None):
+                 marks=None, check: bool = True):
+        """`check`: run quick_check on the file first (at the process's start; a restarted writer
+        skips it: it can take minutes on a big database, while nothing feeds the watchdog)."""
         super().__init__(name, supervisor, marks)
+        self.check = check
         self.db = database
         self.settings = settings
         self.peers = peers
@@ -61,8 +65,9 @@ class WriterActor(Supervised):
         self._announce: list[Availability] = []  # ... and to publish once kept
         self._flush_queued = False
         self._retry_timer: threading.Timer | None = None
-        self._retry_delay = settings.retry_delay
-        self._failing_since: float | None = None
+        self._episode = Episode(log, "cannot commit to the database (%s); nothing is acknowledged until it "
+                                     "succeeds; retrying", "database writes resumed after %.1f s",
+                                settings.retry_delay, MAX_RETRY_DELAY)
         # for the stats reports
         self._stored: dict[str, int] = {name: 0 for name in DEVICE_TYPES}
         self._last_stored_at: dict[str, str] = {}
@@ -75,7 +80,7 @@ class WriterActor(Supervised):
         self._max_commit_ms = 0.0
 
     def on_start(self):
-        self.store = open_store(self.db, self.settings, self.stopping)
+        self.store = open_store(self.db, self.settings, self.stopping, self.check)
         if isinstance(self.store, SqliteStore):
             self.checkpoint = WalCheckpoint(self.store, self.gate)
 
@@ -149,7 +154,7 @@ class WriterActor(Supervised):
             self.handling(tuple(a for b in taken for a in b.ack_ids))  # if this crashes the writer
             try:
                 counts = self._write(taken, strikes, cleared.union(*(b.forget for b in taken)), stale)
-            except RETRIABLE as exc:  # locked, full, I/O error, server gone: worth retrying
+            except StoreUnavailable as exc:  # locked, full, read-only, I/O error, server gone: worth retrying
                 self._pending[:0] = taken
                 self._strikes[:0] = strikes
                 self._cleared |= cleared
@@ -161,7 +166,7 @@ class WriterActor(Supervised):
                 return
             self.handled()
             self._pending_rows -= size
-            self._recovered()
+            self._episode.succeeded()
             if taken or cleared:
                 self.peers.tell(LINK, Committed(tuple(a for b in taken for a in b.ack_ids), tuple(cleared)))
             if counts:
@@ -227,18 +232,5 @@ class WriterActor(Supervised):
 
     def _failed(self, exc: Exception) -> None:
         self._commit_failures += 1
-        if self._failing_since is None:
-            self._failing_since = time.monotonic()
-            log.error("cannot commit to the database (%s); nothing is acknowledged until it "
-                      "succeeds; retrying", exc)
-        else:
-            log.debug("commit still failing: %s", exc)
-        self._retry_timer = self.tell_later(self._retry_delay, Flush())
-        self._retry_delay = min(self._retry_delay * 2, MAX_RETRY_DELAY)
-
-    def _recovered(self) -> None:
-        if self._failing_since is not None:
-            log.warning("database writes resumed after %.1f s", time.monotonic() - self._failing_since)
-            self._failing_since = None
-        self._retry_delay = self.settings.retry_delay
+        self._retry_timer = self.tell_later(self._episode.failed(exc), Flush())
 

@@ -12,7 +12,7 @@ import pykka
 
 from actors.handling import Marks
 from actors.messages import Crash, Retired
-from actors.mqtt.session import Session
+from actors.mqtt.session import OUTBOX_DRAIN, Session
 from actors.mqtt.status import StatusReport
 from actors.peers import Peers, Supervised
 from actors.settings import AppsSettings, LimitsSettings, MqttSettings, StatusSettings
@@ -75,7 +75,7 @@ class MqttLink(Supervised):
             log.warning("MQTT link ignored an unexpected message: %r", message)
 
     def on_stop(self):
-        self._stop_loop(self.settings.drain_timeout + 10)
+        self._stop_loop(self.settings.drain_timeout + OUTBOX_DRAIN + 2)
 
     def on_failure(self, exception_type, exception_value, traceback):
         self._stop_loop(5)

@@ -33,7 +33,7 @@ class StatusReport:
         self.connections = 0  # to the broker, since the service started
         self.received = 0  # messages taken since the service started (the high bits of ack ids)
         self.links = 0  # MQTT links started: more than one means the link crashed and was restarted
-        self.went_stale = self.live_again = self.new_devices = self.stale_now = 0  # devices' liveness
+        self.went_stale = self.live_again = self.new_devices = self.stale_now = self.watched = 0  # devices' liveness
         self._settings = settings
         self._clock = clock
         self._next_stats = clock() + settings.stats_interval
@@ -54,14 +54,14 @@ class StatusReport:
             log.warning("the MQTT link runs again after a crash (%d link restarts since the service started)",
                         self.link_restarts)
 
-    def availability_changed(self, state: str, was: str | None, stale_now: int) -> None:
+    def availability_changed(self, state: str, was: str | None, stale_now: int, watched: int) -> None:
         if state == "stale":
             self.went_stale += 1
         elif was is None:
             self.new_devices += 1
         else:
             self.live_again += 1
-        self.stale_now = stale_now
+        self.stale_now, self.watched = stale_now, watched
 
     def stats(self, writer: WriterStats, connected: bool, in_hand: int, outbox: Outbox | None = None) -> bytes | None:
         """The stats to publish now, or None if they are not due yet (logged too, when that is due)."""
@@ -88,7 +88,7 @@ class StatusReport:
             "outbox": {"waiting": len(outbox) if outbox else 0, "peak": outbox.peak if outbox else 0,
                        "dropped": outbox.dropped if outbox else 0},
             "availability": {"stale_now": self.stale_now, "went_stale": self.went_stale, "live_again": self.live_again,
-                             "new_devices": self.new_devices},
+                             "new_devices": self.new_devices, "watched": self.watched},
             # bounded whatever the fleet: totals by type, and the worst devices (actors/counting.py)
             "clock_rejected_total": dict(writer.wrong_clock_totals),
             "clock_rejected": _by_type(writer.wrong_clocks)})

@@ -105,3 +105,39 @@ def test_sigterm_ends_the_process_within_10_s_while_a_commit_waits_for_a_lock(se
     # What was not committed is delivered again by the broker.
     service.start().wait_ready()
     wait_until(lambda: service.query("SELECT COUNT(*) FROM temperature_logs")[0][0] == 51, 30)
+
+
+def test_a_start_under_an_operators_lock_with_retention_due_stays_up_and_the_pass_completes_after(service, client,
+                                                                                                 tmp_path):
+    """The retention pass meets the lock at start-up: it waits and tries again (logged once), never
+    crashes, and completes once the lock is gone; requests are answered meanwhile."""
+    config = tmp_path / "site.toml"
+    config.write_text(f'[retention]\ntemperature_days = 365\narchive_dir = "{tmp_path / "archive"}"\n')
+    service.start().wait_ready()  # no retention yet: the rows to expire are stored first
+    for i in range(20):
+        client.publish("home/temperature", temperature("old", i, "2025-01-01"))
+    client.publish("home/temperature", reading(0))
+    wait_until(lambda: service.query("SELECT COUNT(*) FROM temperature_logs")[0][0] == 21)
+    assert service.terminate() == 0
+
+    operator = sqlite3.connect(service.db_path, isolation_level=None)
+    operator.execute("BEGIN IMMEDIATE")
+    try:
+        service.start("--config", str(config)).wait_ready()
+        pid = service.proc.pid
+        client.subscribe_replies("ops")
+        for _ in range(6):  # answered while the pass waits (a try takes the busy timeout, 5 s), past the retries
+            assert client.request("temp", "ops", {"device_id": "locked", "date": "2026-08-01"})["count"] == 1
+            time.sleep(2)
+        assert service.proc.poll() is None
+        assert service.query("SELECT COUNT(*) FROM temperature_logs WHERE date = '2025-01-01'")[0][0] == 20
+    finally:
+        operator.execute("ROLLBACK")
+        operator.close()
+    wait_until(lambda: service.query("SELECT COUNT(*) FROM temperature_logs WHERE date = '2025-01-01'")[0][0] == 0,
+               60, what="the pass to complete after the lock")
+    assert (tmp_path / "archive" / "temperature_logs" / "2025" / "temperature_logs-2025-01-01.csv.gz").exists()
+    log = service.log()
+    assert service.proc.pid == pid and service.proc.poll() is None
+    assert log.count("retention pass stopped") == 1 and "crashed" not in log
+    assert "retention: a pass completed after" in log

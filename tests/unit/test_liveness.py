@@ -19,7 +19,9 @@ def test_auto_is_three_times_the_devices_usual_interval_by_its_own_clock_and_at_
         assert live.seen("temperature", "t1", f"2026-04-01T00:{10 * i}:00", 1, "2026-04-01 00:00:05", T0 + 5) is None
     track = live.devices["temperature", "t1"]
     assert live.stale_after("temperature", track) == 1800
-    assert live.due(T0 + 5 + 1800) == [] and live.next_due() == T0 + 5 + 1800
+    assert live.next_due() == T0 + 300  # its first deadline: when it comes, the device's own is found later
+    assert live.due(T0 + 301) == [] and live.next_due() == T0 + 5 + 1800
+    assert live.due(T0 + 5 + 1800) == []
     [stale] = live.due(T0 + 5 + 1801)
     assert (stale.state, stale.was, stale.last_seen) == (STALE, LIVE, "2026-04-01T00:30:00")
     assert live.due(T0 + 9999) == []  # announced once
