@@ -49,11 +49,11 @@ class IngestActor(Supervised):
                 rows.append(row)
             except InvalidMessage as exc:
                 log.warning("rejected a reading on %s: %s", item.topic, exc)
-                rejections.append(Rejection(item.topic, payload, str(exc), batch.received_at))
+                rejections.append(Rejection(item.topic, payload, str(exc), batch.received_at, item.again))
             except Exception as exc:  # noqa: BLE001 - a bug must cost one reading, kept, not the actor
                 log.exception("failed to validate a reading on %s (payload %r); kept in rejected_messages",
                               item.topic, payload[:512])
                 rejections.append(Rejection(item.topic, payload, f"internal error while validating: {exc!r}",
-                                            batch.received_at))
+                                            batch.received_at, item.again))
         return WriteBatch(self.device.name, tuple(rows), tuple(rejections),
                           tuple(item.ack_id for item in batch.items), batch.alone, batch.forget, tuple(wrong_clocks))

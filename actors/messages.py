@@ -4,6 +4,7 @@ about as much as parsing a reading."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from actors.requests import STEMS
@@ -16,6 +17,7 @@ class Inbound:
     ack_id: int
     topic: str
     payload: bytes
+    again: bool = False  # delivered before: retained (on each subscribe), or redelivered (DUP)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +36,7 @@ class Rejection:
     payload: bytes
     reason: str
     received_at: str
+    again: bool = False  # delivered before (Inbound.again): kept only if its message is not kept already
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,3 +209,14 @@ class Availability:
     was: str | None  # before: live, stale, or None for a new device
     stale_now: int  # devices stale now, for the stats
     watched: int = 0  # devices watched for liveness (at most devices.max_known)
+
+
+def fingerprint(message: Inbound | Request | Rejection) -> bytes:
+    """What identifies a message across deliveries: its topic, payload and, for a request, where
+    its reply goes. (Packet ids are reused; a redelivery keeps its content.)"""
+    h = hashlib.blake2b(digest_size=16)
+    reply = (message.reply_topic.encode(), message.correlation or b"") if isinstance(message, Request) else ()
+    for part in (message.topic.encode(), message.payload, *reply):
+        h.update(len(part).to_bytes(4, "big"))
+        h.update(part)
+    return h.digest()

@@ -74,6 +74,9 @@ class RejectedMessage(Model):
     payload = BlobField()  # byte for byte as received
     reason = TextField()
     received_at = TextField()  # UTC
+    # what identifies the message (messages.fingerprint): one delivered again (retained, or
+    # redelivered after a lost connection) is not kept twice
+    fingerprint = TextField(null=True)
 
     class Meta:
         table_name = "rejected_messages"
@@ -139,8 +142,8 @@ class TemperatureHourly(Model):
 
 class PowerHourly(Model):
     """One device-hour of power events: per source, the first event's offset into the hour, the ON
-    time from it to the hour's end, and the state it was left in; the events themselves (JSON), to
-    merge one that comes late."""
+    time from it to the hour's end, the state it was left in and the timestamp of that last event
+    (a later event is merged from these alone; an earlier one re-reads the hour's stored events)."""
     id = AutoField()
     device_id = TextField()
     hour = TextField()
@@ -148,10 +151,11 @@ class PowerHourly(Model):
     eb_first_us = BigIntegerField(null=True)  # null: no EB event this hour
     eb_on_us = BigIntegerField()
     eb_last = TextField()
+    eb_last_at = TextField(null=True)
     dg_first_us = BigIntegerField(null=True)
     dg_on_us = BigIntegerField()
     dg_last = TextField()
-    events = TextField()
+    dg_last_at = TextField(null=True)
 
     class Meta:
         table_name = "power_hourly"
@@ -185,6 +189,7 @@ def _identity(model: type[Model], *values: str) -> None:
 _identity(TemperatureLog, "temperature", "humidity", "status")
 _identity(PowerStatusLog, "ebstatus", "dgstatus")
 _identity(FingerprintLog, "user_id", "auth_status")
+RejectedMessage.add_index(ModelIndex(RejectedMessage, [RejectedMessage.fingerprint], name="rejected_messages_fingerprint"))
 
 MODELS = (TemperatureLog, PowerStatusLog, FingerprintLog, RejectedMessage, DeliveryFailure, Device, *ROLLUP_MODELS)
 

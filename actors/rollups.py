@@ -4,7 +4,7 @@ device) and the hourly rollups behind summaries (`*_hourly`), which retention le
 
 Every merge is exact in any order, so late and out-of-order readings give the same rollups: counts
 and sums of whole millionths add up, minima and maxima are minima and maxima, and a late power
-event is merged into its hour's own list of events. The statements merge inside the database
+event has its hour summed again from the hour's stored events. The statements merge inside the database
 (upserts), so several instances writing to one PostgreSQL database never lose each other's updates."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import orjson
 import peewee
 
 from actors.devices import DEVICE_TYPES, DeviceType
-from actors.models import Device, FingerprintHourly, PowerHourly, TemperatureHourly, is_sqlite
+from actors.models import Device, FingerprintHourly, PowerHourly, PowerStatusLog, TemperatureHourly, is_sqlite
 
 HOUR_US = 3600 * 10**6
 
@@ -110,38 +110,89 @@ class FingerprintRollup(Rollup):
 
 
 class PowerRollup(Rollup):
-    """Power events are few: an hour that gets one is read, merged and written back whole."""
+    """An hour's events are folded into per-source aggregates: the first event's offset, the ON
+    time from it to the hour's end, the last state and when it was (its timestamp). An event that
+    sorts after a source's last one costs the same however many the hour holds; one that comes
+    late (before the last) makes the hour be summed again from its stored events, exactly."""
 
     def __init__(self, dialect):
         super().__init__(dialect)
         p, table = dialect.p, PowerHourly._meta.table_name
-        self.create_sql = (f"INSERT INTO {table} (device_id, hour, readings, eb_on_us, eb_last, dg_on_us, dg_last, "
-                           f"events) VALUES ({p}, {p}, 0, 0, '', 0, '', '[]') ON CONFLICT (device_id, hour) DO NOTHING")
-        self.read_sql = f"SELECT events FROM {table} WHERE device_id = {p} AND hour = {p}{dialect.for_update}"
+        self.create_sql = (f"INSERT INTO {table} (device_id, hour, readings, eb_on_us, eb_last, dg_on_us, dg_last) "
+                           f"VALUES ({p}, {p}, 0, 0, '', 0, '') ON CONFLICT (device_id, hour) DO NOTHING")
+        self.read_sql = (f"SELECT readings, eb_first_us, eb_on_us, eb_last, eb_last_at, dg_first_us, dg_on_us, dg_last, "
+                         f"dg_last_at FROM {table} WHERE device_id = {p} AND hour = {p}{dialect.for_update}")
         self.write_sql = (f"UPDATE {table} SET readings = {p}, eb_first_us = {p}, eb_on_us = {p}, eb_last = {p}, "
-                          f"dg_first_us = {p}, dg_on_us = {p}, dg_last = {p}, events = {p} "
+                          f"eb_last_at = {p}, dg_first_us = {p}, dg_on_us = {p}, dg_last = {p}, dg_last_at = {p} "
                           f"WHERE device_id = {p} AND hour = {p}")
+        logs = PowerStatusLog._meta.table_name  # date is the timestamp's own: the identity index serves this
+        self.events_sql = (f"SELECT timestamp, ebstatus, dgstatus FROM {logs} WHERE device_id = {p} AND date = {p} "
+                           f"AND substr(timestamp, 1, 13) = {p}")
 
     def merge(self, db, rows):
         hours: dict[tuple[str, str], list] = {}
         for device_id, ebstatus, dgstatus, timestamp, _, _ in rows:
-            hours.setdefault((device_id, timestamp[:13]), []).append([timestamp, ebstatus, dgstatus])
+            hours.setdefault((device_id, timestamp[:13]), []).append((timestamp, ebstatus, dgstatus))
         for key, new in hours.items():
             db.execute(self.create_sql, key)
-            events = sorted(orjson.loads(db.execute(self.read_sql, key).fetchone()[0]) + new)
-            eb, dg = hour_of(events, 1), hour_of(events, 2)
-            db.execute(self.write_sql, (len(events), *eb, *dg, orjson.dumps(events).decode(), *key))
+            readings, *stored = db.execute(self.read_sql, key).fetchone()
+            sources = [Source(*stored[:4]), Source(*stored[4:])]
+            new.sort()
+            late = any(not source.after(e[0], e[i]) for i, source in enumerate(sources, 1) for e in new if e[i])
+            if late:
+                sources = self._summed(db, key, readings + len(new), new, sources)
+            else:
+                for timestamp, *states in new:
+                    for source, state in zip(sources, states):
+                        if state:
+                            source.add(timestamp, state)
+            db.execute(self.write_sql, (readings + len(new), *sources[0].row(), *sources[1].row(), *key))
+
+    def _summed(self, db, key: tuple[str, str], readings: int, new: list, sources: list[Source]) -> list[Source]:
+        """The hour summed again from its stored events (the new ones are stored by now). If
+        retention has deleted some of them, the new events are folded in as the hour's latest."""
+        device_id, hour = key
+        events = sorted(db.execute(self.events_sql, (device_id, hour[:10], hour)).fetchall())
+        if len(events) < readings:
+            for timestamp, *states in new:
+                for source, state in zip(sources, states):
+                    if state:
+                        latest = source.last_at
+                        source.add(timestamp, state)
+                        source.last_at = max(timestamp, latest or timestamp)
+            return sources
+        summed = [Source(None, 0, "", None), Source(None, 0, "", None)]
+        for timestamp, *states in events:
+            for source, state in zip(summed, states):
+                if state:
+                    source.add(timestamp, state)
+        return summed
 
 
-def hour_of(events: list[list[str]], source: int) -> tuple[int | None, int, str]:
-    """One source's (column 1: EB, 2: DG) hour from its events in order: the first one's offset
-    into the hour (None: no event), the ON time from there to the hour's end, and the last state."""
-    changes = [(offset_us(e[0]), e[source]) for e in events if e[source]]
-    if not changes:
-        return None, 0, ""
-    on = sum(end - start for (start, state), (end, _) in zip(changes, [*changes[1:], (HOUR_US, "")])
-             if state == "ON")
-    return changes[0][0], on, changes[-1][1]
+class Source:
+    """One source's (EB or DG) aggregate of an hour, folded one event at a time in order: the ON
+    time from the first event to the hour's end, each event ending the segment before it."""
+    __slots__ = ("first_us", "on_us", "last", "last_at")
+
+    def __init__(self, first_us: int | None, on_us: int, last: str, last_at: str | None):
+        self.first_us, self.on_us, self.last, self.last_at = first_us, on_us, last, last_at
+
+    def after(self, timestamp: str, state: str) -> bool:
+        """Whether the event sorts after this source's last one, as the events of an hour sort."""
+        return self.last_at is None or (timestamp, state) >= (self.last_at, self.last)
+
+    def add(self, timestamp: str, state: str) -> None:
+        at = offset_us(timestamp)
+        if self.first_us is None:
+            self.first_us = at
+        elif self.last == "ON":
+            self.on_us -= HOUR_US - at  # the segment before ends here, not at the hour's end
+        if state == "ON":
+            self.on_us += HOUR_US - at
+        self.last, self.last_at = state, timestamp
+
+    def row(self) -> tuple:
+        return self.first_us, self.on_us, self.last, self.last_at
 
 
 ROLLUPS = {"temperature": TemperatureRollup, "power": PowerRollup, "fingerprint": FingerprintRollup}

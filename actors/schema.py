@@ -3,7 +3,8 @@
 Version 1 is the original program's schema, as its README describes it: the three reading tables,
 no `rejected_messages`, no identity index, timestamps as devices sent them. Version 2 added those;
 version 3, `delivery_failures` (the delivery limit); version 4, the device catalogue and the hourly
-rollups (`devices`, `*_hourly`), built from the rows already stored. The current version is what
+rollups (`devices`, `*_hourly`), built from the rows already stored; version 5, each power hour's
+last event per source instead of its whole list of events, and each rejection's fingerprint. The current version is what
 models.py declares. The version lives in the `schema_version` table. An upgrade
 runs in one transaction: it either completes or leaves the file as it was."""
 
@@ -13,14 +14,16 @@ import logging
 from contextlib import contextmanager
 from datetime import datetime
 
+import orjson
 import peewee
 
 from actors.devices import DEVICE_TYPES
-from actors.models import MODELS, ROLLUP_MODELS, DeliveryFailure, Device, RejectedMessage
+from actors.messages import Rejection, fingerprint
+from actors.models import MODELS, ROLLUP_MODELS, DeliveryFailure, Device, PowerHourly, RejectedMessage
 from actors.rollups import Upkeep, cursor_of
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 BACKFILL_ROWS = 10_000
 SCHEMA_LOCK = 0x6D717474  # the PostgreSQL advisory lock of the schema step ('mqtt')
 
@@ -162,4 +165,42 @@ def _upgrade_3_to_4(db: peewee.Database) -> None:
                     rows_done)
 
 
-UPGRADES = {1: _upgrade_1_to_2, 2: _upgrade_2_to_3, 3: _upgrade_3_to_4}
+def _upgrade_4_to_5(db: peewee.Database) -> None:
+    """power_hourly: each source's last event's timestamp (from the hour's list of events, then
+    dropped); rejected_messages: the fingerprint (of the rows already kept, too). A database
+    upgraded from version 3 got the tables of version 5 at once: only what is missing is done."""
+    p, power = db.param, PowerHourly._meta.table_name
+    if "events" in {c.name for c in db.get_columns(power)}:
+        for name in ("eb_last_at", "dg_last_at"):
+            db.execute_sql(f"ALTER TABLE {power} ADD COLUMN {name} TEXT")
+        for rows in _batches(db, power, "events"):
+            for row_id, events in rows:
+                events = orjson.loads(events)
+                last_at = [max((e[0] for e in events if e[source]), default=None) for source in (1, 2)]
+                db.execute_sql(f"UPDATE {power} SET eb_last_at = {p}, dg_last_at = {p} WHERE id = {p}",
+                               (*last_at, row_id))
+        db.execute_sql(f"ALTER TABLE {power} DROP COLUMN events")
+        if not isinstance(db, peewee.SqliteDatabase):
+            _byte_order_text(db, [PowerHourly])
+    rejected = RejectedMessage._meta.table_name
+    if "fingerprint" not in {c.name for c in db.get_columns(rejected)}:
+        db.execute_sql(f"ALTER TABLE {rejected} ADD COLUMN fingerprint TEXT")
+        for rows in _batches(db, rejected, "topic, payload"):
+            for row_id, topic, payload in rows:
+                digest = fingerprint(Rejection(RejectedMessage.topic.python_value(topic), bytes(payload), "", "")).hex()
+                db.execute_sql(f"UPDATE {rejected} SET fingerprint = {p} WHERE id = {p}", (digest, row_id))
+        RejectedMessage._schema.create_indexes()
+        if not isinstance(db, peewee.SqliteDatabase):
+            _byte_order_text(db, [RejectedMessage])
+
+
+def _batches(db: peewee.Database, table: str, columns: str):
+    """(id, columns...) of every row of `table`, BACKFILL_ROWS at a time, in id order."""
+    last_id = 0
+    while rows := list(db.execute_sql(f"SELECT id, {columns} FROM {table} WHERE id > {db.param} ORDER BY id "
+                                      f"LIMIT {BACKFILL_ROWS}", (last_id,))):
+        yield rows
+        last_id = rows[-1][0]
+
+
+UPGRADES = {1: _upgrade_1_to_2, 2: _upgrade_2_to_3, 3: _upgrade_3_to_4, 4: _upgrade_4_to_5}

@@ -66,17 +66,31 @@ class Store:
         self.where = describe_url(settings.url) if settings.url else settings.path
         self.fields = {name: insert_fields(d.model) for name, d in DEVICE_TYPES.items()}
         self.fields["rejected"] = insert_fields(RejectedMessage)
+        p, table = db.param, RejectedMessage._meta.table_name
+        columns = ", ".join(f.column_name for f in self.fields["rejected"])
+        # a message delivered again is kept only if it is not kept already (its fingerprint)
+        self._reject_once = (f"INSERT INTO {table} ({columns}) SELECT {', '.join([p] * len(self.fields['rejected']))} "
+                             f"WHERE NOT EXISTS (SELECT 1 FROM {table} WHERE fingerprint = {p})")
+
+    def _rejections(self, execute, rejections: list[tuple]) -> int:
+        """Keep the rejections (topic, payload, reason, received_at, fingerprint, again); how many
+        were new. `execute(sql, params)` returns a cursor."""
+        kept, topic = 0, RejectedMessage.topic.db_value  # bytes in PostgreSQL (TopicField)
+        for name, *row, again in rejections:
+            row = (topic(name), *row)
+            kept += execute(self._reject_once if again else self._reject, (*row, row[-1]) if again else row).rowcount
+        return kept
 
     def open(self, check: bool = True) -> None:
         raise NotImplementedError
 
     def write(self, by_device: dict[str, list[tuple]], rejections: list[tuple], failures, wrong_clocks=None,
-              stored_at: str = "", ran=lambda: None, stale=()) -> tuple[dict, dict, list]:
+              stored_at: str = "", ran=lambda: None, stale=()) -> tuple[dict, int, dict, list]:
         """One transaction: rows per device type, rejections, and the delivery counts (`failures`,
         see Failures), with the catalogue and rollups they change (rollups.py; `wrong_clocks`: device
         ids of clock rejections per type; `stale`: see MarkStale); `ran` is called once the statements have run, before the
-        commit. The rows inserted per type (redeliveries are not), what the catalogue saw per type
-        (Upkeep.stored), and the counts. Like every method here, StoreUnavailable (dberrors.py) when
+        commit. The rows inserted per type (redeliveries are not), the rejections kept (one delivered
+        again and kept already is not), what the catalogue saw per type (Upkeep.stored), and the counts. Like every method here, StoreUnavailable (dberrors.py) when
         the database cannot be written just now."""
         raise NotImplementedError
 
@@ -131,7 +145,7 @@ class SqliteStore(Store):
             table, columns = d.model._meta.table_name, ", ".join(f.column_name for f in self.fields[name])
             self._inserting[name] = (f"SELECT MAX(id) FROM {table}", insert_sql(d.model, self.db),
                                      f"SELECT {columns} FROM {table} WHERE id > ? ORDER BY id")
-        self._reject = insert_sql(RejectedMessage, self.db)
+        self._reject = insert_sql(RejectedMessage, self.db)  # a rejection is never a conflict: always a row
         self.upkeep = Upkeep(self.db)
         self._wal = Path(self.settings.path + "-wal")
 
@@ -185,12 +199,11 @@ class SqliteStore(Store):
     def write(self, by_device, rejections, failures, wrong_clocks=None, stored_at="", ran=lambda: None, stale=()):
         def work(conn):
             inserted = {device: self._new_rows(conn, device, rows) for device, rows in by_device.items()}
-            if rejections:
-                conn.executemany(self._reject, rejections)
+            rejected = self._rejections(conn.execute, rejections)
             seen = self.upkeep.stored(conn, inserted, wrong_clocks or {}, stored_at, stale)
             counts = failures.apply(conn.execute)
             ran()
-            return {device: len(rows) for device, rows in inserted.items()}, seen, counts
+            return {device: len(rows) for device, rows in inserted.items()}, rejected, seen, counts
         return self._transaction(work)
 
     def _new_rows(self, conn: sqlite3.Connection, device: str, rows: list[tuple]) -> list[tuple]:
@@ -231,6 +244,7 @@ class ServerStore(Store):
     def open(self, check: bool = True) -> None:
         self.db.connect(reuse_if_open=True)
         self._prepare()
+        self._reject = insert_sql(RejectedMessage, self.db)
         self.upkeep = Upkeep(self.db)
         self.cursor = ServerCursor(self.db)
         log.info("database %s: PostgreSQL, schema version ok", self.where)
@@ -247,12 +261,11 @@ class ServerStore(Store):
                 fields = self.fields[device]
                 query = DEVICE_TYPES[device].model.insert_many(rows, fields=fields).on_conflict_ignore()
                 inserted[device] = list(query.returning(*fields).tuples().execute())  # the new rows alone
-            if rejections:
-                RejectedMessage.insert_many(rejections, fields=self.fields["rejected"]).execute()
+            rejected = self._rejections(self.cursor.execute, rejections)
             seen = self.upkeep.stored(self.cursor, inserted, wrong_clocks or {}, stored_at, stale)
             counts = failures.apply(self.cursor.execute)
             ran()
-            return {device: len(rows) for device, rows in inserted.items()}, seen, counts
+            return {device: len(rows) for device, rows in inserted.items()}, rejected, seen, counts
 
     def delete(self, table, first_id, last_id):
         model = TABLES[table]

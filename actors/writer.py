@@ -26,7 +26,7 @@ from actors.counting import TopCounts
 from actors.dberrors import Episode, StoreUnavailable
 from actors.devices import DEVICE_TYPES
 from actors.messages import (Availability, Cleared, Committed, Flush, MarkStale, Prune, Pruned, Seen, StatsRequest,
-                             Strikes, Struck, WriteBatch, WriterStats)
+                             Strikes, Struck, WriteBatch, WriterStats, fingerprint)
 from actors.models import utc_now
 from actors.peers import AVAILABILITY, LINK, Peers, Supervised
 from actors.readgate import ReadGate
@@ -208,10 +208,11 @@ class WriterActor(Supervised):
                 by_device.setdefault(batch.device, []).extend(row + (created_at,) for row in batch.rows)
             if batch.wrong_clocks:
                 wrong_clocks.setdefault(batch.device, []).extend(batch.wrong_clocks)
-            rejections.extend((r.topic, r.payload, r.reason, r.received_at) for r in batch.rejections)
+            rejections.extend((r.topic, r.payload, r.reason, r.received_at, fingerprint(r).hex(), r.again)
+                              for r in batch.rejections)
         # The mark is cleared once the statements have run: a death during the commit (its fsync,
         # where a kill from outside usually lands) is not these rows' fault.
-        inserted, seen, counts = self.store.write(by_device, rejections,
+        inserted, rejected, seen, counts = self.store.write(by_device, rejections,
                                                   Failures(self.db, strikes, cleared, created_at), wrong_clocks,
                                                   created_at, self.mark.clear, stale)
         for device, n in inserted.items():
@@ -221,7 +222,7 @@ class WriterActor(Supervised):
             self._wrong_clock_totals[device] += len(ids)
             for device_id in ids:
                 self._wrong_clocks.add((device, device_id))
-        self._rejected += len(rejections)
+        self._rejected += rejected
         if self.peers.knows(AVAILABILITY):
             for device, devices in seen.items():
                 if devices:

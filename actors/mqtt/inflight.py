@@ -23,12 +23,11 @@ restarts they count; a message handled after all is forgiven."""
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass
 from enum import Enum
 
-from actors.messages import Inbound, Request
+from actors.messages import Inbound, Request, fingerprint
 
 ANSWERED_MEMORY = 300.0  # seconds a request's answer is remembered, to recognise its redelivery
 ABANDONED_MEMORY = 100_000  # messages given up with lost connections, remembered until they return
@@ -47,16 +46,6 @@ class Held:
     def is_request(self) -> bool:
         return isinstance(self.message, Request)
 
-
-def fingerprint(message: Inbound | Request) -> bytes:
-    """What identifies a message across deliveries: its topic, payload and, for a request, where
-    its reply goes. (Packet ids are reused; a redelivery keeps its content.)"""
-    h = hashlib.blake2b(digest_size=16)
-    reply = (message.reply_topic.encode(), message.correlation or b"") if isinstance(message, Request) else ()
-    for part in (message.topic.encode(), message.payload, *reply):
-        h.update(len(part).to_bytes(4, "big"))
-        h.update(part)
-    return h.digest()
 
 
 class InFlight:

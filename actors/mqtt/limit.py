@@ -11,9 +11,9 @@ from typing import Callable
 
 from actors.devices import BY_READING_TOPIC
 from actors.handling import Mark
-from actors.messages import Cleared, Committed, Rejection, Reply, Struck, Strikes, WriteBatch
+from actors.messages import Cleared, Committed, Rejection, Reply, Struck, Strikes, WriteBatch, fingerprint
 from actors.models import utc_now
-from actors.mqtt.inflight import Deliveries, Held, InFlight, Verdict, fingerprint
+from actors.mqtt.inflight import Deliveries, Held, InFlight, Verdict
 from actors.mqtt.outbox import Outbox
 from actors.peers import WRITER, Peers
 from actors.requests import internal_error

@@ -183,7 +183,9 @@ class Session:
             return
         # gmqtt never resubscribes. Subscribing again is harmless when the session survived,
         # and essential when the broker had no session for us.
-        client.subscribe([gmqtt.Subscription(t, qos=1) for t in self._topics])
+        # Retain as published: a reading that was published retained says so, on its first delivery
+        # as on every later one (each subscribe), and is kept once (Inbound.again).
+        client.subscribe([gmqtt.Subscription(t, qos=1, retain_as_published=True) for t in self._topics])
 
     def _on_subscribe(self, client, mid, granted, properties):
         refused = [t for t, code in zip(self._topics, granted) if code >= 0x80]

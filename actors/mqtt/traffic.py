@@ -97,7 +97,8 @@ class Traffic:
             self.report.received += 1
             ack_id = make_ack_id(self.report.received, packet_id)
             if (route := self._reading_routes.get(topic)) is not None:
-                held = Held(packet_id, Inbound(ack_id, topic, payload), route)
+                held = Held(packet_id, Inbound(ack_id, topic, payload, bool(properties.get("retain")
+                                                                             or properties.get("dup"))), route)
             elif (request := self._admit(ack_id, topic, payload, properties)) is not None:
                 held = Held(packet_id, request, QUERY_POOL)
             else:

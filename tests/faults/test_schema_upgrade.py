@@ -52,7 +52,8 @@ def test_the_first_released_schema_is_upgraded_in_place(broker, tmp_path):
         assert "upgrading the database schema from version 1 to 2" in service.log()
         assert "upgrading the database schema from version 2 to 3" in service.log()
         assert "upgrading the database schema from version 3 to 4" in service.log()
-        assert service.query("SELECT version FROM schema_version") == [(4,)]
+        assert "upgrading the database schema from version 4 to 5" in service.log()
+        assert service.query("SELECT version FROM schema_version") == [(5,)]
         assert service.query("SELECT COUNT(*) FROM delivery_failures") == [(0,)]
         assert service.query("SELECT id, device_id, timestamp FROM temperature_logs ORDER BY id") == [
             (1, "t1", "2026-01-22T14:30:00"), (3, "t1", "2026-01-22T09:15:00"), (4, "t1", "2026-01-22T18:00:00"),
@@ -97,11 +98,11 @@ def test_a_newer_schema_stops_start_up_and_is_left_as_it_was(broker, tmp_path):
     service.start().wait_ready()
     assert service.terminate() == 0
     con = sqlite3.connect(service.db_path)
-    con.execute("UPDATE schema_version SET version = 5")
+    con.execute("UPDATE schema_version SET version = 6")
     con.commit()
     con.close()
     before = hashlib.sha256(service.db_path.read_bytes()).hexdigest()
     service.start()
     assert service.proc.wait(30) == 1
-    assert "schema version 5, newer than this service's (4)" in service.log()
+    assert "schema version 6, newer than this service's (5)" in service.log()
     assert hashlib.sha256(service.db_path.read_bytes()).hexdigest() == before

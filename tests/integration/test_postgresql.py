@@ -58,7 +58,7 @@ def test_readings_replies_and_rejections_as_on_sqlite(pg_service, client):
     assert "next" not in pages[1]
     latest = client.request("fingerprint", "app", {"device_id": "f1", "latest": True})
     assert latest["records"] == [{"user_id": "u1", "authStatus": "PASS", "timestamp": "2026-01-22T07:00:00"}]
-    assert service.query("SELECT version FROM schema_version") == [(4,)]
+    assert service.query("SELECT version FROM schema_version") == [(5,)]
     assert service.terminate() == 0
     assert "PostgreSQL" in service.log() and SENTINEL not in service.log()
     assert SENTINEL not in service.log_path.read_text()

@@ -6,6 +6,7 @@ import sqlite3
 import threading
 from types import SimpleNamespace
 
+from actors.messages import Rejection, fingerprint
 from actors.models import connect_database
 from actors.schema import SCHEMA_VERSION, current_version, prepare
 
@@ -121,5 +122,49 @@ def test_version_3_is_upgraded_with_the_catalogue_and_rollups_built_on_postgresq
     db = database(url=pg_url)
     try:
         upgrade_from_version_3(db)
+    finally:
+        db.close()
+
+
+def upgrade_from_version_4(db):
+    """A database as version 4 left it: each power hour holds its whole list of events, rejections
+    have no fingerprint. The upgrade keeps each source's last event's timestamp, and fingerprints
+    the rejections kept already, so that a retained bad reading delivered again is not kept twice."""
+    prepare(db)
+    p = db.param
+    for column in ("eb_last_at", "dg_last_at"):
+        db.execute_sql(f"ALTER TABLE power_hourly DROP COLUMN {column}")
+    db.execute_sql("ALTER TABLE power_hourly ADD COLUMN events TEXT")
+    db.execute_sql("INSERT INTO power_hourly (device_id, hour, readings, eb_first_us, eb_on_us, eb_last, dg_first_us, "
+                   "dg_on_us, dg_last, events) VALUES ('p1', '2026-05-01T06', 3, 0, 1800000000, 'OFF', 600000000, 0, "
+                   "'OFF', "
+                   f"{p})", ('[["2026-05-01T06:00:00","ON",""],["2026-05-01T06:10:00","","OFF"],'
+                             '["2026-05-01T06:30:00","OFF",""]]',))
+    db.execute_sql("DROP INDEX rejected_messages_fingerprint")
+    db.execute_sql("ALTER TABLE rejected_messages DROP COLUMN fingerprint")
+    db.execute_sql(f"INSERT INTO rejected_messages (topic, payload, reason, received_at) VALUES ('home/power', {p}, "
+                   "'not JSON', '2026-05-01 06:00:00')", (b"garbage",))
+    db.execute_sql("UPDATE schema_version SET version = 4")
+    prepare(db)
+    assert current_version(db) == SCHEMA_VERSION
+    assert db.execute_sql("SELECT readings, eb_on_us, eb_last, eb_last_at, dg_last, dg_last_at FROM power_hourly"
+                          ).fetchall() == [(3, 1800000000, "OFF", "2026-05-01T06:30:00", "OFF", "2026-05-01T06:10:00")]
+    assert "events" not in {c.name for c in db.get_columns("power_hourly")}
+    expected = fingerprint(Rejection("home/power", b"garbage", "", "")).hex()
+    assert db.execute_sql("SELECT fingerprint FROM rejected_messages").fetchall() == [(expected,)]
+
+
+def test_version_4_is_upgraded_on_sqlite(tmp_path):
+    db = database(path=str(tmp_path / "v4.db"))
+    try:
+        upgrade_from_version_4(db)
+    finally:
+        db.close()
+
+
+def test_version_4_is_upgraded_on_postgresql(pg_url):
+    db = database(url=pg_url)
+    try:
+        upgrade_from_version_4(db)
     finally:
         db.close()
