@@ -141,3 +141,33 @@ def test_a_start_under_an_operators_lock_with_retention_due_stays_up_and_the_pas
     assert service.proc.pid == pid and service.proc.poll() is None
     assert log.count("retention pass stopped") == 1 and "crashed" not in log
     assert "retention: a pass completed after" in log
+
+
+def test_sigterm_ends_the_process_in_time_while_retention_and_ingestion_wait_for_an_operators_lock(service, client,
+                                                                                                  tmp_path):
+    config = tmp_path / "site.toml"
+    config.write_text(f'[retention]\ntemperature_days = 365\narchive_dir = "{tmp_path / "archive"}"\n')
+    service.start().wait_ready()
+    for i in range(20):
+        client.publish("home/temperature", temperature("old", i, "2025-01-01"))
+    client.publish("home/temperature", reading(0))
+    wait_until(lambda: service.query("SELECT COUNT(*) FROM temperature_logs")[0][0] == 21)
+    assert service.terminate() == 0
+    operator = sqlite3.connect(service.db_path, isolation_level=None)
+    operator.execute("BEGIN IMMEDIATE")
+    try:
+        service.start("--config", str(config)).wait_ready()
+        for i in range(1, 51):
+            client.publish("home/temperature", reading(i))  # in hand, waiting for the lock
+        time.sleep(3)  # the retention pass is waiting for the writer, the writer for the lock
+        stopping = time.monotonic()
+        assert service.terminate(timeout=20) == 0
+        took = time.monotonic() - stopping
+    finally:
+        operator.execute("ROLLBACK")
+        operator.close()
+    print(f"SIGTERM with retention and commits waiting for a lock: exit 0 after {took:.1f} s")
+    assert took < 15
+    service.start().wait_ready()  # what was not committed is delivered again
+    wait_until(lambda: service.query("SELECT COUNT(*) FROM temperature_logs WHERE device_id = 'locked'")[0][0] == 51,
+               30)

@@ -56,3 +56,26 @@ def test_a_device_another_instance_heard_is_not_stale():
     assert live.devices["temperature", "t1"].last_seen == "2026-04-01T00:00:50"
     [stale] = live.due(T0 + 111, lambda kind, device_id: catalogue.get((kind, device_id)))
     assert stale.last_seen == "2026-04-01T00:00:50" and stale.received_at == "2026-04-01 00:00:50"
+
+
+def test_a_mass_stale_is_found_in_one_check_and_the_heap_stays_bounded():
+    live = Liveness(dataclasses.replace(DEVICES, temperature_stale_after=60))
+    for n in range(20_000):
+        live.seen("temperature", f"t{n}", "2026-04-01T00:00:00", 1, "2026-04-01 00:00:00", T0)
+    for round_ in range(1, 6):  # every device reports again: deadlines move on without new heap entries
+        for n in range(20_000):
+            live.seen("temperature", f"t{n}", f"2026-04-01T00:0{round_}:00", 1, "2026-04-01 00:00:00", T0 + round_)
+    assert len(live._heap) <= 2 * len(live.devices) + 1024
+    assert live.due(T0 + 61) == [] and live.next_due() == T0 + 5 + 60  # put back for their new deadlines
+    changes = live.due(T0 + 66)
+    assert len(changes) == 20_000 and live.stale_count() == 20_000 and live.next_due() is None
+
+
+def test_past_max_known_devices_new_ones_are_not_watched_and_those_watched_stay_so():
+    live = Liveness(dataclasses.replace(DEVICES, temperature_stale_after=60, max_known=3))
+    live.load([("temperature", f"old{n}", "2026-04-01T00:00:00", "2026-04-01 00:00:00", "live") for n in range(2)], T0)
+    assert live.seen("temperature", "new1", "2026-04-01T00:00:00", 1, "2026-04-01 00:00:00", T0) is not None
+    assert not live.full
+    assert live.seen("temperature", "new2", "2026-04-01T00:00:00", 1, "2026-04-01 00:00:00", T0) is None
+    assert live.full and len(live.devices) == 3
+    assert {c.device_id for c in live.due(T0 + 61)} == {"old0", "old1", "new1"}
