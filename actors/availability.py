@@ -18,7 +18,7 @@ import orjson
 import peewee
 
 from actors.dberrors import Episode, StoreUnavailable, translated
-from actors.liveness import STALE, Change, Liveness
+from actors.liveness import LIVE, STALE, Change, Liveness
 from actors.messages import Availability, MarkStale, Seen
 from actors.models import Device
 from actors.mqtt.packets import topic_problem
@@ -28,6 +28,7 @@ from actors.settings import DevicesSettings
 log = logging.getLogger(__name__)
 TOPIC = "home/availability"
 FIRST_RETRY, MAX_RETRY = 5.0, 300.0  # reading the catalogue again at start-up
+LOGGED_EACH = 10  # changes logged one by one in a batch; the rest in one line
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +45,33 @@ def availability_topic(kind: str, device_id: str) -> str | None:
     """Where a device's availability is published; None if its id cannot be one topic level."""
     topic = f"{TOPIC}/{kind}/{device_id}"
     return None if "/" in device_id or topic_problem(topic) else topic
+
+
+class Said:
+    """The log lines of one batch of changes: the first LOGGED_EACH of each state one by one, then one
+    line for the rest (a fleet going silent at once is one line, not one per device; the stats count them all)."""
+
+    def __init__(self):
+        self.more: dict[str, int] = {}
+
+    def change(self, change: Change) -> None:
+        kind, device_id = change.type, change.device_id
+        if change.state == LIVE and change.was is None:
+            return  # a new device: the catalogue lists it, the stats count it
+        if self.more.get(change.state, 0) < LOGGED_EACH:
+            if change.state == STALE:
+                log.warning("%s device %s is stale: nothing from it since %s UTC (its latest reading is of %s)",
+                            kind, device_id, change.received_at, change.last_seen)
+            else:
+                log.info("%s device %s is live again (a reading of %s)", kind, device_id, change.last_seen)
+        self.more[change.state] = self.more.get(change.state, 0) + 1
+
+    def done(self) -> None:
+        for state, n in self.more.items():
+            if n > LOGGED_EACH:
+                (log.warning if state == STALE else log.info)(
+                    "... and %d more devices are %s (%d in all at once)", n - LOGGED_EACH,
+                    "stale" if state == STALE else "live again", n)
 
 
 class AvailabilityActor(Supervised):
@@ -74,16 +102,17 @@ class AvailabilityActor(Supervised):
                 self.db.connect(reuse_if_open=True)
                 try:
                     rows = (Device.select(Device.type, Device.device_id, Device.last_seen, Device.received_at,
-                                          Device.state).where(Device.type.in_(sorted(self.liveness.types)))
-                            .order_by(Device.received_at.desc()).limit(self.liveness.max_known).tuples())
-                    self.liveness.load(list(rows), self.clock())
+                                          Device.state).where(Device.type.in_(sorted(self.liveness.types))))
+                    if rows.count() > self.liveness.max_known:  # the most recently heard are watched
+                        rows = rows.order_by(Device.received_at.desc()).limit(self.liveness.max_known)
+                    self.liveness.load(rows.tuples().iterator(), self.clock())  # streamed: a row at a time
                 finally:
                     self.db.close()  # the rest is in memory
         except StoreUnavailable as exc:
             self._loader = self.tell_later(self._episode.failed(exc), LoadNow())
             return
         self._episode.succeeded()
-        log.info("watching %d devices for liveness (%s)", len(self.liveness.devices), ", ".join(
+        log.info("watching %d devices for liveness (%s)", len(self.liveness), ", ".join(
             f"{kind}: {'auto' if after == 'auto' else f'{after:g} s'}" for kind in sorted(self.liveness.types)
             if (after := self.liveness.settings.stale_after(kind))))
         self._schedule()
@@ -99,11 +128,12 @@ class AvailabilityActor(Supervised):
 
     def on_receive(self, message):
         if isinstance(message, Seen):
-            now = self.clock()
+            now, said = self.clock(), Said()
             for device_id, last_seen, readings in message.devices:
                 change = self.liveness.seen(message.type, device_id, last_seen, readings, message.received_at, now)
-                if change is not None and (announcement := self._announcement(change)) is not None:
+                if change is not None and (announcement := self._announcement(change, said)) is not None:
                     self.peers.tell(LINK, announcement)
+            said.done()
             if self.liveness.full and not self._said_full:
                 self._said_full = True
                 log.warning("liveness watches %d devices (devices.max_known): devices new from now on are stored "
@@ -119,7 +149,9 @@ class AvailabilityActor(Supervised):
             finally:
                 self.db.close()
             if changes:  # published once stored: a request after the announcement sees the state
-                announcements = (self._announcement(change) for change in changes)
+                said = Said()
+                announcements = [self._announcement(change, said) for change in changes]
+                said.done()
                 self.peers.tell(WRITER, MarkStale(tuple((c.type, c.device_id, c.received_at) for c in changes),
                                                   tuple(a for a in announcements if a is not None)))
             self._schedule()
@@ -137,14 +169,10 @@ class AvailabilityActor(Supervised):
             log.debug("cannot read the catalogue (%s): deciding on what this instance heard", exc)
             return None
 
-    def _announcement(self, change: Change) -> Availability | None:
+    def _announcement(self, change: Change, said: Said) -> Availability | None:
         """Log a change of state; what to publish of it (None if it cannot be published)."""
         kind, device_id = change.type, change.device_id
-        if change.state == STALE:
-            log.warning("%s device %s is stale: nothing from it since %s UTC (its latest reading is of %s)",
-                        kind, device_id, change.received_at, change.last_seen)
-        elif change.was == STALE:
-            log.info("%s device %s is live again (a reading of %s)", kind, device_id, change.last_seen)
+        said.change(change)
         topic = availability_topic(kind, device_id)
         if topic is None:
             log.warning("the availability of %s device %r is not published: its id cannot be an MQTT topic level",
@@ -153,7 +181,7 @@ class AvailabilityActor(Supervised):
         payload = orjson.dumps({"state": change.state, "last_seen": change.last_seen,
                                 "received_at": change.received_at})
         return Availability(topic, payload, change.state, change.was, self.liveness.stale_count(),
-                            len(self.liveness.devices))
+                            len(self.liveness))
 
     def _schedule(self) -> None:
         due = self.liveness.next_due()

@@ -3,6 +3,7 @@
 
     .venv/bin/python scripts/benchmark.py                 # everything (a few minutes)
     .venv/bin/python scripts/benchmark.py --rows 500000   # a smaller database for the reply part
+    .venv/bin/python scripts/benchmark.py --fleet-only    # only the fleet part (about 2 minutes)
 
 It starts its own Mosquitto with deploy/mosquitto/mqtt-client.conf's settings and fresh databases, then:
 1. ingest: --readings QoS 1 readings sent as fast as possible (scripts/simulate_devices.py,
@@ -28,6 +29,12 @@ It starts its own Mosquitto with deploy/mosquitto/mqtt-client.conf's settings an
    per reading of the service, of the baseline above (the ceiling: no guarantees) and of a durable
    baseline (paho, a commit with synchronous=FULL per natural group, acknowledging after it), each
    started afresh; and the service's CPU while idle.
+8. a fleet (--fleet-only: this part alone), on a Mosquitto with its default Receive Maximum (20):
+   --fleet (20,000) new devices with a reading each in a burst, against as many readings of one
+   device, every device announced, then all of them stale at once while --apps apps ask; --known
+   (100,000) devices in the catalogue against an empty one (peak RSS, CPU per reading); 20,000
+   events in one power device-hour, then CPU per further event against a temperature reading's
+   (and per late event); 100 readings/s of the three types mixed against the durable baseline.
 Prints one table."""
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import itertools
 import json
 import os
 import platform
@@ -99,9 +107,12 @@ def peak_rss_mib(pid: int) -> float:
 
 
 class Mosquitto:
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, inflight: int | None = None):
+        """`inflight`: the broker's max_inflight_messages (its Receive Maximum), instead of ours."""
         self.port = free_port()
         conf = (ROOT / "deploy" / "mosquitto" / "mqtt-client.conf").read_text().replace("listener 1883 ", f"listener {self.port} ")
+        if inflight is not None:
+            conf = re.sub(r"(?m)^max_inflight_messages .*$", f"max_inflight_messages {inflight}", conf)
         conf += f"\npersistence_location {workdir}/\nuser {getpass.getuser()}\n"
         path = workdir / "mosquitto.conf"
         path.write_text(conf)
@@ -263,10 +274,27 @@ def durable_subscriber(port: int, db_path: str) -> None:
             client.ack(m.mid, 1)
 
 
-def raw_publisher(port: int, count: int, devices: int = 10) -> None:
+def payload_of(kind: str, i: int, devices: int) -> tuple[bytes, bytes]:
+    """The i-th reading of a raw publisher: (topic, payload). Temperature: device i % devices, at
+    second i of a day of July; power: one device, an event every 100 ms from 10:00 of 2026-07-01 (an
+    hour holds 36,000), in order; power-late: 50 ms after each of those, so before the hour's last."""
+    if kind.startswith("power"):
+        late = b"5" if kind == "power-late" else b"0"
+        return b"home/power", (b'{"device_id":"burst-power","status":"%s","timestamp":"2026-07-01T10:%02d:%02d.%01d%s0000"}'
+                               % ((b"EB_ON", b"EB_OFF", b"DG_ON", b"DG_OFF")[i % 4], i // 600 % 60, i // 10 % 60, i % 10,
+                                  late))
+    second = i % 86_400
+    return b"home/temperature", (b'{"device_id":"burst-%d","temperature":%.1f,"humidity":50.0,"status":"LOW",'
+                                 b'"timestamp":"2026-07-%02dT%02d:%02d:%02d"}'
+                                 % (i % devices, 20 + i % 10, 1 + i // 86_400 % 28, second // 3600, second // 60 % 60,
+                                    second % 60))
+
+
+def raw_publisher(port: int, count: int, devices: int = 10, kind: str = "temperature", first: int = 0) -> None:
     """A QoS 1 load generator that costs almost nothing per message and per acknowledgement: MQTT
     3.1.1 over a raw socket, every PUBLISH written as fast as the socket takes it, PUBACKs read
-    on the side. Prints its rate (all acknowledged) and its own CPU as JSON."""
+    on the side. Prints its rate (all acknowledged) and its own CPU as JSON. Readings `first` to
+    `first + count` of payload_of's."""
     import selectors
     sock = socket.create_connection(("127.0.0.1", port))
     client_id = f"burst-{random.randrange(10**6)}".encode()
@@ -274,13 +302,9 @@ def raw_publisher(port: int, count: int, devices: int = 10) -> None:
     sock.sendall(b"\x10" + remaining_length(len(body)) + body)
     if sock.recv(4)[:2] != b"\x20\x02":
         raise SystemExit("benchmark: the broker refused the publisher")
-    topic = b"home/temperature"
     packets = []
     for i in range(count):
-        second = i % 86_400
-        payload = (b'{"device_id":"burst-%d","temperature":%.1f,"humidity":50.0,"status":"LOW",'
-                   b'"timestamp":"2026-07-%02dT%02d:%02d:%02d"}'
-                   % (i % devices, 20 + i % 10, 1 + i // 86_400 % 28, second // 3600, second // 60 % 60, second % 60))
+        topic, payload = payload_of(kind, first + i, devices)
         rest = len(topic).to_bytes(2, "big") + topic + (i % 65535 + 1).to_bytes(2, "big") + payload
         packets.append(b"\x32" + remaining_length(len(rest)) + rest)
     started_cpu = time.process_time()  # what it costs to send them, not to make them
@@ -288,17 +312,22 @@ def raw_publisher(port: int, count: int, devices: int = 10) -> None:
     selector = selectors.DefaultSelector()
     selector.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
     out, acked, inbuf, sent = b"".join(packets), 0, b"", 0
+    ends = list(itertools.accumulate(len(packet) for packet in packets))  # where each packet ends in `out`
+    window = 60_000  # unacknowledged at most: packet ids repeat every 65,535
     started = time.perf_counter()
     while acked < count:
+        limit = ends[min(count, acked + window) - 1]
         for _, events in selector.select():
-            if events & selectors.EVENT_WRITE and sent < len(out):
-                sent += sock.send(out[sent:sent + (1 << 20)])
-                if sent == len(out):
+            if events & selectors.EVENT_WRITE and sent < limit:
+                sent += sock.send(out[sent:min(limit, sent + (1 << 20))])
+                if sent == limit:
                     selector.modify(sock, selectors.EVENT_READ)
             if events & selectors.EVENT_READ:
                 inbuf += sock.recv(1 << 16)
                 acked += len(inbuf) // 4
                 inbuf = inbuf[len(inbuf) // 4 * 4:]
+                if sent < len(out) and sent < ends[min(count, acked + window) - 1]:
+                    selector.modify(sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
     elapsed = time.perf_counter() - started
     sock.close()
     print(json.dumps({"rate": count / elapsed, "cpu": time.process_time() - started_cpu}), flush=True)
@@ -313,18 +342,21 @@ def remaining_length(n: int) -> bytes:
             return bytes(out)
 
 
-def burst(name: str, proc: subprocess.Popen, port: int, db: Path, readings: int) -> dict:
+def burst(name: str, proc: subprocess.Popen, port: int, db: Path, readings: int, devices: int = 10,
+          kind: str = "temperature", first: int = 0) -> dict:
     """`readings` handed to the broker by raw_publisher (in its own process) as fast as it takes
     them: stored/s from the start to the last row, the consumer's CPU per 100,000, and the
     publisher's own rate and CPU."""
+    table = "power_status_logs" if kind.startswith("power") else "temperature_logs"
+    stored_before = stored_rows(db, table)
     before, started = cpu_seconds(proc.pid), time.perf_counter()
-    published = subprocess.run([PYTHON, __file__, "--raw-publisher", str(port), str(readings)], cwd=ROOT,
-                               capture_output=True, text=True)
+    published = subprocess.run([PYTHON, __file__, "--raw-publisher", str(port), str(readings), str(devices), kind,
+                                str(first)], cwd=ROOT, capture_output=True, text=True)
     if published.returncode != 0:
         raise SystemExit(f"benchmark: the publisher failed:\n{published.stdout}{published.stderr}")
-    wait_for(lambda: stored_rows(db) >= readings, 120, f"{readings} readings stored by the {name}")
+    wait_for(lambda: stored_rows(db, table) - stored_before >= readings, 300, f"{readings} readings stored by the {name}")
     elapsed, cpu = time.perf_counter() - started, cpu_seconds(proc.pid) - before
-    if (stored := stored_rows(db)) != readings:
+    if (stored := stored_rows(db, table) - stored_before) != readings:
         raise SystemExit(f"benchmark: the {name} stored {stored} of {readings} readings")
     publisher = json.loads(published.stdout)
     return {"rate": readings / elapsed, "cpu_per_100k": cpu * 100_000 / readings, "published": publisher["rate"],
@@ -333,8 +365,22 @@ def burst(name: str, proc: subprocess.Popen, port: int, db: Path, readings: int)
 
 # -- steady rates: what a trickle of readings costs -----------------------------------------------
 
-def publish_steadily(port: int, rate: float, count: int) -> None:
-    """`count` QoS 1 temperature readings at `rate` per second (one gmqtt client; cheap per message)."""
+def mixed_reading(i: int) -> tuple[str, str]:
+    """The seed's three types in turn, from 10 devices each, stamped with the current time."""
+    now, device = datetime.now().isoformat(timespec="microseconds"), f"steady-{i // 3 % 10}"
+    if i % 3 == 0:
+        return "home/temperature", json.dumps({"device_id": device, "temperature": 20.0 + i % 10, "humidity": 50.0,
+                                               "status": "LOW", "timestamp": now})
+    if i % 3 == 1:
+        return "home/power", json.dumps({"device_id": device, "status": ("EB_ON", "EB_OFF", "DG_ON", "DG_OFF")[i % 4],
+                                         "timestamp": now})
+    return "home/fingerprint", json.dumps({"device_id": device, "user_id": f"u{i % 7}", "authStatus": "PASS",
+                                           "timestamp": now})
+
+
+def publish_steadily(port: int, rate: float, count: int, mixed: bool = False) -> None:
+    """`count` QoS 1 temperature readings at `rate` per second (one gmqtt client; cheap per message);
+    `mixed`: the three types in turn, at the current time (mixed_reading)."""
     async def run():
         args = argparse.Namespace(host="127.0.0.1", port=port, username=None, password=None)
         client, _ = await sim.connect(args, f"steady-{random.randrange(10**6)}")
@@ -343,13 +389,13 @@ def publish_steadily(port: int, rate: float, count: int) -> None:
             if (delay := started + i / rate - time.perf_counter()) > 0:
                 await asyncio.sleep(delay)
             second = i % 86_400
-            payload = json.dumps({
+            topic, payload = mixed_reading(i) if mixed else ("home/temperature", json.dumps({
                 "device_id": f"steady-{i % 10}", "temperature": 20.0 + i % 10, "humidity": 50.0, "status": "LOW",
                 "timestamp": f"2026-05-{1 + i // 86_400:02d}T{second // 3600:02d}:{second // 60 % 60:02d}:"
-                             f"{second % 60:02d}"})
+                             f"{second % 60:02d}"}))
             while True:
                 try:
-                    client.publish("home/temperature", payload, qos=1)
+                    client.publish(topic, payload, qos=1)
                     break
                 except OverflowError:  # gmqtt's 65,535 packet ids are all awaiting PUBACKs: let some come
                     await asyncio.sleep(0.01)
@@ -357,11 +403,13 @@ def publish_steadily(port: int, rate: float, count: int) -> None:
     asyncio.run(run())
 
 
-def stored_rows(db: Path) -> int:
+def stored_rows(db: Path, table: str = "temperature_logs") -> int:
+    """Rows of `table`; "all": of the three reading tables."""
+    tables = BASELINE_TABLES.values() if table == "all" else [(table, ())]
     try:
         con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
         try:
-            return con.execute("SELECT COUNT(*) FROM temperature_logs").fetchone()[0]
+            return sum(con.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t, _ in tables)
         finally:
             con.close()
     except sqlite3.OperationalError:  # not created yet
@@ -373,9 +421,11 @@ RATIO_TARGETS = {100: " (target ≤ 0.5)"}
 CORE_TARGETS = {10: " (target ≤ 0.5%)"}
 
 
-def steady(port: int, workdir: Path, rates: list[float], seconds: float) -> dict:
-    """At each rate, for `seconds`: CPU per reading of the service and of both baselines, each
-    consumer started afresh on its own database (and the service's CPU while idle)."""
+def steady(port: int, workdir: Path, rates: list[float], seconds: float, mixed: bool = False,
+           names=("service", "durable", "ceiling")) -> dict:
+    """At each rate, for `seconds`: CPU per reading of the service and of both baselines (`names`),
+    each consumer started afresh on its own database (and the service's CPU while idle); `mixed`:
+    the seed's three types at the current time (publish_steadily)."""
     consumers = {
         "service": lambda db, out: start([PYTHON, "system.py"], service_env(port, db), out,
                                          "taking readings and requests"),
@@ -384,26 +434,213 @@ def steady(port: int, workdir: Path, rates: list[float], seconds: float) -> dict
         "ceiling": lambda db, out: start([PYTHON, __file__, "--baseline-subscriber", str(port), str(db)], {}, out,
                                          "baseline subscribed"),
     }
+    consumers = {name: launch for name, launch in consumers.items() if name in names}
     results: dict = {name: {} for name in consumers}
+    kind = "mixed" if mixed else "temperature"
     for rate in rates:
         count = max(1, int(rate * seconds))
         for name, launch in consumers.items():
-            db = workdir / f"steady-{name}-{rate:g}.db"
-            proc = launch(db, workdir / f"steady-{name}-{rate:g}.out")
+            db = workdir / f"steady-{kind}-{name}-{rate:g}.db"
+            proc = launch(db, workdir / f"steady-{kind}-{name}-{rate:g}.out")
             try:
                 if name == "service" and "idle" not in results:
                     before = cpu_seconds(proc.pid)
                     time.sleep(seconds)  # the measurement itself: CPU over an idle window
                     results["idle"] = (cpu_seconds(proc.pid) - before) / seconds
-                print(f"steady: {count:,} readings at {rate:g}/s into the {name} consumer ...", flush=True)
+                print(f"steady: {count:,} {kind} readings at {rate:g}/s into the {name} consumer ...", flush=True)
                 before = cpu_seconds(proc.pid)
-                publish_steadily(port, rate, count)
-                wait_for(lambda: stored_rows(db) >= count, 60, f"{count} readings stored by the {name} consumer")
+                publish_steadily(port, rate, count, mixed)
+                wait_for(lambda: stored_rows(db, "all") >= count, 60, f"{count} readings stored by the {name} consumer")
                 results[name][rate] = (cpu_seconds(proc.pid) - before) / count
             finally:
                 proc.kill()
                 proc.wait()
     return results
+
+
+# -- a fleet: many devices at once, many known, a full power hour, the three types mixed ----------
+
+class States(threading.Thread):
+    """The latest availability state of each device as the broker delivers it, and when the last
+    stale one came."""
+
+    def __init__(self, port: int):
+        import paho.mqtt.client as mqtt
+        super().__init__(daemon=True)
+        self.states: dict[str, str] = {}
+        self.last_stale = 0.0
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        subscribed = threading.Event()
+        self.client.on_subscribe = lambda *a: subscribed.set()
+        self.client.loop_start()
+        self.client.subscribe("home/availability/#", qos=1)
+        subscribed.wait(10)
+
+    def _on_message(self, client, userdata, message):
+        state = json.loads(message.payload)["state"]
+        self.states[message.topic] = state
+        if state == "stale":
+            self.last_stale = time.perf_counter()
+
+    def count(self, state: str | None = None) -> int:
+        return sum(state is None or s == state for s in list(self.states.values()))
+
+    def close(self):
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def link_errors(output: Path) -> int:
+    text = output.read_text(errors="replace")
+    return text.count("MQTT link failed") + text.count("crashed")
+
+
+def known_database(path: Path, devices: int) -> None:
+    """A database whose catalogue knows `devices` temperature devices (burst-0 ...), heard just now."""
+    db = open_database(str(path), 5)
+    prepare(db)
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    with db.atomic():
+        db.connection().executemany(
+            "INSERT INTO devices (type, device_id, first_seen, last_seen, received_at, readings, clock_rejected, state) "
+            "VALUES ('temperature', ?, '2026-06-30T00:00:00', '2026-06-30T00:00:00', ?, 1, 0, 'live')",
+            ((f"burst-{n}", now) for n in range(devices)))
+    db.close()
+
+
+def fleet(workdir: Path, new: int, known: int, apps: int, seconds: float, rounds: int = 3) -> dict:
+    """#23's rows, on a Mosquitto with its default Receive Maximum (20):
+    a. `new` new devices, one reading each, in a burst, against as many readings of one device;
+       every device's `live` delivered, then all of them `stale` at once (stale_after 10 s), with
+       `apps` apps asking meanwhile;
+    b. `known` devices in the catalogue: RSS and CPU per reading against an empty catalogue, the
+       same readings (of 10 devices) into each; and a reading from every known device;
+    c. 20,000 events in one power device-hour: CPU per further event against a temperature reading's;
+    d. 100 readings/s of the three types mixed, at the current time, against the durable baseline."""
+    result: dict = {}
+    broker = None
+    try:
+        def service(name: str, db: Path, stale_after: float):
+            """The service on a broker of its own (a stopped one's session would queue what comes after)."""
+            nonlocal broker
+            if broker is not None:
+                broker.stop()
+            (workdir / name).mkdir()
+            broker = Mosquitto(workdir / name, inflight=20)
+            config = workdir / f"fleet-{name}.toml"
+            config.write_text(f"[devices]\ntemperature_stale_after = {stale_after}\n")
+            output = workdir / f"fleet-{name}.out"
+            return start([PYTHON, "system.py", "--config", str(config)], service_env(broker.port, db), output,
+                         "taking readings and requests"), output
+
+        for name, devices in (("one", 1), ("new", new)):
+            print(f"fleet: {new:,} readings from {devices:,} device{'s' if devices > 1 else ''} ...", flush=True)
+            db = workdir / f"fleet-{name}.db"
+            proc, output = service(name, db, 10)
+            states = States(broker.port)
+            try:
+                result[name] = burst(f"service ({name})", proc, broker.port, db, new, devices)
+                if devices == 1:
+                    continue
+                wait_for(lambda: states.count() >= new, 60, f"{new} devices announced")
+                result["announced"], silent = states.count(), time.perf_counter()
+                print(f"fleet: {new:,} devices falling stale (10 s) while {apps} apps ask ...", flush=True)
+
+                async def ask():
+                    done = asyncio.Event()
+                    loop = asyncio.get_running_loop()
+                    loop.call_later(seconds, done.set)
+                    args = argparse.Namespace(host="127.0.0.1", port=broker.port, username=None, password=None, seed=2)
+                    return await sim.run_apps(args, apps, lambda: ("temperature", f"burst-{random.randrange(new)}",
+                                                                   "2026-07-01"), done)
+                report = asyncio.run(ask())
+                wait_for(lambda: states.count("stale") >= new, 120, f"{new} devices announced stale")
+                result["stale_delivered"] = states.last_stale - (silent + 10)
+                result["apps"] = report
+                result["link_errors"] = link_errors(output)
+                if report.problems:
+                    raise SystemExit("benchmark: wrong or missing replies:\n" + "\n".join(report.problems[:10]))
+            finally:
+                states.close()
+                proc.kill()
+                proc.wait()
+
+        # the same traffic (10 devices) with the catalogue empty and knowing `known` devices,
+        # alternately (medians of `rounds`); then every known device sending a reading
+        runs: dict[str, list[dict]] = {}
+        for round_, (name, devices) in itertools.product(range(rounds), (("empty", 10), ("known", 10),
+                                                                           ("each", known))):
+            if name == "each" and round_:
+                continue
+            print(f"fleet: {known:,} readings from {devices:,} devices, the catalogue "
+                  f"{'empty' if name == 'empty' else f'knowing {known:,}'} ...", flush=True)
+            db = workdir / f"fleet-{name}-{round_}.db"
+            if name != "empty":
+                known_database(db, known)
+            proc, output = service(f"{name}-{round_}", db, 3600)
+            try:
+                runs.setdefault(name, []).append(burst(f"service ({name})", proc, broker.port, db, known, devices))
+                runs[name][-1]["rss"] = peak_rss_mib(proc.pid)
+            finally:
+                proc.kill()
+                proc.wait()
+        for name, measured in runs.items():
+            result[name] = {k: median(sorted(m[k] for m in measured)) for k in measured[0]}
+
+        print("fleet: 20,000 events in one power device-hour, then 5,000 more, 5,000 temperature readings and "
+              "500 late events ...", flush=True)
+        db = workdir / "fleet-power.db"
+        proc, output = service("power", db, 3600)
+        try:
+            burst("service (power hour)", proc, broker.port, db, 20_000, 1, "power")
+            result["power"] = burst("service (power)", proc, broker.port, db, 5_000, 1, "power", 20_000)
+            result["temperature"] = burst("service (temperature)", proc, broker.port, db, 5_000, 10)
+            result["late"] = burst("service (late power)", proc, broker.port, db, 500, 1, "power-late", 0)
+        finally:
+            proc.kill()
+            proc.wait()
+    finally:
+        if broker is not None:
+            broker.stop()
+    (workdir / "mixed").mkdir()
+    broker = Mosquitto(workdir / "mixed")
+    try:
+        result["mixed"] = steady(broker.port, workdir, [100], seconds, mixed=True, names=("service", "durable"))
+    finally:
+        broker.stop()
+    return result
+
+
+def fleet_rows(f: dict, new: int, known: int, apps: int) -> list[tuple]:
+    one, many, r = f["one"], f["new"], f["apps"]
+    return [
+        (f"fleet: {new:,} new devices, readings stored/s", f"{many['rate']:,.0f}", f"{one['rate']:,.0f}",
+         f"ratio {many['rate'] / one['rate']:.2f} to {new:,} readings of one device (target ≥ 0.9); "
+         f"{f['announced']:,} announced; link errors {f['link_errors']}"),
+        (f"fleet: all {new:,} stale at once, last delivered", f"{f['stale_delivered']:.1f} s", "",
+         "after the last fell due (target ≤ 60 s)"),
+        (f"fleet: {apps} apps meanwhile, p50 / p99", f"{ms(r.percentile(0.5))} / {ms(r.percentile(0.99))}", "",
+         f"{r.asked:,} requests (target p99 ≤ 50 ms)"),
+        (f"fleet: {known:,} known devices, peak RSS", f"{f['known']['rss']:.0f} MiB", f"{f['empty']['rss']:.0f} MiB",
+         f"growth {f['known']['rss'] - f['empty']['rss']:.0f} MiB over an empty catalogue (target ≤ 50 MiB)"),
+        (f"fleet: {known:,} known devices, CPU s per 100,000", f"{f['known']['cpu_per_100k']:.2f}",
+         f"{f['empty']['cpu_per_100k']:.2f}",
+         f"ratio {f['known']['cpu_per_100k'] / f['empty']['cpu_per_100k']:.2f} to 10 known devices, the same "
+         f"readings of 10 devices (target ≤ 1.2; medians of 3)"),
+        (f"fleet: a reading from each of {known:,} known devices", f"{f['each']['cpu_per_100k']:.2f}",
+         f"{f['empty']['cpu_per_100k']:.2f}",
+         f"ratio {f['each']['cpu_per_100k'] / f['empty']['cpu_per_100k']:.2f} to readings of 10 devices (a catalogue "
+         f"row and a rollup row per reading, not per commit)"),
+        ("power hour of 20,000 events: CPU s per 100,000 more", f"{f['power']['cpu_per_100k']:.2f}",
+         f"{f['temperature']['cpu_per_100k']:.2f}",
+         f"ratio {f['power']['cpu_per_100k'] / f['temperature']['cpu_per_100k']:.2f} to temperature readings "
+         f"(target ≤ 1.5); a late event: {f['late']['cpu_per_100k'] / 1e5 * 1000:.1f} ms each (500)"),
+        ("steady 100/s, three types mixed, CPU ms per reading", f"{f['mixed']['service'][100] * 1000:.2f}",
+         f"{f['mixed']['durable'][100] * 1000:.2f}",
+         f"ratio {f['mixed']['service'][100] / f['mixed']['durable'][100]:.2f} to the durable baseline (target ≤ 0.5)"),
+    ]
 
 
 # -- replies on a big database ------------------------------------------------------------------
@@ -796,10 +1033,15 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="bursts into each consumer with --compare-with")
     p.add_argument("--repeat", type=int, default=21, help="times each catalogue and summary request is asked")
     p.add_argument("--durable-subscriber", nargs=2, metavar=("PORT", "DB"), help=argparse.SUPPRESS)
-    p.add_argument("--raw-publisher", nargs=2, type=int, metavar=("PORT", "COUNT"), help=argparse.SUPPRESS)
+    p.add_argument("--raw-publisher", nargs=5, metavar=("PORT", "COUNT", "DEVICES", "KIND", "FIRST"),
+                   help=argparse.SUPPRESS)
+    p.add_argument("--fleet", type=int, default=20_000, help="new devices of the fleet part")
+    p.add_argument("--known", type=int, default=100_000, help="devices in the catalogue of the fleet part")
+    p.add_argument("--fleet-only", action="store_true", help="only the fleet part (8)")
     args = p.parse_args(argv)
     if args.raw_publisher:
-        raw_publisher(*args.raw_publisher)
+        port, count, devices, kind, first = args.raw_publisher
+        raw_publisher(int(port), int(count), int(devices), kind, int(first))
         return 0
     if args.baseline_subscriber:
         baseline_subscriber(int(args.baseline_subscriber[0]), args.baseline_subscriber[1])
@@ -812,6 +1054,11 @@ def main(argv=None) -> int:
     broker = Mosquitto(workdir)
     failed = False
     try:
+        if args.fleet_only:
+            rows = fleet_rows(fleet(workdir, args.fleet, args.known, args.apps, args.seconds), args.fleet, args.known,
+                              args.apps)
+            print_table(rows, args)
+            return 0
         if args.retention_only:
             print(f"building a database of {args.rows:,} rows ...", flush=True)
             build_big_database(workdir / "big.db", args.rows)
@@ -870,6 +1117,10 @@ def main(argv=None) -> int:
         big = replies(broker.port, workdir / "big.db", workdir, args.rows, args.apps, args.seconds, args.repeat)
         expired = retention(broker.port, workdir / "big.db", workdir)
         scaled = scale_out(broker.port, args.postgres, workdir, args.readings) if args.postgres else {}
+        broker.stop()
+        (workdir / "fleet").mkdir()
+        fleets = fleet(workdir / "fleet", args.fleet, args.known, args.apps, args.seconds)
+        broker = Mosquitto(workdir / "fleet")  # stopped below
     except BaseException:
         failed = True
         print(f"benchmark: the consumers' logs are kept in {workdir}", file=sys.stderr)
@@ -928,6 +1179,12 @@ def main(argv=None) -> int:
     for instances, rate in scaled.items():
         rows.append((f"PostgreSQL: readings stored/s, {instances} instance{'s' if instances > 1 else ''}",
                      f"{rate:,.0f}", "", "shared subscription group" if instances > 1 else "DATABASE_URL"))
+    rows += fleet_rows(fleets, args.fleet, args.known, args.apps)
+    print_table(rows, args)
+    return 0
+
+
+def print_table(rows: list[tuple], args) -> None:
     print(f"\nbenchmark on {platform.node()}: {os.cpu_count()} cores, Python {platform.python_version()}, "
           f"SQLite {sqlite3.sqlite_version}, {args.readings:,} readings")
     print("baseline: ack on receipt (the ceiling); the steady rows also name the durable baseline (ack after "
@@ -935,7 +1192,6 @@ def main(argv=None) -> int:
     widths = [max(len(str(row[i])) for row in rows + [("", "service", "baseline", "")]) for i in range(4)]
     for row in [("", "service", "baseline", "")] + rows:
         print(f"| {row[0]:<{widths[0]}} | {row[1]:>{widths[1]}} | {row[2]:>{widths[2]}} | {row[3]:<{widths[3]}} |")
-    return 0
 
 
 if __name__ == "__main__":

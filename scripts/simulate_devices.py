@@ -5,13 +5,21 @@
     python scripts/simulate_devices.py --devices 5 --rate 50 --duration 60      # 50 readings/s for a minute
     python scripts/simulate_devices.py --count 100000 --invalid 0.02 --verify mqtt_data.db
     python scripts/simulate_devices.py --rate 200 --duration 30 --requests 20   # and 20 apps asking
+    python scripts/simulate_devices.py --mix temperature=1 --devices 20000 --count 20000 --fleet \
+        --watch-availability 120                                                # a fleet appears, then goes silent
 
 Each device's readings have distinct timestamps stepping through --days days from --start-date,
 so every valid reading must end up stored exactly once. --invalid mixes in deliberately broken
 readings (bad JSON, missing or mistyped fields, unknown statuses, bad timestamps), each of which
 must end up in rejected_messages. --verify DATABASE waits for the service to store everything and
 then compares reading by reading: lost, duplicated, unexpected, wrong values; it exits 1 on any
-mismatch. Device ids start with --prefix (random by default), so runs do not collide."""
+mismatch. Device ids start with --prefix (random by default), so runs do not collide.
+
+--fleet plays a fleet appearing at once: every device sends its first reading before any sends a
+second (with --count equal to the devices, each sends one), then all of them fall silent at once.
+--watch-availability SECONDS follows home/availability/# meanwhile: each new device must be
+announced (live) and, once its stale_after has passed in silence, stale; it prints how many were
+and when the last one came, and exits 1 unless every device was announced stale in time."""
 
 from __future__ import annotations
 
@@ -83,6 +91,7 @@ class Fleet:
     days: int
     seed: int
     invalid: float = 0.0
+    appear: bool = False  # devices in turn (a fleet appearing at once), not at random
     valid: dict[tuple[str, str, str], tuple] = field(default_factory=dict)  # (kind, device, ts) -> row
     rejected: list[bytes] = field(default_factory=list)
     days_sent: set[tuple[str, str, str]] = field(default_factory=set)  # (kind, device, date)
@@ -92,9 +101,12 @@ class Fleet:
         kinds, weights = list(self.mix), list(self.mix.values())
         sent: dict[str, int] = {}
         midnight = datetime.combine(self.start, datetime.min.time())
+        turns: Counter = Counter()  # readings of each type so far (--fleet: devices in turn)
         while True:
             kind = rng.choices(kinds, weights)[0]
-            device_id = f"{self.prefix}-{kind}-{rng.randrange(self.devices):03d}"
+            number = turns[kind] % self.devices if self.appear else rng.randrange(self.devices)
+            turns[kind] += 1
+            device_id = f"{self.prefix}-{kind}-{number:03d}"
             k = sent[device_id] = sent.get(device_id, -1) + 1
             # the k-th reading of a device: day k % days, second k // days of that day
             moment = midnight + timedelta(days=k % self.days, seconds=k // self.days)
@@ -417,6 +429,10 @@ def parse_args(argv=None):
     p.add_argument("--verify", metavar="DATABASE", help="wait until the service stored everything; "
                                                         "exit 1 on any lost, duplicated, unexpected or wrong reading")
     p.add_argument("--verify-timeout", type=float, default=120)
+    p.add_argument("--fleet", action="store_true",
+                   help="devices in turn: every device sends a reading before any sends another")
+    p.add_argument("--watch-availability", type=float, metavar="SECONDS",
+                   help="follow home/availability/#: every device announced, then stale within SECONDS")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     if args.count is None and args.duration is None:
@@ -436,19 +452,77 @@ def parse_args(argv=None):
 
 async def simulate(args, fleet: Fleet):
     done = asyncio.Event()
-    apps = None
+    apps = watcher = None
+    if args.watch_availability:
+        watcher = AvailabilityWatcher(fleet.prefix)
+        await watcher.start(args)
     if args.requests:
         pick = lambda: random.choice(list(fleet.days_sent)) if fleet.days_sent else None  # noqa: E731
         apps = asyncio.ensure_future(run_apps(args, args.requests, pick, done, extras=True))
     result = await publish(args, fleet, done)
-    return result, (await apps if apps else None)
+    if watcher is not None:
+        await watcher.until_stale(len({d for _, d, _ in fleet.days_sent}), args.watch_availability)
+    return result, (await apps if apps else None), watcher
+
+
+class AvailabilityWatcher:
+    """The availability states of the fleet's devices as the broker delivers them."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+        self.announced: set[str] = set()  # topics announced at all (live, or stale already)
+        self.stale: set[str] = set()
+        self.last_stale_at: float | None = None
+        self.changed = asyncio.Event()
+
+    async def start(self, args) -> None:
+        self.client, _ = await connect(args, f"simulator-watch-{uuid.uuid4().hex[:8]}")
+        subscribed = asyncio.Event()
+        self.client.on_subscribe = lambda *a: subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.subscribe(gmqtt.Subscription("home/availability/#", qos=1))
+        await subscribed.wait()
+
+    def _on_message(self, client, topic, payload, qos, properties):
+        if not topic.rpartition("/")[2].startswith(f"{self.prefix}-"):
+            return 0  # another run's devices
+        state = json.loads(payload)["state"] if payload else None
+        self.announced.add(topic)
+        if state == "stale":
+            self.stale.add(topic)
+            self.last_stale_at = time.monotonic()
+        else:
+            self.stale.discard(topic)
+        self.changed.set()
+        return 0
+
+    async def until_stale(self, devices: int, timeout: float) -> None:
+        self.devices, self.silent_at = devices, time.monotonic()
+        deadline = self.silent_at + timeout
+        while len(self.stale) < devices and time.monotonic() < deadline:
+            self.changed.clear()
+            try:
+                await asyncio.wait_for(self.changed.wait(), max(0.01, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                break
+        await self.client.disconnect()
+
+    def summary(self) -> str:
+        last = f"{self.last_stale_at - self.silent_at:.1f} s after the fleet fell silent" \
+            if self.last_stale_at else "none"
+        return (f"{len(self.announced):,} of {self.devices:,} devices announced, {len(self.stale):,} stale now "
+                f"(the last: {last})")
+
+    @property
+    def complete(self) -> bool:
+        return len(self.announced) == len(self.stale) == self.devices
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     prefix = args.prefix or f"sim-{uuid.uuid4().hex[:6]}"
-    fleet = Fleet(prefix, args.devices, args.mix, args.start_date, args.days, args.seed, args.invalid)
-    result, apps = asyncio.run(simulate(args, fleet))
+    fleet = Fleet(prefix, args.devices, args.mix, args.start_date, args.days, args.seed, args.invalid, args.fleet)
+    result, apps, watcher = asyncio.run(simulate(args, fleet))
     rate = result["total"] / result["seconds"] if result["seconds"] else 0
     print(f"sent {result['total']:,} readings ({len(fleet.rejected):,} invalid) at QoS {args.qos} in "
           f"{result['seconds']:.2f} s ({rate:,.0f}/s), {result['acked']:,} acknowledged by the broker; "
@@ -461,6 +535,9 @@ def main(argv=None) -> int:
         for problem in apps.problems[:10]:
             print(f"  {problem}")
         ok = not apps.problems
+    if watcher is not None:
+        print(f"availability: {watcher.summary()}")
+        ok &= watcher.complete
     if args.verify:
         ok &= verify(args, fleet, result)
     return 0 if ok else 1
