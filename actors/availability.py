@@ -21,7 +21,7 @@ from actors.dberrors import Episode, StoreUnavailable, translated
 from actors.liveness import LIVE, STALE, Change, Liveness
 from actors.messages import Availability, MarkStale, Seen
 from actors.models import Device
-from actors.mqtt.packets import topic_problem
+from actors.mqtt.packets import MAX_TOPIC_BYTES, topic_problem
 from actors.peers import LINK, WRITER, Peers, Supervised
 from actors.settings import DevicesSettings
 
@@ -44,6 +44,9 @@ class LoadNow:
 def availability_topic(kind: str, device_id: str) -> str | None:
     """Where a device's availability is published; None if its id cannot be one topic level."""
     topic = f"{TOPIC}/{kind}/{device_id}"
+    if device_id.isascii() and device_id.isprintable() and len(topic) <= MAX_TOPIC_BYTES \
+            and "/" not in device_id and "+" not in device_id and "#" not in device_id:
+        return topic  # the usual id, told at once (a fleet's first minute has thousands)
     return None if "/" in device_id or topic_problem(topic) else topic
 
 
@@ -128,12 +131,11 @@ class AvailabilityActor(Supervised):
 
     def on_receive(self, message):
         if isinstance(message, Seen):
-            now, said = self.clock(), Said()
-            for device_id, last_seen, readings in message.devices:
-                change = self.liveness.seen(message.type, device_id, last_seen, readings, message.received_at, now)
-                if change is not None and (announcement := self._announcement(change, said)) is not None:
-                    self.peers.tell(LINK, announcement)
-            said.done()
+            now, seen = self.clock(), self.liveness.seen
+            changes = [change for device_id, last_seen, readings in message.devices
+                       if (change := seen(message.type, device_id, last_seen, readings, message.received_at, now))]
+            if changes:
+                self.peers.tell(LINK, self._announcement(changes))
             if self.liveness.full and not self._said_full:
                 self._said_full = True
                 log.warning("liveness watches %d devices (devices.max_known): devices new from now on are stored "
@@ -149,11 +151,8 @@ class AvailabilityActor(Supervised):
             finally:
                 self.db.close()
             if changes:  # published once stored: a request after the announcement sees the state
-                said = Said()
-                announcements = [self._announcement(change, said) for change in changes]
-                said.done()
                 self.peers.tell(WRITER, MarkStale(tuple((c.type, c.device_id, c.received_at) for c in changes),
-                                                  tuple(a for a in announcements if a is not None)))
+                                                  self._announcement(changes)))
             self._schedule()
         else:
             log.warning("availability ignored an unexpected message: %r", message)
@@ -169,19 +168,20 @@ class AvailabilityActor(Supervised):
             log.debug("cannot read the catalogue (%s): deciding on what this instance heard", exc)
             return None
 
-    def _announcement(self, change: Change, said: Said) -> Availability | None:
-        """Log a change of state; what to publish of it (None if it cannot be published)."""
-        kind, device_id = change.type, change.device_id
-        said.change(change)
-        topic = availability_topic(kind, device_id)
-        if topic is None:
-            log.warning("the availability of %s device %r is not published: its id cannot be an MQTT topic level",
-                        kind, device_id)
-            return None
-        payload = orjson.dumps({"state": change.state, "last_seen": change.last_seen,
-                                "received_at": change.received_at})
-        return Availability(topic, payload, change.state, change.was, self.liveness.stale_count(),
-                            len(self.liveness))
+    def _announcement(self, changes: list[Change]) -> Availability:
+        """Log the changes (Said); what to publish of them, and to count."""
+        said, states, counts = Said(), [], {"new": 0, "went_stale": 0, "live_again": 0}
+        for change in changes:
+            said.change(change)
+            counts["went_stale" if change.state == STALE else "new" if change.was is None else "live_again"] += 1
+            if (topic := availability_topic(change.type, change.device_id)) is None:
+                log.warning("the availability of %s device %r is not published: its id cannot be an MQTT topic "
+                            "level", change.type, change.device_id)
+                continue
+            states.append((topic, orjson.dumps({"state": change.state, "last_seen": change.last_seen,
+                                                "received_at": change.received_at})))
+        said.done()
+        return Availability(tuple(states), **counts, stale_now=self.liveness.stale_count(), watched=len(self.liveness))
 
     def _schedule(self) -> None:
         due = self.liveness.next_due()

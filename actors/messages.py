@@ -194,20 +194,20 @@ class Seen:
 class MarkStale:
     """Availability actor -> writer: keep these devices' stale state in the catalogue, unless a
     reading was stored since: (type, device_id, received_at of its latest reading); then tell the
-    link to publish the `announce`ments."""
+    link to publish the announcement."""
     devices: tuple[tuple[str, str, str | None], ...]
-    announce: tuple[Availability, ...] = ()
+    announce: Availability | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Availability:
-    """Availability actor (a stale state: writer, once stored) -> MQTT link: publish a device's new
-    state, retained."""
-    topic: str
-    payload: bytes
-    state: str  # live or stale
-    was: str | None  # before: live, stale, or None for a new device
-    stale_now: int  # devices stale now, for the stats
+    """Availability actor (stale states: writer, once stored) -> MQTT link: publish devices' new
+    states, retained, all the changes of one commit or one check in one message; and count them."""
+    states: tuple[tuple[str, bytes], ...]  # (topic, payload) of each change that has a topic
+    new: int = 0  # devices heard for the first time
+    went_stale: int = 0
+    live_again: int = 0
+    stale_now: int = 0  # devices stale now, for the stats
     watched: int = 0  # devices watched for liveness (at most devices.max_known)
 
 

@@ -104,7 +104,8 @@ class WriterActor(Supervised):
                 self._queue_flush()
         elif isinstance(message, MarkStale):
             self._stale.extend(message.devices)
-            self._announce.extend(message.announce)
+            if message.announce is not None:
+                self._announce.append(message.announce)
             if self._retry_timer is None:
                 self._queue_flush()
         elif isinstance(message, Flush):

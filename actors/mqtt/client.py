@@ -63,12 +63,21 @@ class OneConnectionClient(gmqtt.Client):
         """How many QoS 1 publishes the broker lets us have unacknowledged (its CONNACK's)."""
         return getattr(self._package_handler, "broker_receive_maximum", 65535)
 
-    def publish_tracked(self, topic: str, payload: bytes) -> int:
-        """Publish a retained state at QoS 1; its packet id, which on_published is called with once
-        the broker acknowledges it. Not kept for a resend: a connection's client is not reused,
-        and the outbox publishes again what a lost connection left unacknowledged."""
-        packet_id, _ = self._connection.publish(gmqtt.Message(topic, payload, qos=1, retain=True))
-        return packet_id
+    def publish_retained(self, states: list[tuple[str, bytes]]) -> list[int]:
+        """Publish retained states at QoS 1, all in one write; their packet ids, which on_published
+        is called with as the broker acknowledges them (gmqtt frees the ids). Built here rather than
+        by gmqtt (a Message and a packet builder each: three times the cost, in a fleet's first
+        minute). Not kept for a resend: a connection's client is not reused, and the outbox
+        publishes again what a lost connection left unacknowledged."""
+        ids = self._package_handler.id_generator
+        packet_ids = [ids.next_id() for _ in states]
+        packets = []
+        for (topic, payload), packet_id in zip(states, packet_ids):
+            name = topic.encode()
+            rest = len(name).to_bytes(2, "big") + name + packet_id.to_bytes(2, "big") + b"\0" + payload
+            packets.append(b"\x33" + remaining_length(len(rest)) + rest)  # PUBLISH, QoS 1, retain
+        self._package_handler.current_connection.send_package(b"".join(packets))
+        return packet_ids
 
     def _remove_message_from_queue(self, mid):  # gmqtt calls it on a PUBACK
         super()._remove_message_from_queue(mid)
@@ -119,6 +128,16 @@ class OneConnectionClient(gmqtt.Client):
                 transport.pause_reading()
             else:
                 transport.resume_reading()
+
+
+def remaining_length(n: int) -> bytes:
+    """MQTT's variable byte integer."""
+    out = bytearray()
+    while True:
+        n, digit = n >> 7, n & 0x7F
+        out.append(digit | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
 
 
 def property_of(properties: dict, name: str):

@@ -23,9 +23,13 @@ log = logging.getLogger(__name__)
 
 
 class Outbox:
-    def __init__(self, max_request_bytes: int, window: int = 100, limit: int = 250_000):
+    def __init__(self, max_request_bytes: int, window: int = 100, limit: int = 250_000, soon=None):
         """`window`: our own cap on unacknowledged QoS 1 publishes (the broker's may be lower);
-        `limit`: the most states that may wait (topics; one per device at most)."""
+        `limit`: the most states that may wait (topics; one per device at most); `soon(f)`: call f
+        once the event loop has handled what it read (the PUBACKs of one read refill the window in
+        one write), at once by default."""
+        self._soon = soon or (lambda f: f())
+        self._pumping = False
         self.max_request_bytes = max_request_bytes  # request ids are read from no larger payload
         self.client: OneConnectionClient | None = None  # the connection's, once the broker took it
         self.connected = False
@@ -74,11 +78,17 @@ class Outbox:
 
     def published(self, packet_id: int) -> None:
         """The broker acknowledged one of our QoS 1 publishes: the window has room for another."""
-        if self._unacked.pop(packet_id, None) is not None:
-            self._pump()
+        if self._unacked.pop(packet_id, None) is not None and not self._pumping:
+            self._pumping = True
+            self._soon(self._pump)
 
     def _pump(self) -> None:
-        while self.connected and len(self._unacked) < self.window and (self._urgent or self._waiting):
+        """Publish what the window has room for, in one write."""
+        self._pumping = False
+        if not self.connected:
+            return
+        going = []
+        while len(self._unacked) + len(going) < self.window and (self._urgent or self._waiting):
             urgent = bool(self._urgent)
             queue = self._urgent if urgent else self._waiting
             topic = next(iter(queue))
@@ -87,7 +97,10 @@ class Outbox:
                 log.error("not publishing %d bytes on %s: over the broker's maximum packet size (%d bytes)",
                           len(payload), topic, self.max_packet)
                 continue
-            self._unacked[self.client.publish_tracked(topic, payload)] = (topic, payload, urgent)
+            going.append((topic, payload, urgent))
+        if going:
+            for packet_id, state in zip(self.client.publish_retained([g[:2] for g in going]), going):
+                self._unacked[packet_id] = state
 
     def send(self, topic: str, payload: bytes, retain: bool = False, correlation: bytes | None = None) -> bool:
         """Publish at QoS 0 now: nothing that would get us disconnected is published."""

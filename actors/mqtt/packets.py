@@ -9,8 +9,11 @@ Topic limits are the strictest of the brokers this service is deployed with:
 
 from __future__ import annotations
 
+import re
+
 MAX_TOPIC_BYTES = 256
 MAX_TOPIC_LEVELS = 8
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")  # control characters and lone surrogates
 
 
 def topic_problem(topic) -> str | None:
@@ -25,7 +28,7 @@ def topic_problem(topic) -> str | None:
         return f"has {levels} levels, over the {MAX_TOPIC_LEVELS}-level limit"
     if "+" in topic or "#" in topic:
         return "holds a wildcard (+ or #)"
-    if any(ord(c) < 32 or 0x7F <= ord(c) <= 0x9F or 0xD800 <= ord(c) <= 0xDFFF for c in topic):
+    if _CONTROL.search(topic):
         return "holds control characters"
     return None
 

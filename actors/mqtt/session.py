@@ -71,7 +71,8 @@ class Session:
         self._ready = False
         self.backoff = Backoff(settings.reconnect_min_delay, settings.reconnect_max_delay)
         self.client: OneConnectionClient | None = None  # the one connecting or connected
-        self.outbox = Outbox(limits.max_request_bytes, settings.max_inflight_publishes, max_waiting)
+        self.outbox = Outbox(limits.max_request_bytes, settings.max_inflight_publishes, max_waiting,
+                             lambda f: asyncio.get_running_loop().call_soon(f))
         self.traffic = Traffic(settings, apps, limits, peers, self.report, self.outbox, self._fail, died_with,
                                mark or Mark(None), linger)
         self._closing = False

@@ -13,7 +13,7 @@ from typing import Callable
 import orjson
 
 from actors import __version__
-from actors.messages import StatsRequest, WriterStats
+from actors.messages import Availability, StatsRequest, WriterStats
 from actors.models import utc_now
 from actors.mqtt.outbox import Outbox
 from actors.notify import notify, watchdog_interval
@@ -54,14 +54,11 @@ class StatusReport:
             log.warning("the MQTT link runs again after a crash (%d link restarts since the service started)",
                         self.link_restarts)
 
-    def availability_changed(self, state: str, was: str | None, stale_now: int, watched: int) -> None:
-        if state == "stale":
-            self.went_stale += 1
-        elif was is None:
-            self.new_devices += 1
-        else:
-            self.live_again += 1
-        self.stale_now, self.watched = stale_now, watched
+    def availability_changed(self, changed: Availability) -> None:
+        self.new_devices += changed.new
+        self.went_stale += changed.went_stale
+        self.live_again += changed.live_again
+        self.stale_now, self.watched = changed.stale_now, changed.watched
 
     def stats(self, writer: WriterStats, connected: bool, in_hand: int, outbox: Outbox | None = None) -> bytes | None:
         """The stats to publish now, or None if they are not due yet (logged too, when that is due)."""

@@ -186,8 +186,9 @@ class Traffic:
         elif isinstance(message, Restarted):
             self._restarted(message)
         elif isinstance(message, Availability):
-            self.report.availability_changed(message.state, message.was, message.stale_now, message.watched)
-            self.outbox.keep(message.topic, message.payload)
+            self.report.availability_changed(message)
+            for topic, payload in message.states:
+                self.outbox.keep(topic, payload)
         else:
             log.warning("MQTT link ignored an unexpected message: %r", message)
 

@@ -22,12 +22,14 @@ class FakeClient:
         assert qos == 0
         self.published.append((topic, payload, qos, retain))
 
-    def publish_tracked(self, topic, payload):
-        assert len(self.unacked) < self.receive_maximum, "past the broker's Receive Maximum"
-        packet_id = next(self._ids)
-        self.unacked[packet_id] = topic
-        self.published.append((topic, payload, 1, True))
-        return packet_id
+    def publish_retained(self, states):
+        packet_ids = []
+        for topic, payload in states:
+            assert len(self.unacked) < self.receive_maximum, "past the broker's Receive Maximum"
+            packet_ids.append(next(self._ids))
+            self.unacked[packet_ids[-1]] = topic
+            self.published.append((topic, payload, 1, True))
+        return packet_ids
 
     def ack_all(self):
         while self.unacked:

@@ -113,8 +113,8 @@ def test_a_stale_state_is_published_only_once_it_is_stored(db_path, caplog):
     operator = sqlite3.connect(db_path, isolation_level=None)
     operator.execute("BEGIN IMMEDIATE")
     caplog.set_level(logging.ERROR, logger="actors.writer")
-    announcement = Availability("home/availability/temperature/t1", b"{}", "stale", "live", 1)
-    writer.tell(MarkStale((("temperature", "t1", received_at),), (announcement,)))
+    announcement = Availability((("home/availability/temperature/t1", b"{}"),), went_stale=1, stale_now=1)
+    writer.tell(MarkStale((("temperature", "t1", received_at),), announcement))
     wait_until(lambda: "cannot commit to the database" in caplog.text, what="a failed commit")
     assert link.inbox.empty(), "announced before it was stored"
     operator.execute("ROLLBACK")
