@@ -29,11 +29,19 @@ log = logging.getLogger(__name__)
 TOPIC = "home/availability"
 FIRST_RETRY, MAX_RETRY = 5.0, 300.0  # reading the catalogue again at start-up
 LOGGED_EACH = 10  # changes logged one by one in a batch; the rest in one line
+# What the commits stored is looked at once they pause this long (or have gone on for MAX_DEFER):
+# a fleet's first minute stores its readings first and announces its devices right after.
+SETTLE, MAX_DEFER = 0.1, 1.0
 
 
 @dataclass(frozen=True, slots=True)
 class CheckNow:
     """The timer -> the availability actor: a device may have gone stale."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settle:
+    """The timer -> the availability actor: the readings stored may have paused (see on_receive)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +100,9 @@ class AvailabilityActor(Supervised):
                                      "from now on until it can be read", "the device catalogue was read after %.0f s",
                                 FIRST_RETRY, MAX_RETRY)
         self._said_full = False
+        self._pending: list[tuple[Seen, float]] = []  # what commits stored, and when we heard it
+        self._settler: threading.Timer | None = None
+        self._first_pending = self._last_pending = 0.0
 
     def on_start(self):
         self._load()
@@ -121,7 +132,7 @@ class AvailabilityActor(Supervised):
         self._schedule()
 
     def on_stop(self):
-        for timer in (self._timer, self._loader):
+        for timer in (self._timer, self._loader, self._settler):
             if timer is not None:
                 timer.cancel()
 
@@ -131,20 +142,22 @@ class AvailabilityActor(Supervised):
 
     def on_receive(self, message):
         if isinstance(message, Seen):
-            now, seen = self.clock(), self.liveness.seen
-            changes = [change for device_id, last_seen, readings in message.devices
-                       if (change := seen(message.type, device_id, last_seen, readings, message.received_at, now))]
-            if changes:
-                self.peers.tell(LINK, self._announcement(changes))
-            if self.liveness.full and not self._said_full:
-                self._said_full = True
-                log.warning("liveness watches %d devices (devices.max_known): devices new from now on are stored "
-                            "and listed in the catalogue, but not watched and get no availability topic",
-                            self.liveness.max_known)
-            self._schedule()
+            self._last_pending = time.monotonic()
+            if not self._pending:
+                self._first_pending = self._last_pending
+                self._settler = self.tell_later(SETTLE, Settle())
+            self._pending.append((message, self.clock()))
+        elif isinstance(message, Settle):
+            self._settler = None
+            now = time.monotonic()
+            if now - self._last_pending < SETTLE and now - self._first_pending < MAX_DEFER:
+                self._settler = self.tell_later(SETTLE, Settle())  # still storing: ingestion first
+            else:
+                self._settled()
         elif isinstance(message, LoadNow):
             self._load()
         elif isinstance(message, CheckNow):
+            self._settled()  # what was heard counts before anything is declared stale
             self._timer = self._timer_due = None
             try:  # one connection for the whole check, only when a device looks silent
                 changes = self.liveness.due(self.clock(), self._stored)
@@ -156,6 +169,26 @@ class AvailabilityActor(Supervised):
             self._schedule()
         else:
             log.warning("availability ignored an unexpected message: %r", message)
+
+    def _settled(self) -> None:
+        """Take in what the commits stored since the last time: announce new devices and those
+        live again."""
+        pending, self._pending = self._pending, []
+        if self._settler is not None:
+            self._settler.cancel()
+            self._settler = None
+        seen, changes = self.liveness.seen, []
+        for message, heard in pending:
+            changes += [change for device_id, last_seen, readings in message.devices
+                        if (change := seen(message.type, device_id, last_seen, readings, message.received_at, heard))]
+        if changes:
+            self.peers.tell(LINK, self._announcement(changes))
+        if self.liveness.full and not self._said_full:
+            self._said_full = True
+            log.warning("liveness watches %d devices (devices.max_known): devices new from now on are stored "
+                        "and listed in the catalogue, but not watched and get no availability topic",
+                        self.liveness.max_known)
+        self._schedule()
 
     def _stored(self, kind: str, device_id: str) -> tuple[str, str] | None:
         """What the catalogue says of a device that looks silent (another instance may have heard it)."""

@@ -228,15 +228,17 @@ class Catalogue:
         width = len(device.value_columns)
         carried = [i for i, c in enumerate(device.value_columns, 1) if c in device.carried]
         seen: dict[str, list] = {}
-        for row in rows:
+        get = seen.get
+        for row in rows:  # a device's first row of the commit is the whole story for most (a fleet's burst)
             device_id, timestamp = row[0], row[width + 1]
-            if (d := seen.get(device_id)) is None:
-                seen[device_id] = d = [0, timestamp, timestamp, row, {}, 0]
-            d[0] += 1
-            if timestamp < d[1]:
-                d[1] = timestamp
-            if timestamp > d[2] or (timestamp == d[2] and row[1:width + 1] > d[3][1:width + 1]):
-                d[2], d[3] = timestamp, row
+            if (d := get(device_id)) is None:
+                seen[device_id] = d = [1, timestamp, timestamp, row, {}, 0]
+            else:
+                d[0] += 1
+                if timestamp < d[1]:
+                    d[1] = timestamp
+                if timestamp > d[2] or (timestamp == d[2] and row[1:width + 1] > d[3][1:width + 1]):
+                    d[2], d[3] = timestamp, row
             for i in carried:
                 if row[i] and (timestamp, row[i]) >= d[4].get(i, ("", "")):
                     d[4][i] = (timestamp, row[i])
