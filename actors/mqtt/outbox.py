@@ -93,7 +93,7 @@ class Outbox:
             queue = self._urgent if urgent else self._waiting
             topic = next(iter(queue))
             payload = queue.pop(topic)
-            if not self.fits(topic, payload, qos=1):
+            if not self.fits(topic, payload, None, 1):
                 log.error("not publishing %d bytes on %s: over the broker's maximum packet size (%d bytes)",
                           len(payload), topic, self.max_packet)
                 continue
