@@ -64,6 +64,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 import simulate_devices as sim  # noqa: E402
 from actors.devices import DEVICE_TYPES  # noqa: E402
 from actors.models import insert_sql, open_database  # noqa: E402
+from actors.mqtt.client import remaining_length  # noqa: E402
 from actors.rollups import Upkeep  # noqa: E402
 from actors.schema import prepare  # noqa: E402
 
@@ -331,15 +332,6 @@ def raw_publisher(port: int, count: int, devices: int = 10, kind: str = "tempera
     elapsed = time.perf_counter() - started
     sock.close()
     print(json.dumps({"rate": count / elapsed, "cpu": time.process_time() - started_cpu}), flush=True)
-
-
-def remaining_length(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        n, digit = n >> 7, n & 0x7F
-        out.append(digit | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 def burst(name: str, proc: subprocess.Popen, port: int, db: Path, readings: int, devices: int = 10,

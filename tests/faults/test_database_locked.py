@@ -107,10 +107,8 @@ def test_sigterm_ends_the_process_within_10_s_while_a_commit_waits_for_a_lock(se
     wait_until(lambda: service.query("SELECT COUNT(*) FROM temperature_logs")[0][0] == 51, 30)
 
 
-def test_a_start_under_an_operators_lock_with_retention_due_stays_up_and_the_pass_completes_after(service, client,
-                                                                                                 tmp_path):
-    """The retention pass meets the lock at start-up: it waits and tries again (logged once), never
-    crashes, and completes once the lock is gone; requests are answered meanwhile."""
+def expired_rows(service, client, tmp_path):
+    """20 readings a year old stored (and one recent); the settings that expire them: a config file."""
     config = tmp_path / "site.toml"
     config.write_text(f'[retention]\ntemperature_days = 365\narchive_dir = "{tmp_path / "archive"}"\n')
     service.start().wait_ready()  # no retention yet: the rows to expire are stored first
@@ -119,7 +117,14 @@ def test_a_start_under_an_operators_lock_with_retention_due_stays_up_and_the_pas
     client.publish("home/temperature", reading(0))
     wait_until(lambda: service.query("SELECT COUNT(*) FROM temperature_logs")[0][0] == 21)
     assert service.terminate() == 0
+    return config
 
+
+def test_a_start_under_an_operators_lock_with_retention_due_stays_up_and_the_pass_completes_after(service, client,
+                                                                                                 tmp_path):
+    """The retention pass meets the lock at start-up: it waits and tries again (logged once), never
+    crashes, and completes once the lock is gone; requests are answered meanwhile."""
+    config = expired_rows(service, client, tmp_path)
     operator = sqlite3.connect(service.db_path, isolation_level=None)
     operator.execute("BEGIN IMMEDIATE")
     try:
@@ -145,14 +150,7 @@ def test_a_start_under_an_operators_lock_with_retention_due_stays_up_and_the_pas
 
 def test_sigterm_ends_the_process_in_time_while_retention_and_ingestion_wait_for_an_operators_lock(service, client,
                                                                                                   tmp_path):
-    config = tmp_path / "site.toml"
-    config.write_text(f'[retention]\ntemperature_days = 365\narchive_dir = "{tmp_path / "archive"}"\n')
-    service.start().wait_ready()
-    for i in range(20):
-        client.publish("home/temperature", temperature("old", i, "2025-01-01"))
-    client.publish("home/temperature", reading(0))
-    wait_until(lambda: service.query("SELECT COUNT(*) FROM temperature_logs")[0][0] == 21)
-    assert service.terminate() == 0
+    config = expired_rows(service, client, tmp_path)
     operator = sqlite3.connect(service.db_path, isolation_level=None)
     operator.execute("BEGIN IMMEDIATE")
     try:

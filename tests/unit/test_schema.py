@@ -6,6 +6,8 @@ import sqlite3
 import threading
 from types import SimpleNamespace
 
+import pytest
+
 from actors.messages import Rejection, fingerprint
 from actors.models import connect_database
 from actors.schema import SCHEMA_VERSION, current_version, prepare
@@ -110,22 +112,6 @@ def upgrade_from_version_3(db):
         ("2026-05-01T06", 0, 3600 * 10**6, "ON")]
 
 
-def test_version_3_is_upgraded_with_the_catalogue_and_rollups_built_on_sqlite(tmp_path):
-    db = database(path=str(tmp_path / "v3.db"))
-    try:
-        upgrade_from_version_3(db)
-    finally:
-        db.close()
-
-
-def test_version_3_is_upgraded_with_the_catalogue_and_rollups_built_on_postgresql(pg_url):
-    db = database(url=pg_url)
-    try:
-        upgrade_from_version_3(db)
-    finally:
-        db.close()
-
-
 def upgrade_from_version_4(db):
     """A database as version 4 left it: each power hour holds its whole list of events, rejections
     have no fingerprint. The upgrade keeps each source's last event's timestamp, and fingerprints
@@ -154,17 +140,15 @@ def upgrade_from_version_4(db):
     assert db.execute_sql("SELECT fingerprint FROM rejected_messages").fetchall() == [(expected,)]
 
 
-def test_version_4_is_upgraded_on_sqlite(tmp_path):
-    db = database(path=str(tmp_path / "v4.db"))
-    try:
-        upgrade_from_version_4(db)
-    finally:
-        db.close()
+@pytest.fixture(params=["sqlite", "postgresql"])
+def older_database(request, tmp_path):
+    """A database to make old and upgrade: a SQLite file, then a PostgreSQL database."""
+    db = database(path=str(tmp_path / "old.db")) if request.param == "sqlite" else \
+        database(url=request.getfixturevalue("pg_url"))
+    yield db
+    db.close()
 
 
-def test_version_4_is_upgraded_on_postgresql(pg_url):
-    db = database(url=pg_url)
-    try:
-        upgrade_from_version_4(db)
-    finally:
-        db.close()
+@pytest.mark.parametrize("upgrade", [upgrade_from_version_3, upgrade_from_version_4], ids=["from 3", "from 4"])
+def test_an_older_version_is_upgraded_with_what_it_lacks_built_from_its_rows(older_database, upgrade):
+    upgrade(older_database)
