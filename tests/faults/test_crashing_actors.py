@@ -11,6 +11,7 @@ import pytest
 
 from actors.ingest import IngestActor
 from actors.messages import WriteBatch
+from actors.mqtt.traffic import Traffic
 from actors.query import QueryActor
 from actors.settings import load_settings
 from actors.supervisor import Supervisor
@@ -90,6 +91,27 @@ def test_readings_held_by_a_crashed_writer_are_delivered_again_and_stored(runnin
     wait_until(lambda: "writer was restarted" in caplog.text)
     assert "reconnected" not in caplog.text and "lost the MQTT broker connection" not in caplog.text
     assert exits.empty(), "one crash must not end the process"
+    assert "quick_check ok" not in caplog.text  # only at the start (setup): a restart feeds the watchdog at once
+
+
+def test_a_crashed_link_is_restarted_and_the_status_stays_the_processes(running, settings, caplog, monkeypatch,
+                                                                        broker):
+    peers, exits, client = running
+    status = MqttClient(broker.port)
+    try:
+        status.subscribe(f"home/status/{settings.mqtt.client_id}")
+        before = status.take()[1]
+        assert (before["state"], before["connections"]) == ("online", 1)
+        crash_once(monkeypatch, Traffic, "receive")  # the first answer from an actor: a bug in the link
+        client.publish("home/temperature", reading("after", 0))
+        wait_until(lambda: stored(settings, "after") == 1, 30, what="the reading, stored after the link's restart")
+        after = wait_until(lambda: (m := status.take()[1])["state"] == "online" and m, 30,
+                           what="the status of the new link")
+    finally:
+        status.close()
+    # the process's start and its count of connections, not a new link's
+    assert after["started_at"] == before["started_at"] and after["connections"] == 2
+    assert exits.empty()
 
 
 def test_a_reading_held_by_a_crashed_ingest_actor_is_delivered_again_and_stored(running, settings, caplog,
