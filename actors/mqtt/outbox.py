@@ -48,7 +48,8 @@ class Outbox:
 
     def connected_to(self, client: OneConnectionClient, max_packet: int | None, receive_maximum: int = 65535) -> None:
         self.client, self.connected, self.max_packet = client, True, max_packet
-        self.window = max(1, min(self.cap, receive_maximum))
+        # a few packet ids stay free for SUBSCRIBEs, which share them (gmqtt has 65,535)
+        self.window = max(1, min(self.cap, receive_maximum, 65_000))
         client.on_published = self.published
         self._pump()
 
