@@ -32,7 +32,7 @@ It starts its own Mosquitto with deploy/mosquitto/mqtt-client.conf's settings an
 8. a fleet (--fleet-only: this part alone), on a Mosquitto with its default Receive Maximum (20):
    --fleet (20,000) new devices with a reading each in a burst, against as many readings of one
    device, every device announced, then all of them stale at once while --apps apps ask; --known
-   (100,000) devices in the catalogue against an empty one (peak RSS, CPU per reading); 20,000
+   (100,000) devices in the catalogue against an empty one (peak RSS, CPU per reading); --power-hour (20,000)
    events in one power device-hour, then CPU per further event against a temperature reading's
    (and per late event); 100 readings/s of the three types mixed against the durable baseline.
 Prints one table."""
@@ -502,14 +502,14 @@ def known_database(path: Path, devices: int) -> None:
     db.close()
 
 
-def fleet(workdir: Path, new: int, known: int, apps: int, seconds: float, rounds: int = 3) -> dict:
+def fleet(workdir: Path, new: int, known: int, apps: int, seconds: float, rounds: int = 3, hour: int = 20_000) -> dict:
     """#23's rows, on a Mosquitto with its default Receive Maximum (20):
     a. `new` new devices, one reading each, in a burst, against as many readings of one device;
        every device's `live` delivered, then all of them `stale` at once (stale_after 10 s), with
        `apps` apps asking meanwhile;
     b. `known` devices in the catalogue: RSS and CPU per reading against an empty catalogue, the
        same readings (of 10 devices) into each; and a reading from every known device;
-    c. 20,000 events in one power device-hour: CPU per further event against a temperature reading's;
+    c. `hour` events in one power device-hour: CPU per further event against a temperature reading's;
     d. 100 readings/s of the three types mixed, at the current time, against the durable baseline."""
     result: dict = {}
     broker = None
@@ -584,14 +584,14 @@ def fleet(workdir: Path, new: int, known: int, apps: int, seconds: float, rounds
         for name, measured in runs.items():
             result[name] = {k: median(sorted(m[k] for m in measured)) for k in measured[0]}
 
-        print("fleet: 20,000 events in one power device-hour, then 5,000 more, 5,000 temperature readings and "
-              "500 late events ...", flush=True)
+        print(f"fleet: {hour:,} events in one power device-hour, then {hour // 4:,} more, as many temperature "
+              "readings and 500 late events ...", flush=True)
         db = workdir / "fleet-power.db"
         proc, output = service("power", db, 3600)
         try:
-            burst("service (power hour)", proc, broker.port, db, 20_000, 1, "power")
-            result["power"] = burst("service (power)", proc, broker.port, db, 5_000, 1, "power", 20_000)
-            result["temperature"] = burst("service (temperature)", proc, broker.port, db, 5_000, 10)
+            burst("service (power hour)", proc, broker.port, db, hour, 1, "power")
+            result["power"] = burst("service (power)", proc, broker.port, db, hour // 4, 1, "power", hour)
+            result["temperature"] = burst("service (temperature)", proc, broker.port, db, hour // 4, 10)
             result["late"] = burst("service (late power)", proc, broker.port, db, 500, 1, "power-late", 0)
         finally:
             proc.kill()
@@ -608,7 +608,7 @@ def fleet(workdir: Path, new: int, known: int, apps: int, seconds: float, rounds
     return result
 
 
-def fleet_rows(f: dict, new: int, known: int, apps: int) -> list[tuple]:
+def fleet_rows(f: dict, new: int, known: int, apps: int, hour: int) -> list[tuple]:
     one, many, r = f["one"], f["new"], f["apps"]
     return [
         (f"fleet: {new:,} new devices, readings stored/s", f"{many['rate']:,.0f}", f"{one['rate']:,.0f}",
@@ -628,7 +628,7 @@ def fleet_rows(f: dict, new: int, known: int, apps: int) -> list[tuple]:
          f"{f['empty']['cpu_per_100k']:.2f}",
          f"ratio {f['each']['cpu_per_100k'] / f['empty']['cpu_per_100k']:.2f} to readings of 10 devices (a catalogue "
          f"row and a rollup row per reading, not per commit)"),
-        ("power hour of 20,000 events: CPU s per 100,000 more", f"{f['power']['cpu_per_100k']:.2f}",
+        (f"power hour of {hour:,} events: CPU s per 100,000 more", f"{f['power']['cpu_per_100k']:.2f}",
          f"{f['temperature']['cpu_per_100k']:.2f}",
          f"ratio {f['power']['cpu_per_100k'] / f['temperature']['cpu_per_100k']:.2f} to temperature readings "
          f"(target ≤ 1.5); a late event: {f['late']['cpu_per_100k'] / 1e5 * 1000:.1f} ms each (500)"),
@@ -1032,6 +1032,7 @@ def main(argv=None) -> int:
     p.add_argument("--raw-publisher", nargs=5, metavar=("PORT", "COUNT", "DEVICES", "KIND", "FIRST"),
                    help=argparse.SUPPRESS)
     p.add_argument("--fleet", type=int, default=20_000, help="new devices of the fleet part")
+    p.add_argument("--power-hour", type=int, default=20_000, help="events in the fleet part's power device-hour")
     p.add_argument("--known", type=int, default=100_000, help="devices in the catalogue of the fleet part")
     p.add_argument("--fleet-only", action="store_true", help="only the fleet part (8)")
     args = p.parse_args(argv)
@@ -1051,8 +1052,8 @@ def main(argv=None) -> int:
     failed = False
     try:
         if args.fleet_only:
-            rows = fleet_rows(fleet(workdir, args.fleet, args.known, args.apps, args.seconds, args.rounds), args.fleet,
-                              args.known, args.apps)
+            rows = fleet_rows(fleet(workdir, args.fleet, args.known, args.apps, args.seconds, args.rounds,
+                                    args.power_hour), args.fleet, args.known, args.apps, args.power_hour)
             print_table(rows, args)
             return 0
         if args.retention_only:
@@ -1115,7 +1116,8 @@ def main(argv=None) -> int:
         scaled = scale_out(broker.port, args.postgres, workdir, args.readings) if args.postgres else {}
         broker.stop()
         (workdir / "fleet").mkdir()
-        fleets = fleet(workdir / "fleet", args.fleet, args.known, args.apps, args.seconds, args.rounds)
+        fleets = fleet(workdir / "fleet", args.fleet, args.known, args.apps, args.seconds, args.rounds,
+                       args.power_hour)
         broker = Mosquitto(workdir / "fleet")  # stopped below
     except BaseException:
         failed = True
@@ -1175,7 +1177,7 @@ def main(argv=None) -> int:
     for instances, rate in scaled.items():
         rows.append((f"PostgreSQL: readings stored/s, {instances} instance{'s' if instances > 1 else ''}",
                      f"{rate:,.0f}", "", "shared subscription group" if instances > 1 else "DATABASE_URL"))
-    rows += fleet_rows(fleets, args.fleet, args.known, args.apps)
+    rows += fleet_rows(fleets, args.fleet, args.known, args.apps, args.power_hour)
     print_table(rows, args)
     return 0
 

@@ -14,7 +14,7 @@ def test_the_benchmark_runs_and_prints_every_row(pg_url):  # pg_url: a reachable
     result = subprocess.run([sys.executable, "scripts/benchmark.py", "--readings", "3000", "--rows", "90000",
                              "--apps", "5", "--seconds", "2", "--steady", "50", "--steady-seconds", "2", "--burst", "3000",
                              "--compare-with", "HEAD", "--rounds", "1", "--repeat", "3", "--postgres", POSTGRES,
-                             "--fleet", "500", "--known", "2000"], cwd=ROOT,
+                             "--fleet", "500", "--known", "2000", "--power-hour", "2000"], cwd=ROOT,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     table = result.stdout.split("benchmark on ", 1)[1]
@@ -29,7 +29,7 @@ def test_the_benchmark_runs_and_prints_every_row(pg_url):  # pg_url: a reachable
                 "PostgreSQL: readings stored/s, 2 instances", "fleet: 500 new devices, readings stored/s",
                 "fleet: all 500 stale at once, last delivered", "fleet: 5 apps meanwhile, p50 / p99",
                 "fleet: 2,000 known devices, peak RSS", "fleet: 2,000 known devices, CPU s per 100,000",
-                "fleet: a reading from each of 2,000 known devices", "power hour of 20,000 events",
+                "fleet: a reading from each of 2,000 known devices", "power hour of 2,000 events",
                 "steady 100/s, three types mixed"):
         assert row in table, row
     assert "wrong or missing" not in result.stdout
