@@ -212,16 +212,18 @@ class Catalogue:
             at = f"{c}_at"
             carried[c] = newer % (at, at, at, c, c)
             carried[at] = g % (at, at, at, at)
-        self.sql = dialect.upsert(Device, ("type", "device_id"), {
+        merged = {
             "first_seen": "{least}(COALESCE({t}.first_seen, excluded.first_seen), "
                           "COALESCE(excluded.first_seen, {t}.first_seen))",
             "latest": newer % ("last_seen", "last_seen", "last_seen", "latest", "latest"),
             "last_seen": g % (("last_seen",) * 4),
             "received_at": "COALESCE(excluded.received_at, {t}.received_at)",
             "readings": "{t}.readings + excluded.readings",
-            **carried,
             "clock_rejected": "{t}.clock_rejected + excluded.clock_rejected",
-            "state": "CASE WHEN excluded.readings > 0 THEN 'live' ELSE {t}.state END"})
+            "state": "CASE WHEN excluded.readings > 0 THEN 'live' ELSE {t}.state END"}
+        # a type without carried columns binds four parameters fewer per device (a fleet's burst)
+        self.sql = dialect.upsert(Device, ("type", "device_id"), merged)
+        self.carrying_sql = dialect.upsert(Device, ("type", "device_id"), {**merged, **carried})
 
     def merge(self, db, device: DeviceType, rows: list[tuple], wrong_clocks, received_at: str) -> list[tuple]:
         """Merge what a transaction stored of one type; per device (device_id, last_seen, readings)."""
@@ -246,13 +248,15 @@ class Catalogue:
             if (d := seen.get(device_id)) is None:
                 seen[device_id] = d = [0, None, None, None, {}, 0]
             d[5] += 1
-        params = []
-        for device_id, (n, first, last, row, states, clock) in seen.items():
-            latest = orjson.dumps([*row[1:width + 1], last]).decode() if row is not None else None
-            eb, dg = (states.get(i, (None, None)) for i in (carried or [0, 0]))
-            params.append((device.name, device_id, first, latest, last, received_at if n else None, n,
-                           eb[1], eb[0], dg[1], dg[0], clock, "live" if n else None))
-        db.executemany(self.sql, params)
+        kind, none = device.name, (None, None)
+        # the latest row's values and timestamp (its `last`): the record a latest request gives
+        params = [(kind, device_id, first, orjson.dumps(row[1:width + 2]).decode() if row is not None else None, last,
+                   received_at if n else None, n, clock, "live" if n else None)
+                  for device_id, (n, first, last, row, states, clock) in seen.items()]
+        if carried:
+            params = [(*p, *(value for i in carried for value in states.get(i, none)[::-1]))  # (state, at) each
+                      for p, states in zip(params, (d[4] for d in seen.values()))]
+        db.executemany(self.carrying_sql if carried else self.sql, params)
         return [(device_id, d[2], d[0]) for device_id, d in seen.items() if d[0]]
 
 
