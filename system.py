@@ -56,7 +56,7 @@ def main(argv=None) -> int:
         settings = load_settings(args.config)
     except SettingsError as exc:
         print(f"{'FAILED  settings' if args.check_config else 'settings error'}: {exc}", file=sys.stderr)
-        return 1 if args.check_config else EXIT_CONFIG
+        return EXIT_CONFIG  # a check and a start agree: restarting will not help
     if args.check_config:
         return 0 if check_config(settings) else 1
     configure_logging(settings.logging)

@@ -22,7 +22,7 @@ def test_check_config_passes_when_the_database_and_broker_are_usable(broker, tmp
     assert not (tmp_path / "d.db").exists()  # a check changes nothing
 
 
-def test_check_config_names_each_problem_and_exits_1(tmp_path, broker):
+def test_check_config_names_each_problem_and_exits_1_or_2_for_bad_settings(tmp_path, broker):
     closed_port = broker.port
     broker.stop()
     result = check_config({"MQTT_BROKER_HOST": "127.0.0.1", "MQTT_BROKER_PORT": str(closed_port),
@@ -31,7 +31,7 @@ def test_check_config_names_each_problem_and_exits_1(tmp_path, broker):
     assert f"FAILED  database: {tmp_path}/missing does not exist" in result.stdout
     assert f"FAILED  broker: cannot reach 127.0.0.1:{closed_port}" in result.stdout
     result = check_config({"MQTT_BROKER_PORT": "none"})
-    assert result.returncode == 1 and "FAILED  settings: MQTT_BROKER_PORT='none'" in result.stderr
+    assert result.returncode == 2 and "FAILED  settings: MQTT_BROKER_PORT='none'" in result.stderr
 
 
 def statuses(watcher, client_id):
