@@ -181,4 +181,4 @@ def test_system_py_exits_2_naming_the_key_and_check_config_says_failed(tmp_path)
     assert run.returncode == 2 and "database.busy_timeout must be a finite number" in run.stderr
     check = subprocess.run([sys.executable, "system.py", "--config", str(path), "--check-config"], cwd=ROOT,
                            capture_output=True, text=True, timeout=60)
-    assert check.returncode == 1 and "FAILED  settings: database.busy_timeout" in check.stderr
+    assert check.returncode == 2 and "FAILED  settings: database.busy_timeout" in check.stderr
