@@ -6,9 +6,9 @@ writer holds our own readers back for a moment (the read gate) and checkpoints w
 from __future__ import annotations
 
 import logging
-import sqlite3
 import time
 
+from actors.dberrors import DRIVER_ERRORS
 from actors.readgate import ReadGate
 from actors.store import LOCK_POLL_MS, SqliteStore
 
@@ -36,7 +36,7 @@ class WalCheckpoint:
             conn.execute(f"PRAGMA busy_timeout = {int(CHECKPOINT_WAIT * 1000)}")  # outside readers
             try:
                 busy, wal_pages, copied = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-            except sqlite3.OperationalError as exc:  # e.g. the disk is full
+            except DRIVER_ERRORS as exc:  # e.g. the disk is full (dberrors.py: what is worth waiting out)
                 busy, wal_pages, copied = 1, -1, str(exc)
             finally:
                 conn.execute(f"PRAGMA busy_timeout = {LOCK_POLL_MS}")

@@ -107,6 +107,11 @@ def test_sigterm_ends_the_process_within_10_s_while_a_commit_waits_for_a_lock(se
     wait_until(lambda: service.query("SELECT COUNT(*) FROM temperature_logs")[0][0] == 51, 30)
 
 
+def archived(tmp_path):
+    """Where the pass archives the expired day."""
+    return tmp_path / "archive" / "temperature_logs" / "2025" / "temperature_logs-2025-01-01.csv.gz"
+
+
 def expired_rows(service, client, tmp_path):
     """20 readings a year old stored (and one recent); the settings that expire them: a config file."""
     config = tmp_path / "site.toml"
@@ -141,7 +146,7 @@ def test_a_start_under_an_operators_lock_with_retention_due_stays_up_and_the_pas
         operator.close()
     wait_until(lambda: service.query("SELECT COUNT(*) FROM temperature_logs WHERE date = '2025-01-01'")[0][0] == 0,
                60, what="the pass to complete after the lock")
-    assert (tmp_path / "archive" / "temperature_logs" / "2025" / "temperature_logs-2025-01-01.csv.gz").exists()
+    assert archived(tmp_path).exists()
     log = service.log()
     assert service.proc.pid == pid and service.proc.poll() is None
     assert log.count("retention pass stopped") == 1 and "crashed" not in log
@@ -157,7 +162,8 @@ def test_sigterm_ends_the_process_in_time_while_retention_and_ingestion_wait_for
         service.start("--config", str(config)).wait_ready()
         for i in range(1, 51):
             client.publish("home/temperature", reading(i))  # in hand, waiting for the lock
-        time.sleep(3)  # the retention pass is waiting for the writer, the writer for the lock
+        # the pass has archived the old day (before it asks the writer to delete it, which waits for the lock)
+        wait_until(lambda: archived(tmp_path).exists(), 30, what="the pass to reach its deletes")
         stopping = time.monotonic()
         assert service.terminate(timeout=20) == 0
         took = time.monotonic() - stopping
