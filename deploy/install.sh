@@ -5,6 +5,7 @@
 #
 #   sudo deploy/install.sh                 install or upgrade, enable and (re)start the service
 #   sudo deploy/install.sh --with-broker   also install Mosquitto with deploy/mosquitto/mqtt-client.conf
+#   sudo deploy/install.sh --no-start      install or upgrade and enable, but leave the service stopped
 #   sudo deploy/install.sh --uninstall     remove the code and the unit; keep config, data, logs
 #   sudo deploy/install.sh --uninstall --purge   ... and remove those and the user too
 #   deploy/install.sh --dry-run [...]      print every action, change nothing
@@ -18,12 +19,13 @@ set -euo pipefail
 
 NAME=mqtt-client
 SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-ROOT="" DRY=0 WITH_BROKER=0 UNINSTALL=0 PURGE=0
+ROOT="" DRY=0 WITH_BROKER=0 UNINSTALL=0 PURGE=0 START=1
 
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --with-broker) WITH_BROKER=1 ;;
+    --no-start) START=0 ;;
     --uninstall) UNINSTALL=1 ;;
     --purge) PURGE=1 ;;
     --dry-run) DRY=1 ;;
@@ -93,6 +95,17 @@ python_for_venv() {
   done
 }
 
+# Releases before 2026-12-05 wrote an env file that set the defaults (MQTT_BROKER_PORT=1883,
+# MQTT_USERNAME=, ...), which overrode settings.toml and kept MQTT_TLS=true on port 1883. Those
+# exact lines, and only those, become comments: the service behaves the same without them.
+OLD_DEFAULTS='^(MQTT_BROKER_HOST=localhost|MQTT_BROKER_PORT=1883|MQTT_CLIENT_ID=mqtt_client_1|MQTT_USERNAME=|MQTT_PASSWORD=)$'
+quiet_defaults() {
+  if grep -qE "$OLD_DEFAULTS" "$1"; then
+    say "commenting out lines of $1 that only repeat a default: $(grep -E "$OLD_DEFAULTS" "$1" | tr '\n' ' ')"
+    run sed -i -E "s/$OLD_DEFAULTS/# \\1/" "$1"
+  fi
+}
+
 install_service() {
   # 1. Python 3.11+ with venv, and Mosquitto when asked for
   local python packages=()
@@ -101,6 +114,9 @@ install_service() {
   if [ "$WITH_BROKER" = 1 ] && ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then
     packages+=(mosquitto)
   fi
+  # the operator's tools that deploy/README.md uses
+  command -v sqlite3 >/dev/null || packages+=(sqlite3)
+  command -v mosquitto_sub >/dev/null || packages+=(mosquitto-clients)
   if [ ${#packages[@]} -gt 0 ]; then
     if [ -n "$ROOT" ]; then
       say "skipped (--root): apt-get install ${packages[*]}"
@@ -139,6 +155,8 @@ install_service() {
   fi
   if [ ! -e "$ETC/$NAME.env" ]; then
     run install -m 0600 "$SRC/deploy/mqtt-client.env.example" "$ETC/$NAME.env"
+  else
+    quiet_defaults "$ETC/$NAME.env"
   fi
 
   # 5. data and logs, the only places the service may write
@@ -160,8 +178,13 @@ install_service() {
     run systemctl enable "$NAME.service"
     # --no-block: a notify service is "started" once the broker acknowledges it, which may
     # take a while when the broker is not up yet; it keeps trying on its own.
-    run systemctl restart --no-block "$NAME.service"
-    say "installed. Status: systemctl status $NAME   Logs: journalctl -u $NAME -f"
+    if [ "$START" = 1 ]; then
+      run systemctl restart --no-block "$NAME.service"
+      say "installed. Status: systemctl status $NAME   Logs: journalctl -u $NAME -f"
+    else
+      run systemctl stop "$NAME.service"
+      say "installed, not started (--no-start): systemctl start $NAME"
+    fi
   else
     say "installed into ${ROOT:-/}; systemd is not running there, so nothing was enabled or started"
   fi

@@ -7,15 +7,19 @@
     .venv/bin/python scripts/request.py temperature temp_sensor_01 --summary day --from-date 2026-01-01 --to-date 2026-01-31
     .venv/bin/python scripts/request.py devices --type power
 
-It connects as app `--app-id` (its reply topic is home/data<type>/<app id>), sends one request with
-a request_id, and prints the records as a table (or the reply as JSON). With --all-pages it asks
-for every page of a day too big for one reply (a summary and the catalogue: always). Exit code: 0
-with a reply, 1 for an error reply or no reply in time."""
+It connects as app `--app-id` (its reply topic is home/data<type>/<app id>; by default the user
+name, which a broker secured with deploy/mosquitto/acl requires), sends one request with a
+request_id, and prints the records as a table (or the reply as JSON). With --all-pages it asks for
+every page of a day too big for one reply (a summary and the catalogue: always). The broker comes
+from MQTT_BROKER_HOST, MQTT_BROKER_PORT, MQTT_TLS, MQTT_TLS_CA_FILE, MQTT_USERNAME and MQTT_PASSWORD
+(an empty one counts as unset), or the options; with a user name and no password it asks for one.
+Exit code: 0 with a reply, 1 for an error reply or no reply in time."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import os
 import ssl
@@ -114,13 +118,16 @@ def main(argv=None) -> int:
     p.add_argument("--from", dest="start", metavar="HH:MM:SS")
     p.add_argument("--to", dest="end", metavar="HH:MM:SS")
     p.add_argument("--json", action="store_true", help="print the replies as JSON, one per line")
-    p.add_argument("--app-id", default=f"cli-{uuid.uuid4().hex[:8]}")
-    p.add_argument("--host", default=os.environ.get("MQTT_BROKER_HOST", "localhost"))
-    p.add_argument("--port", type=int, default=int(os.environ.get("MQTT_BROKER_PORT", 0)) or None)
-    p.add_argument("--username", default=os.environ.get("MQTT_USERNAME"))
-    p.add_argument("--password", default=os.environ.get("MQTT_PASSWORD"), help="default: $MQTT_PASSWORD")
-    p.add_argument("--tls", action="store_true")
-    p.add_argument("--ca-file")
+    env = {k: v for k, v in os.environ.items() if v}  # as the service reads them: empty is unset
+    p.add_argument("--app-id", help="default: the user name, or cli-<random> without one")
+    p.add_argument("--host", default=env.get("MQTT_BROKER_HOST", "localhost"))
+    p.add_argument("--port", type=int, default=int(env.get("MQTT_BROKER_PORT", 0)) or None,
+                   help="default: 1883, or 8883 with --tls")
+    p.add_argument("--username", default=env.get("MQTT_USERNAME"))
+    p.add_argument("--password", default=env.get("MQTT_PASSWORD"), help="default: $MQTT_PASSWORD, or asked")
+    p.add_argument("--tls", action="store_true",
+                   default=env.get("MQTT_TLS", "").lower() in ("1", "true", "yes", "on"))
+    p.add_argument("--ca-file", default=env.get("MQTT_TLS_CA_FILE"))
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each reply")
     args = p.parse_args(argv)
     if args.kind == "devices":
@@ -134,6 +141,9 @@ def main(argv=None) -> int:
         args.to_date = args.to_date or args.from_date
     elif args.latest == bool(args.date):
         p.error("give a date, --latest, or --summary")
+    args.app_id = args.app_id or args.username or f"cli-{uuid.uuid4().hex[:8]}"
+    if args.username and args.password is None and sys.stdin.isatty():
+        args.password = getpass.getpass(f"password for {args.username}: ")
     try:
         pages = asyncio.run(ask(args))
     except asyncio.TimeoutError:

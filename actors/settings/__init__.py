@@ -188,7 +188,9 @@ def load_settings(config_path: str | Path | None = None,
         loading.overlay(raw, loading.read(Path(config_path)), str(config_path))
     environ = os.environ if environ is None else environ
     for variable, (section, key) in ENVIRONMENT.items():
-        if variable in environ:
+        # An empty variable is an unset one: `MQTT_USERNAME=` in an env file must not override
+        # the settings file (systemd's EnvironmentFile cannot say "unset").
+        if environ.get(variable, "") != "":
             try:
                 raw[section][key] = keys(section)[key].parse(environ[variable])
             except Invalid as exc:

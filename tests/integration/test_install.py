@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from actors.settings import load_settings
 from conftest import ROOT
 
 INSTALL = ROOT / "deploy" / "install.sh"
@@ -119,6 +120,28 @@ def test_running_it_again_upgrades_the_code_and_keeps_settings_secrets_and_data(
     assert mode(etc / "mqtt-client.env") == 0o600
     assert (data / "mqtt_data.db").read_bytes() == b"the operator's data"
     assert (system_root / "etc" / "passwd").read_text().count("\nmqtt-client:") == lines_before == 1
+
+
+def test_an_upgrade_comments_out_env_lines_that_only_repeat_a_default(system_root):
+    """Older releases wrote MQTT_BROKER_PORT=1883 and empty credentials, which overrode settings.toml
+    and kept MQTT_TLS=true on port 1883: exactly those lines become comments, the rest stays."""
+    env = system_root / "etc" / "mqtt-client" / "mqtt-client.env"
+    env.write_text("MQTT_BROKER_HOST=broker.example\nMQTT_BROKER_PORT=1883\nMQTT_CLIENT_ID=mqtt_client_1\n"
+                   "MQTT_USERNAME=\nMQTT_PASSWORD=s3cret\nMQTT_TLS=true\n")
+    install("--root", str(system_root))
+    assert env.read_text() == ("MQTT_BROKER_HOST=broker.example\n# MQTT_BROKER_PORT=1883\n# MQTT_CLIENT_ID=mqtt_client_1\n"
+                               "# MQTT_USERNAME=\nMQTT_PASSWORD=s3cret\nMQTT_TLS=true\n")
+    assert mode(env) == 0o600
+    environ = dict(line.split("=", 1) for line in env.read_text().splitlines() if not line.startswith("#"))
+    settings = load_settings(system_root / "etc" / "mqtt-client" / "settings.toml", environ=environ)
+    assert (settings.mqtt.host, settings.mqtt.port, settings.mqtt.tls) == ("broker.example", 8883, True)
+    install("--root", str(system_root))  # again: nothing more to do
+    assert env.read_text().count("# MQTT_BROKER_PORT=1883") == 1
+
+
+def test_a_new_env_file_sets_nothing_so_settings_toml_decides():
+    env = (ROOT / "deploy" / "mqtt-client.env.example").read_text()
+    assert [line for line in env.splitlines() if line.strip() and not line.startswith("#")] == []
 
 
 def test_uninstall_keeps_the_data_unless_purged(system_root):

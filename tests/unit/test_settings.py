@@ -1,4 +1,5 @@
 import dataclasses
+import re
 import subprocess
 import sys
 
@@ -60,12 +61,23 @@ def test_bad_settings_stop_start_up_naming_the_key(tmp_path, text, named):
     ("MQTT_TLS", "maybe", "MQTT_TLS='maybe': expected true or false"),
     ("MQTT_TLS_CA_FILE", "/nonexistent/ca.pem", "mqtt.tls_* settings are set but mqtt.tls is false"),
     ("LOG_LEVEL", "chatty", "logging.level must be one of"),
-    ("MQTT_CLIENT_ID", "", "mqtt.client_id must not be empty"),
+    ("MQTT_CLIENT_ID", " ", "mqtt.client_id must not be empty"),
 ])
 def test_bad_environment_values_name_the_variable_or_key(variable, value, named):
     with pytest.raises(SettingsError) as err:
         load_settings(environ={variable: value})
     assert named in str(err.value)
+
+
+def test_an_empty_variable_is_unset_and_never_overrides_the_settings_file(tmp_path):
+    """An env file's `MQTT_USERNAME=` line keeps the file's user name; with TLS on and no port
+    set anywhere but an empty MQTT_BROKER_PORT=, the port is TLS's."""
+    path = tmp_path / "site.toml"
+    path.write_text('[mqtt]\nusername = "site-a"\nclient_id = "svc-a"\n')
+    s = load_settings(path, environ={"MQTT_USERNAME": "", "MQTT_PASSWORD": "", "MQTT_CLIENT_ID": "",
+                                     "MQTT_BROKER_PORT": "", "MQTT_TLS": "true"})
+    assert (s.mqtt.username, s.mqtt.password, s.mqtt.client_id) == ("site-a", "", "svc-a")
+    assert s.mqtt.port == 8883
 
 
 def test_a_missing_config_file_is_reported(tmp_path):
@@ -182,3 +194,19 @@ def test_system_py_exits_2_naming_the_key_and_check_config_says_failed(tmp_path)
     check = subprocess.run([sys.executable, "system.py", "--config", str(path), "--check-config"], cwd=ROOT,
                            capture_output=True, text=True, timeout=60)
     assert check.returncode == 2 and "FAILED  settings: database.busy_timeout" in check.stderr
+
+
+def test_settings_toml_gives_every_number_its_range_as_the_code_checks_it():
+    """settings.toml is where operators look: each numeric key's line says [least–most]."""
+    def shown(x):
+        return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+    section, missing = None, []
+    for line in (ROOT / "settings.toml").read_text().splitlines():
+        if m := re.match(r"\[(\w+)\]", line):
+            section = m.group(1)
+        elif (m := re.match(r"(\w+) = ", line)) and section:
+            value = keys(section)[m.group(1)]
+            if isinstance(value, Integer) and f"[{shown(value.minimum)}–{shown(value.maximum)}]" not in line:
+                missing.append(f"{section}.{m.group(1)}")
+    assert missing == []
