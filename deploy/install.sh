@@ -111,12 +111,12 @@ install_service() {
   local python packages=()
   python="$(python_for_venv)"
   [ -z "$python" ] && packages+=(python3 python3-venv)
-  if [ "$WITH_BROKER" = 1 ] && ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then
-    packages+=(mosquitto)
-  fi
-  # the operator's tools that deploy/README.md uses
-  command -v sqlite3 >/dev/null || packages+=(sqlite3)
-  command -v mosquitto_sub >/dev/null || packages+=(mosquitto-clients)
+  # Mosquitto when asked for, and the operator's tools that deploy/README.md uses
+  local wanted=(sqlite3 mosquitto-clients) package
+  [ "$WITH_BROKER" = 1 ] && wanted+=(mosquitto)
+  for package in "${wanted[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'ok installed' || packages+=("$package")
+  done
   if [ ${#packages[@]} -gt 0 ]; then
     if [ -n "$ROOT" ]; then
       say "skipped (--root): apt-get install ${packages[*]}"

@@ -56,6 +56,18 @@ timeout 2 /usr/bin/mosquitto_sub "$@"; rc=$?; [ $rc = 124 ] && exit 0; exit $rc
 }
 
 
+def commands(script: str) -> list[str]:
+    """A script's commands, one per entry: continued lines joined, blank and comment lines left out."""
+    found, current = [], ""
+    for line in script.splitlines():
+        current += line + "\n"
+        if not line.endswith("\\"):
+            if current.strip() and not current.lstrip().startswith("#"):
+                found.append(current.rstrip("\n"))
+            current = ""
+    return found
+
+
 def sh(cmd: str, timeout: float = 600, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=timeout, **kw)
 
@@ -148,7 +160,7 @@ class Machine:
         head = sh(f"git -C {self.project} rev-parse HEAD").stdout.strip()
         sh(f"git -C {d}/srv/mqtt-client.git update-ref refs/heads/main {head} && "
            f"git -C {d}/srv/mqtt-client.git symbolic-ref HEAD refs/heads/main")
-        self.chroot("git config --system --add safe.directory '*'")
+        (d / "etc/gitconfig").write_text("[safe]\n\tdirectory = *\n")  # the repository is root's
 
     def chroot(self, cmd: str) -> None:
         subprocess.run(["chroot", str(self.dir), "/bin/bash", "-c", cmd], check=True, timeout=120,
@@ -182,19 +194,27 @@ class Machine:
         raise RuntimeError(f"systemd did not finish booting: {state}")
 
     def _find_init(self) -> int:
-        """The machine's PID 1: a process whose root is our directory and whose own pid is 1."""
+        """The machine's PID 1: the descendant of systemd-nspawn whose own pid, inside, is 1."""
+        parents = {}
         for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                if os.readlink(entry / "root") != str(self.dir):
+            if entry.name.isdigit():
+                try:
+                    parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
                     continue
-                status = (entry / "status").read_text()
+        family, grew = {self.nspawn.pid}, True
+        while grew:
+            more = {pid for pid, parent in parents.items() if parent in family} - family
+            family |= more
+            grew = bool(more)
+        for pid in family - {self.nspawn.pid}:
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
             except OSError:
                 continue
             nspid = next((line.split()[1:] for line in status.splitlines() if line.startswith("NSpid:")), [])
             if len(nspid) > 1 and nspid[-1] == "1":
-                return int(entry.name)
+                return pid
         return 0
 
     def power_cut(self) -> None:
@@ -203,6 +223,8 @@ class Machine:
         if self.init:
             os.kill(self.init, 9)
         if self.nspawn:
+            if not self.init:
+                os.killpg(self.nspawn.pid, 9)
             self.nspawn.wait(timeout=60)
         self.nspawn, self.init = None, 0
 
@@ -238,8 +260,12 @@ class Machine:
         """A script in the operator's login shell on a terminal (bash -e: the first failing command
         fails it), in the folder the previous script ended in, as in one terminal session. Each
         (prompt, answer) is typed once the prompt (a regex) shows."""
-        wrapped = (f"export SYSTEMD_PAGER=cat PAGER=cat; cd \"$(cat ~/.cwd 2>/dev/null || echo ~)\"; "
-                   f"set -eo pipefail\n{script}\npwd > ~/.cwd")
+        steps = []
+        for command in commands(script):  # each checked: bash -e overlooks `false && true`
+            steps.append(f"{command}\nrc=$?; [ $rc = 0 ] || {{ echo \"guide: exit $rc from: "
+                         f"{shlex.quote(command)[:200]}\"; exit $rc; }}")
+        wrapped = ("export SYSTEMD_PAGER=cat PAGER=cat; cd \"$(cat ~/.cwd 2>/dev/null || echo ~)\"; set -o pipefail\n"
+                   + "\n".join(steps) + "\npwd > ~/.cwd")
         done = self._terminal(["/usr/sbin/runuser", "-l", "ubuntu", "-c", wrapped], timeout, list(answers))
         if check and done.returncode != 0:
             raise AssertionError(f"as ubuntu:\n{script}\nexit {done.returncode}\n{done.stdout[-4000:]}")
