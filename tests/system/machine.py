@@ -261,9 +261,8 @@ class Machine:
         fails it), in the folder the previous script ended in, as in one terminal session. Each
         (prompt, answer) is typed once the prompt (a regex) shows."""
         steps = []
-        for command in commands(script):  # each checked: bash -e overlooks `false && true`
-            steps.append(f"{command}\nrc=$?; [ $rc = 0 ] || {{ echo \"guide: exit $rc from: "
-                         f"{shlex.quote(command)[:200]}\"; exit $rc; }}")
+        for n, command in enumerate(commands(script), 1):  # each checked: bash -e overlooks `false && x`
+            steps.append(f"{command}\nrc=$?; [ $rc = 0 ] || {{ echo \"guide: command {n} exited $rc\"; exit $rc; }}")
         wrapped = ("export SYSTEMD_PAGER=cat PAGER=cat; cd \"$(cat ~/.cwd 2>/dev/null || echo ~)\"; set -o pipefail\n"
                    + "\n".join(steps) + "\npwd > ~/.cwd")
         done = self._terminal(["/usr/sbin/runuser", "-l", "ubuntu", "-c", wrapped], timeout, list(answers))
