@@ -142,7 +142,8 @@ class Machine:
 
     def _prepare(self) -> None:
         d = self.dir
-        (d / "etc/hosts").write_text("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+        (d / "etc/hosts").write_text("127.0.0.1\tlocalhost\n127.0.1.1\tlightsail\n"
+                                     "::1\tlocalhost ip6-localhost ip6-loopback\n")
         (d / "etc/hostname").write_text("lightsail\n")
         shutil.copytree(wheelhouse(self.project, self.releases), d / "var/cache/wheels", dirs_exist_ok=True)
         (d / "etc/pip.conf").write_text("[global]\nno-index = true\nfind-links = /var/cache/wheels\n")

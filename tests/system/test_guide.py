@@ -110,7 +110,7 @@ def test_the_guide_runs_as_written_in_order(machine):
     assert ask(box, "temperature", "temp_sensor_01", TODAY)[0]["count"] == 10
 
     # Retention: 90 days keeps today and archives the seed's day; the archived day read back.
-    box.edit("/etc/mqtt-client/settings.toml", "printf '\\n[retention]\\ntemperature_days = 90\\n' >> \"$1\"")
+    box.edit("/etc/mqtt-client/settings.toml", "sed -i '/^\\[retention\\]/a temperature_days = 90' \"$1\"")
     op.paste(by["Retention and archive"][0])
     archived = "/var/lib/mqtt-client/archive/temperature_logs/2026/temperature_logs-2026-01-22.csv.gz"
     box.wait("the day to be archived", lambda: box.root(f"test -f {archived}", check=False).returncode == 0
