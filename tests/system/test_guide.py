@@ -46,8 +46,11 @@ def settled(box, expected, table="temperature_logs", where="1", timeout=60):
     box.wait(f"{expected} rows in {table} where {where}", lambda: count(box, table, where) == expected, timeout)
 
 
+GIT = "sudo apt-get update -qq && sudo apt-get install -y -qq git >/dev/null\n"
+
+
 def install(box, *options):
-    box.run(f"git clone -q /srv/mqtt-client.git ~/mqtt-service && cd ~/mqtt-service && "
+    box.run(f"{GIT}git clone -q /srv/mqtt-client.git ~/mqtt-service && cd ~/mqtt-service && "
             f"sudo deploy/install.sh {' '.join(options)}")
     box.wait("the service to be active", box.active, 90)
 
@@ -159,7 +162,7 @@ def test_moving_from_the_original_program(machine):
     shutil.copytree(PROJECT / "tests/system/original", box.dir / "home/ubuntu/mqtt-client")
     shutil.move(box.dir / "home/ubuntu/mqtt-client/mqtt-client.service", box.dir / "etc/systemd/system")
     shutil.copy(PROJECT / "tests/system/original/device.py", box.dir / "root/device.py")
-    box.chroot("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto sqlite3 "
+    box.chroot("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients sqlite3 "
                "python3-paho-mqtt >/dev/null && chown -R ubuntu: /home/ubuntu/mqtt-client && "
                "systemctl enable mqtt-client.service mosquitto.service")
     box.boot()
@@ -197,7 +200,7 @@ def test_an_upgrade_from_the_previous_release_keeps_answering(machine):
     if not box.releases:
         pytest.skip(f"the previous release {PREVIOUS_RELEASE} is not in this clone's history")
     box.boot()
-    box.run(f"git clone -q /srv/mqtt-client.git ~/mqtt-service && cd ~/mqtt-service && "
+    box.run(f"{GIT}git clone -q /srv/mqtt-client.git ~/mqtt-service && cd ~/mqtt-service && "
             f"git reset -q --hard {box.releases[0]} && sudo deploy/install.sh --with-broker")
     box.wait("the previous release to be active", box.active, 90)
     publish(box, "home/temperature", [reading("temp_sensor_01", n) for n in range(30)])
