@@ -52,7 +52,8 @@ GIT = "sudo apt-get update -qq && sudo apt-get install -y -qq git >/dev/null\n"
 def install(box, *options):
     box.run(f"{GIT}git clone -q /srv/mqtt-client.git ~/mqtt-service && cd ~/mqtt-service && "
             f"sudo deploy/install.sh {' '.join(options)}")
-    box.wait("the service to be active", box.active, 90)
+    if "--no-start" not in options:
+        box.wait("the service to be active", box.active, 90)
 
 
 class Operator:
@@ -200,7 +201,9 @@ def test_an_upgrade_from_the_previous_release_keeps_answering(machine):
     if not box.releases:
         pytest.skip(f"the previous release {PREVIOUS_RELEASE} is not in this clone's history")
     box.boot()
-    box.run(f"{GIT}git clone -q /srv/mqtt-client.git ~/mqtt-service && cd ~/mqtt-service && "
+    # (that release's install.sh left the MQTT clients out: installed as its guide's users had them)
+    box.run(f"{GIT}sudo apt-get install -y -qq mosquitto-clients sqlite3 >/dev/null\n"
+            f"git clone -q /srv/mqtt-client.git ~/mqtt-service && cd ~/mqtt-service && "
             f"git reset -q --hard {box.releases[0]} && sudo deploy/install.sh --with-broker")
     box.wait("the previous release to be active", box.active, 90)
     publish(box, "home/temperature", [reading("temp_sensor_01", n) for n in range(30)])
@@ -233,6 +236,8 @@ def test_an_upgrade_from_the_previous_release_keeps_answering(machine):
     print(f"upgrade from {PREVIOUS_RELEASE}: {len(rows)} requests, all answered; slowest reply {slowest:.2f} s, "
           f"longest gap between replies {pause:.2f} s")
     assert ask(box, "power", "pw", "2026-01-22")[0]["count"] == 3
+    env = (box.dir / "etc/mqtt-client/mqtt-client.env").read_text()
+    assert "\n# MQTT_BROKER_PORT=1883\n" in env and "\nMQTT_BROKER_PORT" not in env
     assert box.sql("SELECT MAX(version) FROM schema_version") == "5"
     assert ask(box, "devices")[0]["count"] >= 3
 
