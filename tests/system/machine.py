@@ -127,6 +127,43 @@ def wheelhouse(project: Path, commits: tuple[str, ...] = ()) -> Path:
     return house
 
 
+def on_terminal(cmd: list[str], timeout: float, answers: list) -> subprocess.CompletedProcess:
+    """cmd with a terminal of its own (sudo, getpass and mosquitto_passwd want one), typing each
+    answer once its prompt shows; stdout and stderr together."""
+    master, slave = os.openpty()
+
+    def controlling_terminal():
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    proc = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave, preexec_fn=controlling_terminal)
+    os.close(slave)
+    out, seen, deadline = b"", 0, time.monotonic() + timeout
+    try:
+        while True:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise AssertionError(f"no end after {timeout:g} s: {cmd[-1][-300:]}\n{out[-2000:].decode()}")
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:  # EIO: every process on the terminal is gone
+                    data = b""
+                if not data:
+                    break
+                out += data
+                if answers and re.search(answers[0][0], out[seen:].decode(errors="replace")):
+                    os.write(master, answers.pop(0)[1].encode() + b"\n")
+                    seen = len(out)
+            elif proc.poll() is not None:
+                break
+    finally:
+        os.close(master)
+    text = out.decode(errors="replace").replace("\r\n", "\n")
+    return subprocess.CompletedProcess(cmd, proc.wait(), text, "")
+
+
 class Machine:
     """One booted machine. `run` is the operator's login shell; `root` a root shell."""
 
@@ -244,69 +281,33 @@ class Machine:
 
     # -- shells
 
-    def _enter(self, cmd: list[str], timeout: float, stdin: str | None) -> subprocess.CompletedProcess:
-        return subprocess.run(["nsenter", "-t", str(self.init), "-m", "-p", "-u", "-i", "-n", "--",
-                               "/usr/bin/env", "-i", "PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                               "LANG=C.UTF-8", *cmd], input=stdin, capture_output=True, text=True,
-                              timeout=timeout)
+    def inside(self, *argv: str, terminal: bool = False) -> list[str]:
+        """argv run inside the machine, with a clean environment."""
+        return ["nsenter", "-t", str(self.init), "-m", "-p", "-u", "-i", "-n", "--", "/usr/bin/env", "-i",
+                "PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8",
+                *(["TERM=dumb"] if terminal else []), *argv]
 
     def root(self, cmd: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
-        done = self._enter(["/bin/bash", "-c", cmd], timeout, None)
+        done = subprocess.run(self.inside("/bin/bash", "-c", cmd), capture_output=True, text=True, timeout=timeout)
         if check and done.returncode != 0:
             raise AssertionError(f"as root: {cmd}\nexit {done.returncode}\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
         return done
 
     def run(self, script: str, timeout: float = 600, check: bool = True,
             answers: tuple[tuple[str, str], ...] = ()) -> subprocess.CompletedProcess:
-        """A script in the operator's login shell on a terminal (bash -e: the first failing command
-        fails it), in the folder the previous script ended in, as in one terminal session. Each
-        (prompt, answer) is typed once the prompt (a regex) shows."""
+        """A script in the operator's login shell on a terminal, in the folder the previous one
+        ended in, as in one terminal session; the first command that fails ends it. Each (prompt,
+        answer) is typed once the prompt (a regex) shows."""
         steps = []
         for n, command in enumerate(commands(script), 1):  # each checked: bash -e overlooks `false && x`
             steps.append(f"{command}\nrc=$?; [ $rc = 0 ] || {{ echo \"guide: command {n} exited $rc\"; exit $rc; }}")
         wrapped = ("export SYSTEMD_PAGER=cat PAGER=cat; cd \"$(cat ~/.cwd 2>/dev/null || echo ~)\"; set -o pipefail\n"
                    + "\n".join(steps) + "\npwd > ~/.cwd")
-        done = self._terminal(["/usr/sbin/runuser", "-l", "ubuntu", "-c", wrapped], timeout, list(answers))
+        done = on_terminal(self.inside("/usr/sbin/runuser", "-l", "ubuntu", "-c", wrapped, terminal=True),
+                           timeout, list(answers))
         if check and done.returncode != 0:
             raise AssertionError(f"as ubuntu:\n{script}\nexit {done.returncode}\n{done.stdout[-4000:]}")
         return done
-
-    def _terminal(self, cmd: list[str], timeout: float, answers: list) -> subprocess.CompletedProcess:
-        master, slave = os.openpty()
-
-        def controlling_terminal():
-            os.setsid()
-            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-
-        proc = subprocess.Popen(["nsenter", "-t", str(self.init), "-m", "-p", "-u", "-i", "-n", "--",
-                                 "/usr/bin/env", "-i", "PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                                 "LANG=C.UTF-8", "TERM=dumb", *cmd],
-                                stdin=slave, stdout=slave, stderr=slave, preexec_fn=controlling_terminal)
-        os.close(slave)
-        out, seen, deadline = b"", 0, time.monotonic() + timeout
-        try:
-            while True:
-                if time.monotonic() > deadline:
-                    proc.kill()
-                    raise AssertionError(f"no end after {timeout:g} s: {cmd[-1][-300:]}\n{out[-2000:].decode()}")
-                ready, _, _ = select.select([master], [], [], 0.2)
-                if ready:
-                    try:
-                        data = os.read(master, 65536)
-                    except OSError:  # EIO: every process on the terminal is gone
-                        data = b""
-                    if not data:
-                        break
-                    out += data
-                    if answers and re.search(answers[0][0], out[seen:].decode(errors="replace")):
-                        os.write(master, answers.pop(0)[1].encode() + b"\n")
-                        seen = len(out)
-                elif proc.poll() is not None:
-                    break
-        finally:
-            os.close(master)
-        text = out.decode(errors="replace").replace("\r\n", "\n")
-        return subprocess.CompletedProcess(cmd, proc.wait(), text, "")
 
     def sql(self, query: str) -> str:
         return self.root(f"sqlite3 /var/lib/mqtt-client/mqtt_data.db {shlex.quote(query)}").stdout.strip()

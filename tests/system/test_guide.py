@@ -173,8 +173,8 @@ def test_moving_from_the_original_program(machine):
     box.wait("the original program to store", lambda: box.root(
         f"sqlite3 {old_db} 'SELECT COUNT(*) FROM temperature_logs'").stdout.strip() == "25", 30)
 
-    device = subprocess.Popen(["nsenter", "-t", str(box.init), "-m", "-p", "-u", "-i", "-n", "--", "/usr/bin/python3",
-                               "/root/device.py", "600", "20", "/root/acked", "moving_sensor"])
+    device = subprocess.Popen(box.inside("/usr/bin/python3", "/root/device.py", "600", "20", "/root/acked",
+                                         "moving_sensor"))
     time.sleep(5)  # a quarter of the readings go to the original program
     op = Operator(box)
     for block in guide.section("Moving from the original program"):
@@ -219,8 +219,7 @@ def test_an_upgrade_from_the_previous_release_keeps_answering(machine):
              "-m '{\"device_id\": \"temp_sensor_01\", \"date\": \"2026-01-22\"}') || r=none\n"
              "  echo \"$t $(date +%s.%N) $(echo \"$r\" | grep -o '\"count\": *[0-9]*' | tr -d ' ')\" >> /root/replies\n"
              "  sleep 0.2\ndone\nEOF")
-    app = subprocess.Popen(["nsenter", "-t", str(box.init), "-m", "-p", "-u", "-i", "-n", "--", "/bin/bash",
-                            "/root/app.sh"])
+    app = subprocess.Popen(box.inside("/bin/bash", "/root/app.sh"))
     time.sleep(2)
     started = time.time()
     (upgrade,) = guide.section("Upgrade")
