@@ -70,7 +70,7 @@ async def ask(args) -> list[dict]:
     context = None
     if args.tls:
         context = ssl.create_default_context(cafile=args.ca_file)
-    await client.connect(args.host, args.port or (8883 if args.tls else 1883), ssl=context or False,
+    await client.connect(args.host, args.port, ssl=context or False,
                          version=MQTTv50)
     client.subscribe(f"home/data{stem}/{args.app_id}", qos=1)
     await subscribed.wait()
@@ -102,7 +102,8 @@ async def ask(args) -> list[dict]:
         await client.disconnect()
 
 
-def main(argv=None) -> int:
+def arguments(argv=None, environ=os.environ) -> argparse.Namespace:
+    """The command line, with the broker's defaults from the environment as the service reads it."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("kind", choices=STEMS, help="a device type, or devices for the catalogue")
@@ -118,7 +119,7 @@ def main(argv=None) -> int:
     p.add_argument("--from", dest="start", metavar="HH:MM:SS")
     p.add_argument("--to", dest="end", metavar="HH:MM:SS")
     p.add_argument("--json", action="store_true", help="print the replies as JSON, one per line")
-    env = {k: v for k, v in os.environ.items() if v}  # as the service reads them: empty is unset
+    env = {k: v for k, v in environ.items() if v}  # as the service reads them: empty is unset
     p.add_argument("--app-id", help="default: the user name, or cli-<random> without one")
     p.add_argument("--host", default=env.get("MQTT_BROKER_HOST", "localhost"))
     p.add_argument("--port", type=int, default=int(env.get("MQTT_BROKER_PORT", 0)) or None,
@@ -142,6 +143,12 @@ def main(argv=None) -> int:
     elif args.latest == bool(args.date):
         p.error("give a date, --latest, or --summary")
     args.app_id = args.app_id or args.username or f"cli-{uuid.uuid4().hex[:8]}"
+    args.port = args.port or (8883 if args.tls else 1883)
+    return args
+
+
+def main(argv=None) -> int:
+    args = arguments(argv)
     if args.username and args.password is None and sys.stdin.isatty():
         args.password = getpass.getpass(f"password for {args.username}: ")
     try:

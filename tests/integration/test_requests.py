@@ -9,6 +9,7 @@ import sys
 
 from builders import second_of, temperature
 from conftest import ROOT, Mqtt5App, wait_until
+from scripts.request import arguments
 
 DAY = "2026-04-01"
 
@@ -191,3 +192,14 @@ def test_the_request_cli_prints_a_day_across_pages_the_latest_and_errors(db_serv
     assert devices.returncode == 0, devices.stderr
     assert devices.stdout.splitlines()[0] == "1 devices" and devices.stdout.splitlines()[3].split()[:4] == \
         ["temperature", "t1", "live", "3"]
+
+
+def test_the_request_cli_reads_the_broker_from_the_environment_as_the_service_does():
+    """MQTT_TLS switches to 8883 unless MQTT_BROKER_PORT says otherwise; empty variables are unset;
+    the app id is the user name (a broker secured with deploy/mosquitto/acl requires it)."""
+    args = arguments(["temperature", "t1", "--latest"], {"MQTT_TLS": "true", "MQTT_TLS_CA_FILE": "/etc/ca.pem",
+                                                          "MQTT_BROKER_PORT": "", "MQTT_USERNAME": "phone-anna"})
+    assert (args.tls, args.port, args.ca_file, args.app_id) == (True, 8883, "/etc/ca.pem", "phone-anna")
+    args = arguments(["temperature", "t1", "--latest"], {"MQTT_TLS": "true", "MQTT_BROKER_PORT": "9883"})
+    assert (args.port, args.username) == (9883, None) and args.app_id.startswith("cli-")
+    assert arguments(["devices"], {}).port == 1883
