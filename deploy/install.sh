@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the service on Debian 12 / Ubuntu 22.04+ (run as root from a copy of this repository),
 # or upgrades it in place: run it again after `git pull`. Safe to repeat: it only creates what is
-# missing, replaces the code and the unit, and never touches your settings, secrets or data.
+# missing, replaces the code and the unit, and never touches your settings or data (in the env file
+# it only comments out lines that repeat a default, which older releases wrote).
 #
 #   sudo deploy/install.sh                 install or upgrade, enable and (re)start the service
 #   sudo deploy/install.sh --with-broker   also install Mosquitto with deploy/mosquitto/mqtt-client.conf
