@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import difflib
 import re
 from dataclasses import dataclass
 from datetime import date as Date
@@ -57,6 +58,13 @@ class CatalogueAsk:
 
 
 SUMMARY_KINDS = ("hour", "day")
+# The fields of each form of request: any other is refused (`unknown_field`), so that a typo such
+# as "limt" is never silently a request for the whole day.
+DAY_FIELDS = ("device_id", "date", "limit", "cursor", "from", "to", "request_id")
+LATEST_FIELDS = ("device_id", "latest", "request_id")
+SUMMARY_FIELDS = ("device_id", "summary", "from_date", "to_date", "cursor", "request_id")
+CATALOGUE_FIELDS = ("type", "limit", "cursor", "request_id")
+ALL_FIELDS = {*DAY_FIELDS, *LATEST_FIELDS, *SUMMARY_FIELDS}
 CATALOGUE = "devices"  # what a request on home/getdevices/{app_id} asks for (in place of a device type)
 # What apps ask for, and where: request stem (apps ask on {stem}/{app_id}) and reply stem, by kind
 STEMS = {**{d.name: (d.request_stem, d.reply_stem) for d in DEVICE_TYPES.values()},
@@ -79,19 +87,30 @@ def request_id_of(obj) -> str | None:
 
 
 def _object(payload: bytes) -> tuple[dict, dict]:
-    """The request's object and what is known of it so far (its request_id), or RequestError."""
+    """The request's object and what an error reply may echo of it, or RequestError."""
     try:
         obj = parse_object(payload)
     except InvalidMessage as exc:
         code = "invalid_json" if str(exc).startswith("not valid JSON") else "invalid_request"
         raise RequestError(code, str(exc)) from None
-    known = {}
-    if "request_id" in obj:
-        if (request_id := request_id_of(obj)) is None:
-            raise RequestError("invalid_field", f"field 'request_id' must be a string of 1 to {MAX_REQUEST_ID} "
-                                                "characters without control characters")
-        known["request_id"] = request_id
+    known = _readable(obj)
+    if "request_id" in obj and "request_id" not in known:
+        raise RequestError("invalid_field", f"field 'request_id' must be a string of 1 to {MAX_REQUEST_ID} "
+                                            "characters without control characters", **known)
     return obj, known
+
+
+def _only(obj: dict, fields: tuple[str, ...], form: str, every: set[str], fail) -> None:
+    """Refuse a field this form of request does not take: one another form takes is contradictory
+    (`invalid_request`), any other is unknown (`unknown_field`, with the nearest known name)."""
+    if not (extra := [k for k in obj if k not in fields]):
+        return
+    if contradicting := [k for k in extra if k in every]:
+        fail("invalid_request", f"a {form} request takes no {', '.join(repr(k) for k in contradicting)}")
+    name = extra[0]
+    near = difflib.get_close_matches(name, fields, n=1) if isinstance(name, str) else []
+    fail("unknown_field", f"unknown field {name!r}" + (f" (did you mean {near[0]!r}?)" if near else "")
+         + f"; a {form} request takes {', '.join(fields)}")
 
 
 def _limit(obj: dict, fail) -> int | None:
@@ -117,11 +136,11 @@ def parse_request(payload: bytes, device: DeviceType, max_limit: int, max_bucket
     if "latest" in obj:
         if obj["latest"] is not True:
             fail("invalid_field", "field 'latest' can only be true")
-        if extra := [k for k in ("date", "limit", "cursor", "from", "to") if k in obj]:
-            fail("invalid_request", f"a latest request takes no {', '.join(repr(k) for k in extra)}")
+        _only(obj, LATEST_FIELDS, "latest", ALL_FIELDS, fail)
         return Ask(known["device_id"], latest=True, request_id=known.get("request_id"))
     if "summary" in obj:
         return _summary(obj, device, known, max_buckets, fail)
+    _only(obj, DAY_FIELDS, "day", ALL_FIELDS, fail)
     if "date" not in obj:
         fail("missing_field", "missing field 'date'")
     value = obj["date"]
@@ -151,8 +170,7 @@ def _summary(obj: dict, device: DeviceType, known: dict, max_buckets: int, fail)
     kind = obj["summary"]
     if kind not in SUMMARY_KINDS:
         fail("invalid_field", f"field 'summary' must be one of {', '.join(SUMMARY_KINDS)}, got {kind!r}")
-    if extra := [k for k in ("date", "limit", "from", "to") if k in obj]:
-        fail("invalid_request", f"a summary request takes no {', '.join(repr(k) for k in extra)}")
+    _only(obj, SUMMARY_FIELDS, "summary", ALL_FIELDS, fail)
     dates = {}
     for name in ("from_date", "to_date"):
         if name not in obj:
@@ -184,6 +202,7 @@ def parse_catalogue(payload: bytes, types, max_limit: int) -> CatalogueAsk:
     def fail(code, message):
         raise RequestError(code, message, **known)
 
+    _only(obj, CATALOGUE_FIELDS, "catalogue", set(CATALOGUE_FIELDS), fail)
     kind = obj.get("type")
     if kind is not None and kind not in types:
         fail("invalid_field", f"field 'type' must be one of {', '.join(types)}, got {kind!r}")
@@ -260,23 +279,47 @@ def error_reply(code: str, message: str, **known) -> dict:
     return {**known, "error": {"code": code, "message": message}}
 
 
-def request_id_in(payload: bytes, max_bytes: int) -> str | None:
-    """The request_id of a raw request, for an error reply, if it is readable: a payload over
-    `max_bytes` (limits.max_request_bytes) is not even parsed."""
-    if len(payload) > max_bytes:
-        return None
+# In a request too large to parse, the fields an error reply echoes are looked for as plain strings.
+ECHOED = ("request_id", "device_id", "date")
+_ECHO_PATTERN = {name: re.compile(rb'"%s"\s*:\s*"([^"\\]{1,512})"' % name.encode()) for name in ECHOED}
+
+
+def known_in(payload: bytes, max_bytes: int) -> dict:
+    """request_id, device_id and date of a raw request, as far as they are readable and valid, for
+    an error reply. A payload over `max_bytes` (limits.max_request_bytes) is not parsed: only its
+    first `max_bytes` are searched for them."""
+    if len(payload) <= max_bytes:
+        try:
+            obj = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            obj = None
+    else:
+        head = payload[:max_bytes]
+        obj = {name: m.group(1).decode("utf-8", "replace") for name, p in _ECHO_PATTERN.items()
+               if (m := p.search(head))}
+    return _readable(obj) if isinstance(obj, dict) else {}
+
+
+def _readable(obj: dict) -> dict:
+    """The request's request_id, device_id and date, each if it is there and valid."""
+    known = {}
+    if (request_id := request_id_of(obj)) is not None:
+        known["request_id"] = request_id
     try:
-        return request_id_of(orjson.loads(payload))
-    except orjson.JSONDecodeError:
-        return None
+        known["device_id"] = text_field(obj, "device_id")
+    except InvalidMessage:
+        pass
+    if _well_formed(obj.get("date"), DATE, Date.fromisoformat):
+        known["date"] = obj["date"]
+    return known
 
 
-def with_request_id(body: dict, payload: bytes, max_bytes: int) -> dict:
-    request_id = request_id_in(payload, max_bytes)
-    return body if request_id is None else {"request_id": request_id, **body}
+def with_known(body: dict, payload: bytes, max_bytes: int) -> dict:
+    """An error reply with what could be read of the request it answers."""
+    return {**known_in(payload, max_bytes), **body}
 
 
 def internal_error(payload: bytes, max_bytes: int) -> dict:
-    """The reply to a request the service failed to answer (its request_id echoed if readable)."""
-    return with_request_id(error_reply("internal_error", "the service failed to answer this request; it has "
+    """The reply to a request the service failed to answer (what could be read of it echoed)."""
+    return with_known(error_reply("internal_error", "the service failed to answer this request; it has "
                                                          "been logged"), payload, max_bytes)

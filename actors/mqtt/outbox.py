@@ -17,7 +17,7 @@ import orjson
 
 from actors.mqtt.client import OneConnectionClient
 from actors.mqtt.packets import publish_size
-from actors.requests import error_reply, with_request_id
+from actors.requests import error_reply, with_known
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +130,8 @@ class Outbox:
         if not self.fits(topic, payload, correlation):
             log.error("a reply of %d bytes on %s would exceed the broker's maximum packet size (%d bytes); "
                       "answered too_large", len(payload), topic, self.max_packet)
-            body = with_request_id(error_reply("too_large", "the reply would exceed the broker's maximum packet size"),
-                                   request, self.max_request_bytes)
+            body = with_known(error_reply("too_large", "the reply would exceed the broker's maximum packet size"),
+                              request, self.max_request_bytes)
             payload = orjson.dumps(body)
             if not self.fits(topic, payload, correlation):
                 log.error("the request's correlation data (%d bytes) is too large to send back", len(correlation or b""))
@@ -141,6 +141,6 @@ class Outbox:
         return self.send(topic, payload, correlation=correlation)
 
     def refuse(self, reply_topic: str, payload: bytes, correlation: bytes | None, code: str, message: str) -> None:
-        """An error reply to the request `payload`, with its request id if readable."""
-        body = with_request_id(error_reply(code, message), payload, self.max_request_bytes)
+        """An error reply to the request `payload`, with what could be read of it."""
+        body = with_known(error_reply(code, message), payload, self.max_request_bytes)
         self.reply(reply_topic, orjson.dumps(body), correlation)

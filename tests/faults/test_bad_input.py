@@ -23,7 +23,7 @@ from conftest import Broker, FakePeer, Mqtt5App, Service, wait_until
 
 LIMITS = load_settings(environ={}).limits
 TRIED = collections.Counter()  # fuzzed inputs per test, reported at the end of the module
-ERROR_CODES = {"invalid_json", "invalid_request", "missing_field", "invalid_field", "too_large"}
+ERROR_CODES = {"invalid_json", "invalid_request", "missing_field", "invalid_field", "unknown_field", "too_large"}
 
 scalars = (st.none() | st.booleans() | st.integers() | st.integers(min_value=2**63)
            | st.floats(allow_nan=False, allow_infinity=False) | st.text())

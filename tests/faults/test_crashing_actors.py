@@ -142,7 +142,8 @@ def test_a_bug_while_answering_is_an_internal_error_reply_not_a_crash(running, s
     client.subscribe_replies("buggy")
     client.publish("home/gettemp/buggy", {"device_id": "nobody", "date": "2026-06-01", "request_id": "r9"})
     topic, reply = client.take()
-    assert reply == {"request_id": "r9", "error": {"code": "internal_error", "message": reply["error"]["message"]}}
+    assert reply == {"request_id": "r9", "device_id": "nobody", "date": "2026-06-01",
+                     "error": {"code": "internal_error", "message": reply["error"]["message"]}}
     assert "injected bug in QueryActor.answer" in caplog.text and "Traceback" in caplog.text
     assert client.request("temp", "buggy", {"device_id": "nobody", "date": "2026-06-01"})["count"] == 0
     assert "crashed" not in caplog.text and exits.empty()

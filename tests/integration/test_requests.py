@@ -61,6 +61,7 @@ def test_an_mqtt5_request_is_answered_on_its_response_topic_with_its_correlation
             assert refused.topic == "home/datatemp/app5" and refused.properties.CorrelationData == b"x"
             body = json.loads(refused.payload)
             assert body["error"]["code"] == "invalid_response_topic" and body["request_id"] == f"bad-{i}"
+            assert (body["device_id"], body["date"]) == ("t1", DAY)
         log = db_service.log()
         assert log.count("is not one of app app5's reply topics") == 3
         assert "holds a wildcard" in log and "levels, over the 8-level limit" in log

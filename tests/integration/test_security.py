@@ -88,10 +88,13 @@ def test_a_flooding_app_is_rate_limited_and_does_not_slow_the_others(broker, tmp
         p95 = statistics.quantiles(latencies, n=20)[-1]
         print(f"polite app's reply p95 during the flood: {p95 * 1000:.1f} ms")
         assert p95 < 1.0
-        codes = []
+        replies = []
         while not flood.messages.empty():
-            codes.append(flood.take()[1].get("error", {}).get("code"))
+            replies.append(flood.take()[1])
+        codes = [r.get("error", {}).get("code") for r in replies]
         assert "rate_limited" in codes and None in codes  # its burst was answered, the rest refused
+        # A refusal made before any query actor still echoes what the request said.
+        assert all((r["device_id"], r["date"]) == ("t1", "2026-03-01") for r in replies)
     finally:
         stop.set()
         flood.close()

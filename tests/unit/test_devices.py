@@ -6,7 +6,7 @@ import json
 import pytest
 
 from actors.devices import DEVICE_TYPES, InvalidMessage
-from actors.requests import Ask, RequestError, encode_cursor, parse_request
+from actors.requests import Ask, RequestError, encode_cursor, known_in, parse_catalogue, parse_request
 
 TEMP, POWER, FINGER = DEVICE_TYPES["temperature"], DEVICE_TYPES["power"], DEVICE_TYPES["fingerprint"]
 
@@ -112,9 +112,9 @@ def test_the_optional_fields_of_a_request():
 @pytest.mark.parametrize("payload, code, known", [
     (b"{not json", "invalid_json", {}),
     (raw(["temp_sensor_01", "2026-01-22"]), "invalid_request", {}),
-    (raw({"date": "2026-01-22"}), "missing_field", {}),
+    (raw({"date": "2026-01-22"}), "missing_field", {"date": "2026-01-22"}),
     (raw({"device_id": "t1"}), "missing_field", {"device_id": "t1"}),
-    (raw({"device_id": 5, "date": "2026-01-22"}), "invalid_field", {}),
+    (raw({"device_id": 5, "date": "2026-01-22"}), "invalid_field", {"date": "2026-01-22"}),
     (raw({"device_id": "t1", "date": "22-01-2026"}), "invalid_field", {"device_id": "t1"}),
     (raw({"device_id": "t1", "date": "2026-02-30"}), "invalid_field", {"device_id": "t1"}),
     (raw({"device_id": "t1", "date": 20260122}), "invalid_field", {"device_id": "t1"}),
@@ -129,15 +129,48 @@ def test_the_optional_fields_of_a_request():
      {"device_id": "t1", "date": "2026-01-22"}),
     (raw({"device_id": "t1", "date": "2026-01-22", "cursor": "bm90IG91cnM"}), "invalid_field",
      {"device_id": "t1", "date": "2026-01-22"}),
-    (raw({"device_id": "t1", "latest": True, "date": "2026-01-22"}), "invalid_request", {"device_id": "t1"}),
+    (raw({"device_id": "t1", "latest": True, "date": "2026-01-22"}), "invalid_request",
+     {"device_id": "t1", "date": "2026-01-22"}),
+    (raw({"device_id": "t1", "latest": True, "summary": "day"}), "invalid_request", {"device_id": "t1"}),
+    (raw({"device_id": "t1", "date": "2026-01-22", "limt": 10}), "unknown_field",
+     {"device_id": "t1", "date": "2026-01-22"}),
+    (raw({"device_id": "t1", "summary": "day", "from_date": "2026-01-01", "to_date": "2026-01-02", "tz": "UTC"}),
+     "unknown_field", {"device_id": "t1"}),
+    (raw({"device_id": "t1", "latest": True, "fields": ["temperature"]}), "unknown_field", {"device_id": "t1"}),
     (raw({"device_id": "t1", "latest": "yes"}), "invalid_field", {"device_id": "t1"}),
-    (raw({"device_id": "t1", "date": "2026-01-22", "request_id": ""}), "invalid_field", {}),
-    (raw({"device_id": "t1", "date": "2026-01-22", "request_id": "x" * 129}), "invalid_field", {}),
+    (raw({"device_id": "t1", "date": "2026-01-22", "request_id": ""}), "invalid_field",
+     {"device_id": "t1", "date": "2026-01-22"}),
+    (raw({"device_id": "t1", "date": "2026-01-22", "request_id": "x" * 129}), "invalid_field",
+     {"device_id": "t1", "date": "2026-01-22"}),
 ])
 def test_bad_requests_carry_a_code_and_what_was_readable(payload, code, known):
     with pytest.raises(RequestError) as err:
         parse_request(payload, TEMP, 1000)
     assert err.value.code == code and err.value.known == known and str(err.value)
+
+
+def test_an_unknown_field_is_named_with_the_nearest_known_one():
+    with pytest.raises(RequestError) as err:
+        parse_request(raw({"device_id": "t1", "date": "2026-01-22", "limt": 10}), TEMP, 1000)
+    assert str(err.value).startswith("unknown field 'limt' (did you mean 'limit'?)")
+    with pytest.raises(RequestError) as err:
+        parse_catalogue(raw({"type": "power", "device_id": "p1"}), ("temperature", "power"), 100)
+    assert err.value.code == "unknown_field" and "'device_id'" in str(err.value)
+
+
+@pytest.mark.parametrize("payload, known", [
+    (raw({"device_id": "t1", "date": "2026-01-22", "request_id": "r1"}),
+     {"device_id": "t1", "date": "2026-01-22", "request_id": "r1"}),
+    (raw({"device_id": "t1", "date": "2026-02-30", "request_id": 7}), {"device_id": "t1"}),
+    (b"{not json", {}),
+    (raw(["t1"]), {}),
+    # Over the size limit: not parsed, its head searched for the three fields.
+    (raw({"request_id": "big-1", "device_id": "t1", "date": "2026-01-22", "x": "y" * 10_000}),
+     {"request_id": "big-1", "device_id": "t1", "date": "2026-01-22"}),
+    (raw({"x": "y" * 10_000, "request_id": "too-far"}), {}),
+])
+def test_an_error_reply_echoes_what_could_be_read_of_any_request(payload, known):
+    assert known_in(payload, 4096) == known
 
 
 def forged(*parts) -> str:

@@ -139,7 +139,8 @@ def test_a_bug_while_answering_is_an_internal_error_reply_and_the_actor_lives_on
         raise ZeroDivisionError("injected")
     monkeypatch.setattr(DEVICE_TYPES["power"], "rows", broken)
     reply = ask("power", {"device_id": "p1", "date": "2026-01-22", "request_id": "q"})
-    assert reply == {"request_id": "q", "error": {"code": "internal_error", "message": reply["error"]["message"]}}
+    assert reply == {"request_id": "q", "device_id": "p1", "date": "2026-01-22",
+                     "error": {"code": "internal_error", "message": reply["error"]["message"]}}
     assert "ZeroDivisionError: injected" in caplog.text  # the traceback, logged
     monkeypatch.undo()
     assert ask("power", {"device_id": "p1", "date": "2026-01-22"})["count"] == 0
