@@ -7,7 +7,7 @@ import pytest
 
 from conftest import ROOT
 
-DOCS = [ROOT / "README.md", ROOT / "deploy" / "README.md"]
+DOCS = [ROOT / "README.md", ROOT / "deploy" / "README.md", ROOT / "docs" / "protocol.md"]
 
 
 def anchors(path):
