@@ -84,13 +84,14 @@ def main(argv=None) -> int:
                  settings.mqtt.client_id)
     supervisor = Supervisor.start(settings, exit_code.set, retire=args.retire)
     code = exit_code.wait()
-    notify("STOPPING=1")
-    log.info("stopping (exit code %d)", code)
     # Whatever is in flight (a retention pass, a commit waiting for a lock), the process ends in
-    # time: what was not committed is not acknowledged, and the broker delivers it again.
+    # time: what was not committed is not acknowledged, and the broker delivers it again. Armed
+    # before anything else, a log line included: a write to a stalled disk or pipe may block.
     deadline = threading.Timer(STOP_DEADLINE, _exit_now, (code,))
     deadline.daemon = True
     deadline.start()
+    notify("STOPPING=1")
+    log.info("stopping (exit code %d)", code)
     try:
         supervisor.stop(block=True, timeout=STOP_DEADLINE)
     except pykka.Timeout:
@@ -100,9 +101,15 @@ def main(argv=None) -> int:
 
 
 def _exit_now(code: int) -> None:
-    log.error("not stopped within %g s of the signal; exiting anyway (what was not committed is delivered "
-              "again)", STOP_DEADLINE)
-    logging.shutdown()
+    """Exit now. The last log line gets half a second on a thread of its own: logging takes locks
+    that a thread stuck in a write may hold, and the exit must not wait for them."""
+    def last_words():
+        log.error("not stopped within %g s of the signal; exiting anyway (what was not committed is "
+                  "delivered again)", STOP_DEADLINE)
+        logging.shutdown()
+    words = threading.Thread(target=last_words, daemon=True)
+    words.start()
+    words.join(0.5)
     os._exit(code)
 
 

@@ -6,6 +6,8 @@ import dataclasses
 import logging
 import queue
 import sqlite3
+import subprocess
+import sys
 
 import pytest
 
@@ -15,7 +17,7 @@ from actors.mqtt.traffic import Traffic
 from actors.query import QueryActor
 from actors.settings import load_settings
 from actors.supervisor import Supervisor
-from conftest import FakeSystemd, MqttClient, wait_until
+from conftest import ROOT, FakeSystemd, MqttClient, wait_until
 from builders import temperature
 
 
@@ -161,3 +163,18 @@ def test_a_crash_loop_ends_the_process_with_exit_code_1(running, settings, caplo
         client.publish("home/temperature", reading("poison", i))
     assert exits.get(timeout=60) == 1
     assert "more than 3 crashes in 60 s" in caplog.text
+
+
+def test_the_last_resort_exit_does_not_wait_for_a_log_handler_stuck_in_a_write():
+    """system.py's stop deadline: with a log handler blocked for good (a stalled disk or pipe,
+    its lock held), the process still exits, with its exit code, about half a second later."""
+    script = ("import logging, threading, time, system\n"
+              "class Stuck(logging.Handler):\n"
+              "    def emit(self, record):\n"
+              "        threading.Event().wait()\n"
+              "logging.getLogger().addHandler(Stuck())\n"
+              "threading.Thread(target=logging.getLogger().error, args=('a write that never ends',), daemon=True).start()\n"
+              "time.sleep(0.2)\n"
+              "system._exit_now(3)\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=20)
+    assert done.returncode == 3, done.stderr
