@@ -96,25 +96,6 @@ def test_the_tail_of_a_burst_goes_once_the_stream_pauses(setup):
     assert [r.ack_id for r in told(ingest)[0].items] == [1, 2, 3, 4]
 
 
-def test_a_lone_reading_waits_half_the_window_and_a_trickle_all_of_it(setup):
-    make, loop, ingest, _ = setup
-    hand_over = make(linger=0.4)
-    started = loop.time()
-    hand_over.add("ingest/temperature", reading(1))
-    run_until(loop, lambda: not ingest.inbox.empty())
-    assert 0.2 <= loop.time() - started < 0.4  # no company came: half the window
-    assert [r.ack_id for r in told(ingest)[0].items] == [1]
-    started = loop.time()
-    for n in range(2, 5):  # a trickle: gaps far wider than a burst's
-        hand_over.add("ingest/temperature", reading(n))
-        until = loop.time() + 10 * BURST_GAP
-        run_until(loop, lambda: loop.time() > until)
-    assert told(ingest) == []  # the pause of a trickle does not end its window
-    run_until(loop, lambda: not ingest.inbox.empty())
-    assert loop.time() - started >= 0.4
-    assert [r.ack_id for r in told(ingest)[0].items] == [2, 3, 4]
-
-
 class Clock:
     """Just enough of an event loop for the window's timers, on a clock the test moves."""
 
@@ -172,3 +153,23 @@ def test_a_trickle_arms_no_timer_but_its_window():
         clock.advance(0.1)
     clock.advance(0.01)
     assert clock.fired == [pytest.approx(1.0)] and len(told(ingest)[0].items) == 10
+
+
+def test_a_lone_reading_waits_half_the_window_and_a_trickle_all_of_it():
+    peers, ingest, clock = Peers(), FakePeer(), Clock()
+    peers.register("ingest/temperature", ingest)
+    hand_over = HandOver(peers, 0.4, lambda: None)
+    hand_over.start(clock)
+    hand_over.add("ingest/temperature", reading(1))
+    clock.advance(0.199)
+    assert told(ingest) == []
+    clock.advance(0.002)  # no company came: half the window
+    assert [r.ack_id for r in told(ingest)[0].items] == [1]
+    started = clock.now
+    for n in range(2, 5):  # a trickle: gaps far wider than a burst's
+        hand_over.add("ingest/temperature", reading(n))
+        clock.advance(10 * BURST_GAP)
+    clock.advance(started + 0.399 - clock.now)
+    assert told(ingest) == []  # the pause of a trickle does not end its window
+    clock.advance(0.1)
+    assert [r.ack_id for r in told(ingest)[0].items] == [2, 3, 4]
