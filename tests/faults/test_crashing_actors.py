@@ -168,13 +168,15 @@ def test_a_crash_loop_ends_the_process_with_exit_code_1(running, settings, caplo
 def test_the_last_resort_exit_does_not_wait_for_a_log_handler_stuck_in_a_write():
     """system.py's stop deadline: with a log handler blocked for good (a stalled disk or pipe,
     its lock held), the process still exits, with its exit code, about half a second later."""
-    script = ("import logging, threading, time, system\n"
+    script = ("import logging, threading, system\n"
+              "stuck = threading.Event()\n"
               "class Stuck(logging.Handler):\n"
               "    def emit(self, record):\n"
+              "        stuck.set()\n"
               "        threading.Event().wait()\n"
               "logging.getLogger().addHandler(Stuck())\n"
               "threading.Thread(target=logging.getLogger().error, args=('a write that never ends',), daemon=True).start()\n"
-              "time.sleep(0.2)\n"
+              "stuck.wait(10)\n"
               "system._exit_now(3)\n")
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=20)
     assert done.returncode == 3, done.stderr

@@ -198,7 +198,11 @@ def test_moving_from_the_original_program(machine):
 
     device = subprocess.Popen(box.inside("/usr/bin/python3", "/root/device.py", "600", "20", "/root/acked",
                                          "moving_sensor"))
-    time.sleep(5)  # a quarter of the readings go to the original program
+
+    def stored_by_the_original():
+        return int(box.root(f"sqlite3 {old_db} \"SELECT COUNT(*) FROM temperature_logs "
+                            "WHERE device_id = 'moving_sensor'\"").stdout or 0)
+    box.wait("the original program to store a part of the readings", lambda: stored_by_the_original() >= 100, 30)
     op = Operator(box)
     for block in guide.section("Moving from the original program"):
         out = op.paste(block)
@@ -243,12 +247,17 @@ def test_an_upgrade_from_the_previous_release_keeps_answering(machine):
              "  echo \"$t $(date +%s.%N) $(echo \"$r\" | grep -o '\"count\": *[0-9]*' | tr -d ' ')\" >> /root/replies\n"
              "  sleep 0.2\ndone\nEOF")
     app = subprocess.Popen(box.inside("/bin/bash", "/root/app.sh"))
-    time.sleep(2)
+    replies = box.dir / "root/replies"
+
+    def answered():
+        return len(replies.read_text().splitlines()) if replies.exists() else 0
+    box.wait("the app's first answers", lambda: answered() >= 5, 30)
     started = time.time()
     (upgrade,) = guide.section("Upgrade")
     box.run(upgrade.script())
     box.wait("the upgraded service to be active", box.active, 120)
-    time.sleep(3)
+    after = answered()
+    box.wait("the app's answers from the upgraded service", lambda: answered() >= after + 5, 30)
     box.root("touch /root/stop")
     app.wait(timeout=30)
     rows = [line.split() for line in (box.dir / "root/replies").read_text().splitlines()]
