@@ -10,6 +10,7 @@ import orjson
 from peewee import Model, Select, Tuple, fn
 
 from actors.models import FingerprintLog, PowerStatusLog, TemperatureLog
+from actors.sitetime import UNZONED, SiteTime
 
 MAX_TEXT = 128  # device_id and user_id
 MAX_TEMPERATURE = 1e9  # no sensor's: a bound that keeps summaries exact (see rollups.py)
@@ -59,9 +60,9 @@ def choice_field(obj: dict, name: str, choices: tuple[str, ...]) -> str:
     return value
 
 
-def timestamp_field(obj: dict) -> tuple[str, str]:
+def timestamp_field(obj: dict, site: SiteTime = UNZONED) -> tuple[str, str]:
     """An ISO 8601 date-time, in canonical form (`T` separator, offset as +HH:MM if given),
-    and its own calendar date. Canonical text sorts in time order within one offset."""
+    and its date in the site's calendar. Canonical text sorts in time order within one offset."""
     value = _required(obj, "timestamp")
     if not isinstance(value, str):
         raise InvalidMessage(f"field 'timestamp' must be a string, got {_json_kind(value)}")
@@ -73,7 +74,7 @@ def timestamp_field(obj: dict) -> tuple[str, str]:
         raise InvalidMessage(
             f"field 'timestamp' must be an ISO 8601 date-time like 2026-01-22T14:30:00, got {value!r}"
         ) from None
-    return moment.isoformat(), moment.date().isoformat()
+    return moment.isoformat(), site.date_of(moment)
 
 
 def _required(obj: dict, name: str):
@@ -104,13 +105,13 @@ class DeviceType:
     def __init__(self):
         self._compiled: dict[tuple, tuple[str, list[int]]] = {}  # see _compile
 
-    def parse(self, payload: bytes) -> tuple:
+    def parse(self, payload: bytes, site: SiteTime = UNZONED) -> tuple:
         """A reading's payload as a row (device_id, *values, timestamp, date); created_at is
         added by the writer. Raises InvalidMessage with the reason."""
         obj = parse_object(payload)
         device_id = text_field(obj, "device_id")
         values = self.values(obj)
-        timestamp, date = timestamp_field(obj)
+        timestamp, date = timestamp_field(obj, site)
         return (device_id, *values, timestamp, date)
 
     def values(self, obj: dict) -> tuple:

@@ -34,7 +34,7 @@ class IngestActor(Supervised):
 
     def validate(self, batch: ReadingBatch) -> WriteBatch:
         rows, rejections, wrong_clocks = [], [], []
-        parse, clock_problem = self.device.parse, self.clock.at(batch.received_at)
+        parse, site, clock_problem = self.device.parse, self.clock.site, self.clock.at(batch.received_at)
         for item in batch.items:
             payload = item.payload
             try:
@@ -42,7 +42,7 @@ class IngestActor(Supervised):
                     payload = payload[:self.max_bytes]  # a huge payload must not bloat the table
                     raise InvalidMessage(f"payload is {len(item.payload)} bytes, over the {self.max_bytes}-byte "
                                          f"limit (only its first {self.max_bytes} bytes are kept)")
-                row = parse(payload)
+                row = parse(payload, site)
                 if (problem := clock_problem(row[-2], row[-1])) is not None:
                     wrong_clocks.append(row[0])
                     raise InvalidMessage(problem)

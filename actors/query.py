@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
+from itertools import islice
 
 import orjson
 import peewee
@@ -24,6 +25,7 @@ from actors.peers import LINK, Peers, Supervised
 from actors.readgate import ReadGate
 from actors.requests import (CATALOGUE, Ask, CatalogueAsk, RequestError, SummaryAsk, encode_cursor, error_reply,
                              internal_error, pack, parse_catalogue, parse_request)
+from actors.sitetime import UNZONED, SiteTime
 from actors.summaries import Summaries, bucket_starts
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,7 @@ class QueryRules:
     readable: dict = field(default_factory=dict)  # app-id glob -> device-id globs; empty: all
     max_summary_buckets: int = 1000
     live_types: frozenset = frozenset({"temperature"})  # device types with liveness (devices.*_stale_after)
+    site: SiteTime = UNZONED  # the calendar of days, time windows and summaries
 
 
 class QueryActor(Supervised):
@@ -50,7 +53,7 @@ class QueryActor(Supervised):
         self.peers = peers
         self.rules = rules
         self.gate = gate or ReadGate()
-        self.summaries = Summaries(database)
+        self.summaries = Summaries(database, site=rules.site)
         self._record_bytes: dict[str, float] = {}  # per device type: the JSON of a record, on average
         self.catalogue = CatalogueReader(database, set(rules.live_types))
 
@@ -103,7 +106,8 @@ class QueryActor(Supervised):
                 read = lambda: self.catalogue_page(ask, app_id, cap)  # noqa: E731
             else:
                 device = DEVICE_TYPES[kind]
-                ask = parse_request(payload, device, self.rules.max_page_records, self.rules.max_summary_buckets)
+                ask = parse_request(payload, device, self.rules.max_page_records, self.rules.max_summary_buckets,
+                                    self.rules.site)
                 known, about = {"request_id": ask.request_id, "device_id": ask.device_id}, ask.device_id
                 if isinstance(ask, SummaryAsk):
                     read = lambda: self.summary_page(device, ask, cap)  # noqa: E731
@@ -138,7 +142,7 @@ class QueryActor(Supervised):
         date, records = None, []
         if row is not None:
             timestamp = row[-1]
-            date = timestamp[:10]
+            date = self.rules.site.local(timestamp)[:10]
             records = device.records([row], device.state_before(ask.device_id, date, timestamp))
         return self._reply(ask, date, len(records), orjson.dumps(records)[1:-1])
 
@@ -181,14 +185,13 @@ class QueryActor(Supervised):
         not even one record fits."""
         fits = max(1, cap // SMALLEST_RECORD)
         wanted = min(ask.limit or fits, fits)
-        state = ask.state if ask.after else device.state_before(
-            ask.device_id, ask.date, f"{ask.date}T{ask.start}" if ask.start else None)
+        state = ask.state if ask.after else self._state_before(device, ask)
         # Rows past the cap would be read, made records and encoded for nothing (a quarter of a
         # 1,440-reading day): read about as many as fit, by the size of this type's records in
         # earlier replies, and read on only if that fell short.
         guess = self._record_bytes.get(device.name)
         take = wanted if guess is None else min(wanted, int(cap / guess * 1.005) + 4)
-        rows = device.rows(ask.device_id, ask.date, ask.after, ask.start, ask.end, limit=take + 1)
+        rows = self._rows(device, ask, ask.after, take + 1)
         records = device.records(rows[:take], state)
         # Room is left for `next` (a cursor like the first row's, and then some).
         frame = len(self._reply(ask, ask.date, 0, b"", encode_cursor(device, device.key(rows[0]), state)
@@ -199,8 +202,7 @@ class QueryActor(Supervised):
             encoded, n = cut(orjson.dumps(records), len(records), cap - frame)
             if n < len(records) or len(rows) <= len(records) or len(records) >= wanted:
                 break  # cut by the cap, or the day is all here, or so is `wanted`
-            rows += device.rows(ask.device_id, ask.date, device.key(rows[-1]), ask.start, ask.end,
-                                limit=wanted + 1 - len(rows))
+            rows += self._rows(device, ask, device.key(rows[-1]), wanted + 1 - len(rows))
             records += device.records(rows[len(records):wanted], device.state_after(records[-1]))
         if records and not n:
             return None
@@ -209,6 +211,33 @@ class QueryActor(Supervised):
         more = len(rows) > n
         next_ = encode_cursor(device, device.key(rows[n - 1]), device.state_after(records[n - 1])) if more else None
         return self._reply(ask, ask.date, n, encoded, next_)
+
+    def _rows(self, device: DeviceType, ask: Ask, after: tuple | None, limit: int) -> list[tuple]:
+        """The day's rows past `after` within the request's time window. The window is in the site's
+        time: where that is not what the timestamps say (site.timezone, devices sending an offset),
+        the rest of the day is read and the window applied to each row's time at the site."""
+        site = self.rules.site
+        if site.zone is None or not (ask.start or ask.end):
+            return device.rows(ask.device_id, ask.date, after, ask.start, ask.end, limit=limit)
+        low, high = self._window(ask)
+        rows = (row for row in device.rows(ask.device_id, ask.date, after) if low <= site.local(row[-1]) < high)
+        return list(islice(rows, limit))
+
+    def _state_before(self, device: DeviceType, ask: Ask) -> tuple:
+        """What the first record carries in from earlier rows (see devices.Power)."""
+        site = self.rules.site
+        if site.zone is None or not ask.start:
+            return device.state_before(ask.device_id, ask.date, f"{ask.date}T{ask.start}" if ask.start else None)
+        low = self._window(ask)[0]
+        state = device.state_before(ask.device_id, ask.date, None)
+        earlier = [row for row in device.rows(ask.device_id, ask.date) if site.local(row[-1]) < low]
+        return device.state_after(device.records(earlier, state)[-1]) if earlier else state
+
+    @staticmethod
+    def _window(ask: Ask) -> tuple[str, str]:
+        """The request's time window as bounds of a timestamp's text at the site (as rows() has them)."""
+        return (f"{ask.date}T{ask.start}" if ask.start else "",
+                f"{ask.date}T{ask.end}\uffff" if ask.end else "\uffff")
 
     @staticmethod
     def _reply(ask: Ask, date: str | None, count: int, records: bytes, next_: str | None = None) -> bytes:

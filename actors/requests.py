@@ -16,6 +16,7 @@ from datetime import time as Time
 import orjson
 
 from actors.devices import DEVICE_TYPES, DeviceType, InvalidMessage, parse_object, text_field
+from actors.sitetime import UNZONED, SiteTime
 from actors.summaries import bucket_count, bucket_starts
 
 DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -120,7 +121,8 @@ def _limit(obj: dict, fail) -> int | None:
     return limit
 
 
-def parse_request(payload: bytes, device: DeviceType, max_limit: int, max_buckets: int = 1000) -> Ask | SummaryAsk:
+def parse_request(payload: bytes, device: DeviceType, max_limit: int, max_buckets: int = 1000,
+                  site: SiteTime = UNZONED) -> Ask | SummaryAsk:
     """The request as an Ask (or a SummaryAsk), or RequestError with a code for the app."""
     obj, known = _object(payload)
 
@@ -159,7 +161,7 @@ def parse_request(payload: bytes, device: DeviceType, max_limit: int, max_bucket
     after, state = None, ()
     if "cursor" in obj:
         try:
-            after, state = decode_cursor(obj["cursor"], device, value)
+            after, state = decode_cursor(obj["cursor"], device, value, site)
         except ValueError:
             fail("invalid_field", "field 'cursor' must be a `next` value from an earlier reply")
     return Ask(known["device_id"], value, limit=min(limit, max_limit) if limit else None, after=after,
@@ -253,9 +255,10 @@ def encode_cursor(device: DeviceType, key: tuple, state: tuple) -> str:
     return pack([device.name, list(key), list(state)])
 
 
-def decode_cursor(text, device: DeviceType, date: str) -> tuple[tuple, tuple]:
+def decode_cursor(text, device: DeviceType, date: str, site: SiteTime = UNZONED) -> tuple[tuple, tuple]:
     """(key, state) of a cursor; ValueError unless it is one of ours for this device type and
-    day: every value is checked as the column holds it, so nothing an app makes up reaches SQL."""
+    day (in the site's calendar): every value is checked as the column holds it, so nothing an app
+    makes up reaches SQL."""
     values = unpack(text)
     if len(values) != 3:
         raise ValueError
@@ -264,13 +267,13 @@ def decode_cursor(text, device: DeviceType, date: str) -> tuple[tuple, tuple]:
             or len(key) != 1 + len(device.value_columns):
         raise ValueError
     timestamp, *values = key
-    if not isinstance(timestamp, str) or timestamp[:10] != date:
+    if not isinstance(timestamp, str):
         raise ValueError
     try:
         canonical = datetime.fromisoformat(timestamp).isoformat()
     except ValueError:
         raise ValueError from None
-    if canonical != timestamp:
+    if canonical != timestamp or site.local(timestamp)[:10] != date:
         raise ValueError
     return (timestamp, *device.cursor_values(values)), device.cursor_state(state)
 

@@ -16,6 +16,7 @@ import peewee
 
 from actors.devices import DEVICE_TYPES, DeviceType
 from actors.models import Device, FingerprintHourly, PowerHourly, PowerStatusLog, TemperatureHourly, is_sqlite
+from actors.sitetime import UNZONED, SiteTime
 
 HOUR_US = 3600 * 10**6
 
@@ -40,25 +41,27 @@ class Dialect:
                 f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {sets}")
 
 
-def offset_us(timestamp: str) -> int:
-    """Microseconds from the start of the timestamp's own hour (local time as sent)."""
-    moment = datetime.fromisoformat(timestamp)
+def offset_us(local: str) -> int:
+    """Microseconds from the start of the hour of a timestamp in the site's time (SiteTime.local)."""
+    moment = datetime.fromisoformat(local)
     return (moment.minute * 60 + moment.second) * 10**6 + moment.microsecond
 
 
 class Rollup:
-    """The hourly rollup of one device type: `merge` the rows a transaction inserted."""
+    """The hourly rollup of one device type: `merge` the rows a transaction inserted. Its hours
+    are the site's (sitetime.py)."""
 
-    def __init__(self, dialect: Dialect):
+    def __init__(self, dialect: Dialect, site: SiteTime):
         self.dialect = dialect
+        self.site = site
 
     def merge(self, db, rows: list[tuple]) -> None:
         raise NotImplementedError
 
 
 class TemperatureRollup(Rollup):
-    def __init__(self, dialect):
-        super().__init__(dialect)
+    def __init__(self, dialect, site):
+        super().__init__(dialect, site)
         merged = {"readings": "{t}.readings + excluded.readings"}
         for v in ("temperature", "humidity"):
             merged[f"{v}_min"] = f"{{least}}({{t}}.{v}_min, excluded.{v}_min)"
@@ -71,9 +74,9 @@ class TemperatureRollup(Rollup):
         # the hot loop of a burst: ~1 µs a row (temperature is within ±1e9: sums of whole millionths
         # are exact in a float up to 2**53)
         hours: dict[tuple[str, str], list] = {}
-        get = hours.get
+        get, hour_of = hours.get, self.site.hour_of
         for device_id, temperature, humidity, status, timestamp, _, _ in rows:
-            key = (device_id, timestamp[:13])
+            key = (device_id, hour_of(timestamp))
             if (h := get(key)) is None:
                 hours[key] = [1, temperature, temperature, round(temperature * 1e6), humidity, humidity,
                               round(humidity * 1e6), int(status == "HIGH")]
@@ -96,15 +99,16 @@ class TemperatureRollup(Rollup):
 
 
 class FingerprintRollup(Rollup):
-    def __init__(self, dialect):
-        super().__init__(dialect)
+    def __init__(self, dialect, site):
+        super().__init__(dialect, site)
         self.sql = dialect.upsert(FingerprintHourly, ("device_id", "hour", "user_id"), {
             "passes": "{t}.passes + excluded.passes", "fails": "{t}.fails + excluded.fails"})
 
     def merge(self, db, rows):
         counts: dict[tuple[str, str, str], list[int]] = {}
+        hour_of = self.site.hour_of
         for device_id, user_id, auth_status, timestamp, _, _ in rows:
-            c = counts.setdefault((device_id, timestamp[:13], user_id), [0, 0])
+            c = counts.setdefault((device_id, hour_of(timestamp), user_id), [0, 0])
             c[auth_status != "PASS"] += 1
         db.executemany(self.sql, [(*key, p, f) for key, (p, f) in counts.items()])
 
@@ -113,10 +117,11 @@ class PowerRollup(Rollup):
     """An hour's events are folded into per-source aggregates: the first event's offset, the ON
     time from it to the hour's end, the last state and when it was (its timestamp). An event that
     sorts after a source's last one costs the same however many the hour holds; one that comes
-    late (before the last) makes the hour be summed again from its stored events, exactly."""
+    late (before the last) makes the hour be summed again from its stored events, exactly. Events
+    are folded by their time at the site (SiteTime.local), so `eb_last_at`/`dg_last_at` hold that."""
 
-    def __init__(self, dialect):
-        super().__init__(dialect)
+    def __init__(self, dialect, site):
+        super().__init__(dialect, site)
         p, table = dialect.p, PowerHourly._meta.table_name
         self.create_sql = (f"INSERT INTO {table} (device_id, hour, readings, eb_on_us, eb_last, dg_on_us, dg_last) "
                            f"VALUES ({p}, {p}, 0, 0, '', 0, '') ON CONFLICT (device_id, hour) DO NOTHING")
@@ -125,14 +130,15 @@ class PowerRollup(Rollup):
         self.write_sql = (f"UPDATE {table} SET readings = {p}, eb_first_us = {p}, eb_on_us = {p}, eb_last = {p}, "
                           f"eb_last_at = {p}, dg_first_us = {p}, dg_on_us = {p}, dg_last = {p}, dg_last_at = {p} "
                           f"WHERE device_id = {p} AND hour = {p}")
-        logs = PowerStatusLog._meta.table_name  # date is the timestamp's own: the identity index serves this
-        self.events_sql = (f"SELECT timestamp, ebstatus, dgstatus FROM {logs} WHERE device_id = {p} AND date = {p} "
-                           f"AND substr(timestamp, 1, 13) = {p}")
+        logs = PowerStatusLog._meta.table_name  # the identity index serves this; a day of events is small
+        self.events_sql = f"SELECT timestamp, ebstatus, dgstatus FROM {logs} WHERE device_id = {p} AND date = {p}"
 
     def merge(self, db, rows):
         hours: dict[tuple[str, str], list] = {}
+        local = self.site.local
         for device_id, ebstatus, dgstatus, timestamp, _, _ in rows:
-            hours.setdefault((device_id, timestamp[:13]), []).append((timestamp, ebstatus, dgstatus))
+            at = local(timestamp)
+            hours.setdefault((device_id, at[:13]), []).append((at, ebstatus, dgstatus))
         for key, new in hours.items():
             db.execute(self.create_sql, key)
             readings, *stored = db.execute(self.read_sql, key).fetchone()
@@ -152,7 +158,9 @@ class PowerRollup(Rollup):
         """The hour summed again from its stored events (the new ones are stored by now). If
         retention has deleted some of them, the new events are folded in as the hour's latest."""
         device_id, hour = key
-        events = sorted(db.execute(self.events_sql, (device_id, hour[:10], hour)).fetchall())
+        local = self.site.local
+        events = sorted(e for e in ((local(t), eb, dg) for t, eb, dg in db.execute(self.events_sql, (device_id, hour[:10])))
+                        if e[0][:13] == hour)
         if len(events) < readings:
             for timestamp, *states in new:
                 for source, state in zip(sources, states):
@@ -283,10 +291,10 @@ def cursor_of(db: peewee.Database):
 class Upkeep:
     """Everything a transaction keeps up to date besides the readings themselves."""
 
-    def __init__(self, db: peewee.Database):
+    def __init__(self, db: peewee.Database, site: SiteTime = UNZONED):
         dialect = Dialect(db)
         self.catalogue = Catalogue(dialect)
-        self.rollups = {name: rollup(dialect) for name, rollup in ROLLUPS.items()}
+        self.rollups = {name: rollup(dialect, site) for name, rollup in ROLLUPS.items()}
         p = dialect.p
         self.count_sql = {name: f"SELECT device_id, COUNT(*) FROM {d.model._meta.table_name} "
                                 f"WHERE id BETWEEN {p} AND {p} GROUP BY device_id" for name, d in DEVICE_TYPES.items()}

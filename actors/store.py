@@ -23,6 +23,7 @@ from actors.models import MODELS, DeliveryFailure, RejectedMessage, insert_field
 from actors.rollups import ServerCursor, Upkeep
 from actors.schema import prepare
 from actors.settings import DatabaseSettings, describe_url
+from actors.sitetime import UNZONED, SiteTime
 
 log = logging.getLogger("actors.writer")  # operators know these lines as the writer's
 LOCK_POLL_MS = 100  # how long one try for SQLite's write lock waits; see SqliteStore.begin
@@ -47,10 +48,10 @@ def quick_check(path: str | Path) -> list[str] | None:
 
 
 def open_store(db: peewee.Database, settings: DatabaseSettings, stopping: threading.Event,
-               check: bool = True) -> Store:
-    """The store for `db`, opened (`check`: SQLite's quick_check first): RuntimeError with the
-    reason if it cannot be used."""
-    store = (SqliteStore if is_sqlite(db) else ServerStore)(db, settings, stopping)
+               check: bool = True, site: SiteTime = UNZONED) -> Store:
+    """The store for `db`, opened (`check`: SQLite's quick_check first; `site`: the calendar of the
+    summaries' hours): RuntimeError with the reason if it cannot be used."""
+    store = (SqliteStore if is_sqlite(db) else ServerStore)(db, settings, stopping, site)
     try:
         store.open(check)
     except peewee.DatabaseError as exc:
@@ -59,8 +60,10 @@ def open_store(db: peewee.Database, settings: DatabaseSettings, stopping: thread
 
 
 class Store:
-    def __init__(self, db: peewee.Database, settings: DatabaseSettings, stopping: threading.Event):
+    def __init__(self, db: peewee.Database, settings: DatabaseSettings, stopping: threading.Event,
+                 site: SiteTime = UNZONED):
         self.db = db
+        self.site = site
         self.settings = settings
         self.stopping = stopping
         self.where = describe_url(settings.url) if settings.url else settings.path
@@ -146,7 +149,7 @@ class SqliteStore(Store):
             self._inserting[name] = (f"SELECT MAX(id) FROM {table}", insert_sql(d.model, self.db),
                                      f"SELECT {columns} FROM {table} WHERE id > ? ORDER BY id")
         self._reject = insert_sql(RejectedMessage, self.db)  # a rejection is never a conflict: always a row
-        self.upkeep = Upkeep(self.db)
+        self.upkeep = Upkeep(self.db, self.site)
         self._wal = Path(self.settings.path + "-wal")
 
     def _pragma(self, name: str):
@@ -245,7 +248,7 @@ class ServerStore(Store):
         self.db.connect(reuse_if_open=True)
         self._prepare()
         self._reject = insert_sql(RejectedMessage, self.db)
-        self.upkeep = Upkeep(self.db)
+        self.upkeep = Upkeep(self.db, self.site)
         self.cursor = ServerCursor(self.db)
         log.info("database %s: PostgreSQL, schema version ok", self.where)
 

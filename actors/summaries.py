@@ -1,7 +1,7 @@
 """Summaries: a device's readings by the hour or by the day, from the hourly rollups (rollups.py),
-so that a month is one small reply and outlives retention. Buckets are in the device's own calendar
-(its timestamps' local time as sent); every bucket of the range is there, in order, with
-"readings": 0 where there were none.
+so that a month is one small reply and outlives retention. Buckets are the site's wall-clock hours
+and days (sitetime.py); every bucket of the range is there, in order, with "readings": 0 where there
+were none.
 
 Power's ON time is carried forward as replies carry state: from the latest earlier event of each
 source, through hours without events, up to the device's "now" (its latest timestamp, advanced by
@@ -18,6 +18,7 @@ import peewee
 from actors.devices import DeviceType
 from actors.models import Device, FingerprintHourly, PowerHourly, TemperatureHourly
 from actors.rollups import HOUR_US
+from actors.sitetime import UNZONED, SiteTime
 
 HOUR = timedelta(hours=1)
 
@@ -48,9 +49,10 @@ def seconds(us: int) -> int | float:
 class Summaries:
     """Reads one summary over the query actor's connection."""
 
-    def __init__(self, db: peewee.Database, clock=lambda: datetime.now(timezone.utc)):
+    def __init__(self, db: peewee.Database, clock=lambda: datetime.now(timezone.utc), site: SiteTime = UNZONED):
         self.db = db
         self.clock = clock
+        self.site = site
         p = db.param
         self._sql = {}
         for kind, key in (("hour", "hour"), ("day", "substr(hour, 1, 10)")):
@@ -129,7 +131,8 @@ class Summaries:
         if row is None or None in row:
             return None
         stored = datetime.fromisoformat(row[1]).replace(tzinfo=timezone.utc)
-        return datetime.fromisoformat(row[0]).replace(tzinfo=None) + max(self.clock() - stored, timedelta(0))
+        return datetime.fromisoformat(self.site.local(row[0])).replace(tzinfo=None) + max(self.clock() - stored,
+                                                                                          timedelta(0))
 
 
 def steady_on(state: str, begin: datetime, end: datetime, now: datetime | None) -> int:

@@ -29,6 +29,7 @@ from actors.query import QueryActor, QueryRules
 from actors.readgate import ReadGate
 from actors.retention import RetentionActor
 from actors.settings import Settings
+from actors.sitetime import SiteTime
 from actors.writer import WriterActor
 
 log = logging.getLogger(__name__)
@@ -62,17 +63,18 @@ class Supervisor(pykka.ThreadingActor):
         s, peers = self.settings, self.peers
         # A connection per thread that uses one: writer, query actors, retention, and a spare.
         self._db = connect_database(s.database, s.queries.pool_size + 3)
-        db, gate = self._db, ReadGate()
+        db, gate, site = self._db, ReadGate(), SiteTime(s.site.timezone)
         marks = Marks(s.database.path, s.mqtt.client_id)  # what a process that died was handling
         # The writer's start upgrades an older schema, which can take minutes on a big database (its
         # waits for someone else's lock are bounded on their own).
         # A restarted writer skips quick_check: the file was checked at this process's start.
         specs = [ChildSpec(WRITER, lambda name, sup: WriterActor.start(name, db, s.database, peers, sup, gate,
                                                                        self._stopping, marks,
-                                                                       check=not self._starts[WRITER]), None)]
+                                                                       check=not self._starts[WRITER], site=site),
+                           None)]
         live_types = frozenset(name for name in DEVICE_TYPES if s.devices.stale_after(name))
         rules = QueryRules(s.limits.max_request_bytes, s.queries.max_reply_bytes, s.queries.max_page_records,
-                           s.apps.readable, s.queries.max_summary_buckets, live_types)
+                           s.apps.readable, s.queries.max_summary_buckets, live_types, site)
         specs += [ChildSpec(pool_member(QUERY_POOL, i),
                             lambda name, sup: QueryActor.start(name, db, peers, rules, sup, gate, marks))
                   for i in range(s.queries.pool_size)]
@@ -84,7 +86,7 @@ class Supervisor(pykka.ThreadingActor):
             if live_types:
                 specs += [ChildSpec(AVAILABILITY, lambda name, sup: AvailabilityActor.start(name, db, s.devices, peers,
                                                                                             sup))]
-        clock = ClockCheck(s.limits.earliest_date, s.limits.max_clock_ahead)
+        clock = ClockCheck(s.limits.earliest_date, s.limits.max_clock_ahead, site)
         specs += [ChildSpec(ingest_name(d.name), lambda name, sup, d=d: IngestActor.start(
                       name, d, peers, s.limits.max_reading_bytes, clock, supervisor=sup, marks=marks))
                   for d in DEVICE_TYPES.values()]

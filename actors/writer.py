@@ -31,6 +31,7 @@ from actors.models import utc_now
 from actors.peers import AVAILABILITY, LINK, Peers, Supervised
 from actors.readgate import ReadGate
 from actors.settings import DatabaseSettings
+from actors.sitetime import UNZONED, SiteTime
 from actors.store import Failures, SqliteStore, Store, open_store
 
 log = logging.getLogger(__name__)
@@ -45,11 +46,13 @@ def _rows(batch: WriteBatch) -> int:
 class WriterActor(Supervised):
     def __init__(self, name: str, database: peewee.Database, settings: DatabaseSettings, peers: Peers,
                  supervisor=None, gate: ReadGate | None = None, stopping: threading.Event | None = None,
-                 marks=None, check: bool = True):
+                 marks=None, check: bool = True, site: SiteTime = UNZONED):
         """`check`: run quick_check on the file first (at the process's start; a restarted writer
-        skips it: it can take minutes on a big database, while nothing feeds the watchdog)."""
+        skips it: it can take minutes on a big database, while nothing feeds the watchdog);
+        `site`: the calendar of the summaries' hours."""
         super().__init__(name, supervisor, marks)
         self.check = check
+        self.site = site
         self.db = database
         self.settings = settings
         self.peers = peers
@@ -80,7 +83,7 @@ class WriterActor(Supervised):
         self._max_commit_ms = 0.0
 
     def on_start(self):
-        self.store = open_store(self.db, self.settings, self.stopping, self.check)
+        self.store = open_store(self.db, self.settings, self.stopping, self.check, self.site)
         if isinstance(self.store, SqliteStore):
             self.checkpoint = WalCheckpoint(self.store, self.gate)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Mapping, get_type_hints
 
 from actors.settings.values import (Boolean, Date, Deprecated, Float, GlobTable, Integer, Invalid, Port, SecondsOrAuto,
-                                    Secret, String, Value, setting, value_of)
+                                    Secret, String, TimeZone, Value, setting, value_of)
 
 DEFAULTS_FILE = Path(__file__).resolve().parent.parent.parent / "settings.toml"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -99,6 +99,11 @@ class DevicesSettings:
 
 
 @dataclass(frozen=True)
+class SiteSettings:
+    timezone: str = setting(TimeZone(env="SITE_TIMEZONE"))  # "": timestamps read as the devices wrote them
+
+
+@dataclass(frozen=True)
 class AppsSettings:
     rate: float = setting(Float(0, 10_000))  # requests/s per app on average; 0 = no limit
     burst: int = setting(Integer(1, 100_000))  # ... and at once
@@ -152,6 +157,7 @@ class Settings:
     queries: QuerySettings
     limits: LimitsSettings
     devices: DevicesSettings
+    site: SiteSettings
     apps: AppsSettings
     backup: BackupSettings
     retention: RetentionSettings

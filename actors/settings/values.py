@@ -7,6 +7,7 @@ import dataclasses
 import math
 from datetime import date
 from typing import Any, Callable
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 
 class Invalid(ValueError):
@@ -151,6 +152,19 @@ class Date(String):
             date.fromisoformat(value)
         except ValueError:
             raise Invalid(f"must be a date as YYYY-MM-DD, not {value!r}") from None
+        return value
+
+
+class TimeZone(String):
+    """An IANA time zone name (Asia/Kolkata, Europe/London, UTC), or empty: none."""
+
+    def check(self, value):
+        value = super().check(value).strip()
+        if value:
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise Invalid(f"must be an IANA time zone name such as Asia/Kolkata or UTC, not {value!r}") from None
         return value
 
 

@@ -3,6 +3,10 @@ PostgreSQL: a summary from the service's rollups is the one computed from the ra
 order readings arrive in, late ones and repeated ones included; the catalogue follows every commit."""
 
 import random
+from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
+
+import pytest
 
 import reference
 from builders import second_of, temperature
@@ -172,3 +176,88 @@ def test_the_catalogue_lists_every_device_with_what_the_commits_kept_up_to_date(
     assert seen == list(entries)
     for bad in ({"type": "humidity"}, {"limit": 0}, {"cursor": "x"}):
         assert "error" in client.request("devices", "app", bad)
+
+
+# (zone, the first UTC hour, hours): readings every few minutes across a local midnight at +05:30, and
+# across both of New York's DST changes (a skipped hour, a repeated one)
+SITES = [("Asia/Kolkata", datetime(2026, 4, 1, 15, tzinfo=timezone.utc), 8),
+         ("America/New_York", datetime(2026, 3, 8, 3, tzinfo=timezone.utc), 8),
+         ("America/New_York", datetime(2026, 11, 1, 2, tzinfo=timezone.utc), 8)]
+
+
+def sent(moment: datetime, zone: ZoneInfo, form: int) -> str:
+    """The moment as devices stamp it: in UTC with `Z`, with the site's offset, or as site-local time."""
+    if form == 0:
+        return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    local = moment.astimezone(zone)
+    return local.isoformat() if form == 1 else local.replace(tzinfo=None).isoformat()
+
+
+@pytest.mark.parametrize("zone_name,first,hours", SITES, ids=["kolkata-midnight", "new-york-spring", "new-york-fall"])
+def test_with_a_site_time_zone_days_windows_and_summaries_are_the_sites(service, client, zone_name, first, hours):
+    zone = ZoneInfo(zone_name)
+    service.extra_env["SITE_TIMEZONE"] = zone_name
+    service.start().wait_ready()
+    client.subscribe_replies("app")
+    rng = random.Random(hours + first.day)
+    moments = sorted(first + timedelta(seconds=rng.randrange(hours * 3600)) for _ in range(120))
+    forms = [i % 3 for i in range(len(moments))]
+    # in the repeated hour a site-local stamp is ambiguous: those devices send an offset
+    forms = [f if f != 2 or m.astimezone(zone).fold == 0 and (m + timedelta(hours=1)).astimezone(zone).fold == 0
+             else 1 for m, f in zip(moments, forms)]
+    temps = [temperature("t1", value=round(rng.uniform(-5, 35), 1), status=rng.choice(("HIGH", "LOW")),
+                         timestamp=sent(m, zone, f)) for m, f in zip(moments, forms)]
+    power = [{"device_id": "p1", "status": rng.choice(("EB_ON", "EB_OFF", "DG_ON", "DG_OFF")),
+              "timestamp": sent(m, zone, f)} for m, f in zip(moments[::4], forms[::4])]
+    end = first + timedelta(hours=hours + 1)  # both sources off after the range: the device's "now" is past it
+    power += [{"device_id": "p1", "status": s, "timestamp": sent(end, zone, 0)} for s in ("EB_OFF", "DG_OFF")]
+    doors = [{"device_id": "door", "user_id": f"u{rng.randrange(4)}", "authStatus": rng.choice(("PASS", "FAIL")),
+              "timestamp": sent(m, zone, f)} for m, f in zip(moments[::3], forms[::3])]
+    for topic, readings in (("home/temperature", temps), ("home/power", power), ("home/fingerprint", doors)):
+        publish_all(service, client, [(topic, r) for r in rng.sample(readings, len(readings))],
+                    f"{topic[5:]}{'_status' if topic == 'home/power' else ''}_logs", len(readings))
+
+    def local(timestamp: str) -> str:
+        moment = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+        return (moment.astimezone(zone).replace(tzinfo=None) if moment.tzinfo else moment).isoformat()
+
+    days = sorted({local(r["timestamp"])[:10] for r in temps})
+    assert len(days) == 2  # the range crosses the site's midnight
+    # the date column is the site's, and a day request for a site-local date has that day's readings
+    stored = service.query("SELECT timestamp, date FROM temperature_logs")
+    assert all(local(ts)[:10] == date for ts, date in stored) and len(stored) == len(temps)
+    for day in days:
+        records = day_records(client, {"device_id": "t1", "date": day, "limit": 25})
+        assert sorted(r["timestamp"] for r in records) == sorted(ts for ts, date in stored if date == day)
+        # a time window is the site's wall-clock time
+        window = day_records(client, {"device_id": "t1", "date": day, "from": "00:30:00", "to": "02:59:59"})
+        assert sorted(r["timestamp"] for r in window) == sorted(
+            ts for ts, date in stored if date == day and "00:30:00" <= local(ts)[11:19] <= "02:59:59")
+    latest = client.request("temp", "app", {"device_id": "t1", "latest": True})
+    assert latest["date"] == local(latest["records"][0]["timestamp"])[:10] == days[-1]
+
+    rows = [(t, h, s, local(ts)) for t, h, s, ts in
+            service.query("SELECT temperature, humidity, status, timestamp FROM temperature_logs")]
+    events = [(eb, dg, local(ts)) for eb, dg, ts in service.query(
+        "SELECT ebstatus, dgstatus, timestamp FROM power_status_logs")]
+    taps = [(u, a, local(ts)) for u, a, ts in service.query("SELECT user_id, auth_status, timestamp FROM fingerprint_logs")]
+    for kind in ("hour", "day"):
+        ask = {"summary": kind, "from_date": days[0], "to_date": days[-1]}
+        assert summary(client, "temp", {"device_id": "t1", **ask})[0] == reference.temperature(kind, rows, *days)
+        assert summary(client, "power", {"device_id": "p1", **ask})[0] == reference.power(kind, events, *days)
+        assert summary(client, "fingerprint", {"device_id": "door", **ask})[0] == reference.fingerprint(kind, taps,
+                                                                                                        *days)
+    assert sum(b["readings"] for b in summary(client, "temp", {"device_id": "t1", "summary": "hour",
+                                                               "from_date": days[0], "to_date": days[-1]})[0]) == 120
+
+
+def day_records(client, body) -> list[dict]:
+    """Every record of a day request, page after page."""
+    records = []
+    while True:
+        reply = client.request("temp", "app", body)
+        assert "error" not in reply, reply
+        records += reply["records"]
+        if "next" not in reply:
+            return records
+        body = {**body, "cursor": reply["next"]}

@@ -46,6 +46,8 @@ def test_a_config_file_overrides_defaults_and_the_environment_overrides_both(tmp
     ('[mqtt]\nclient_id = " "\n', "mqtt.client_id must not be empty"),
     ('[mqtt]\nsession_expiry = 60\n', "mqtt.session_expiry must be at least 3600"),
     ('[mqtt\n', "is not valid TOML"),
+    ('[site]\ntimezone = "India"\n', "site.timezone must be an IANA time zone name such as Asia/Kolkata"),
+    ('[site]\ntimezone = "../../etc/passwd"\n', "site.timezone must be an IANA time zone name"),
 ])
 def test_bad_settings_stop_start_up_naming_the_key(tmp_path, text, named):
     path = tmp_path / "bad.toml"
@@ -62,6 +64,7 @@ def test_bad_settings_stop_start_up_naming_the_key(tmp_path, text, named):
     ("MQTT_TLS_CA_FILE", "/nonexistent/ca.pem", "mqtt.tls_* settings are set but mqtt.tls is false"),
     ("LOG_LEVEL", "chatty", "logging.level must be one of"),
     ("MQTT_CLIENT_ID", " ", "mqtt.client_id must not be empty"),
+    ("SITE_TIMEZONE", "Mars/Olympus_Mons", "site.timezone must be an IANA time zone name"),
 ])
 def test_bad_environment_values_name_the_variable_or_key(variable, value, named):
     with pytest.raises(SettingsError) as err:
