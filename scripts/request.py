@@ -13,7 +13,9 @@ request_id, and prints the records as a table (or the reply as JSON). With --all
 every page of a day too big for one reply (a summary and the catalogue: always). The broker comes
 from MQTT_BROKER_HOST, MQTT_BROKER_PORT, MQTT_TLS, MQTT_TLS_CA_FILE, MQTT_USERNAME and MQTT_PASSWORD
 (an empty one counts as unset), or the options; with a user name and no password it asks for one.
-Exit code: 0 with a reply, 1 for an error reply or no reply in time."""
+With --check, every reply is also checked against docs/asyncapi.yaml (from a checkout, with the
+packages of requirements-dev.txt). Exit code: 0 with a reply, 1 for an error reply, no reply in
+time, or (--check) a reply that is not as the document says."""
 
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import os
 import ssl
 import sys
 import uuid
+from pathlib import Path
 
 import gmqtt
 from gmqtt.mqtt.constants import MQTTv50
@@ -57,13 +60,13 @@ def table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
-async def ask(args) -> list[dict]:
-    """The replies: one, or every page with --all-pages."""
+async def ask(args) -> list[tuple[str, bytes]]:
+    """The replies as they came (topic, payload): one, or every page with --all-pages."""
     stem = STEMS[args.kind]
     replies: asyncio.Queue = asyncio.Queue()
     subscribed = asyncio.Event()
     client = gmqtt.Client(f"{args.app_id}-{uuid.uuid4().hex[:6]}")
-    client.on_message = lambda c, topic, payload, qos, props: replies.put_nowait(json.loads(payload)) or 0
+    client.on_message = lambda c, topic, payload, qos, props: replies.put_nowait((topic, payload)) or 0
     client.on_subscribe = lambda *a: subscribed.set()
     if args.username:
         client.set_auth_credentials(args.username, args.password or None)
@@ -91,9 +94,12 @@ async def ask(args) -> list[dict]:
         while True:
             request_id = uuid.uuid4().hex[:12]
             client.publish(f"home/get{stem}/{args.app_id}", json.dumps({**body, "request_id": request_id}), qos=1)
-            while (reply := await asyncio.wait_for(replies.get(), args.timeout)).get("request_id") != request_id:
-                pass  # an answer to someone else's request with our app id
-            pages.append(reply)
+            while True:
+                topic, payload = await asyncio.wait_for(replies.get(), args.timeout)
+                reply = json.loads(payload)
+                if reply.get("request_id") == request_id:
+                    break  # else an answer to someone else's request with our app id
+            pages.append((topic, payload))
             if "error" in reply or "next" not in reply or not (args.all_pages or args.kind == "devices"
                                                                 or args.summary):
                 return pages
@@ -119,6 +125,7 @@ def arguments(argv=None, environ=os.environ) -> argparse.Namespace:
     p.add_argument("--from", dest="start", metavar="HH:MM:SS")
     p.add_argument("--to", dest="end", metavar="HH:MM:SS")
     p.add_argument("--json", action="store_true", help="print the replies as JSON, one per line")
+    p.add_argument("--check", action="store_true", help="check every reply against docs/asyncapi.yaml")
     env = {k: v for k, v in environ.items() if v}  # as the service reads them: empty is unset
     p.add_argument("--app-id", help="default: the user name, or cli-<random> without one")
     p.add_argument("--host", default=env.get("MQTT_BROKER_HOST", "localhost"))
@@ -151,14 +158,27 @@ def main(argv=None) -> int:
     args = arguments(argv)
     if args.username and args.password is None and sys.stdin.isatty():
         args.password = getpass.getpass(f"password for {args.username}: ")
+    contract = None
+    if args.check:
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        try:
+            from scripts.contract import Contract
+        except ImportError as exc:
+            print(f"--check needs the packages of requirements-dev.txt ({exc})", file=sys.stderr)
+            return 1
+        contract = Contract()
     try:
-        pages = asyncio.run(ask(args))
+        received = asyncio.run(ask(args))
     except asyncio.TimeoutError:
         print(f"no reply within {args.timeout:g} s (is the service running?)", file=sys.stderr)
         return 1
     except (OSError, gmqtt.MQTTConnectError) as exc:
         print(f"cannot connect to the broker at {args.host}: {exc}", file=sys.stderr)
         return 1
+    pages = [json.loads(payload) for _, payload in received]
+    problems = [p for topic, payload in received for p in contract.problems(topic, payload)] if contract else []
+    for problem in problems:
+        print(f"not as docs/asyncapi.yaml says: {problem}", file=sys.stderr)
     if args.json:
         for reply in pages:
             print(json.dumps(reply))
@@ -179,7 +199,9 @@ def main(argv=None) -> int:
               + (f" in {len(pages)} replies" if len(pages) > 1 else "")
               + ("; more: --all-pages" if "next" in pages[-1] else ""))
         print(table(records))
-    return 1 if "error" in pages[-1] else 0
+    if contract and not problems:
+        print(f"{len(pages)} replies, each as docs/asyncapi.yaml says", file=sys.stderr)
+    return 1 if "error" in pages[-1] or problems else 0
 
 
 if __name__ == "__main__":

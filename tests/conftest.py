@@ -1,5 +1,6 @@
 """Shared test fixtures: a Mosquitto broker of our own on a free port, the service as a child
-process, paho-mqtt clients standing in for devices and apps, and fake actor peers."""
+process, paho-mqtt clients standing in for devices and apps, and fake actor peers. Every message the
+service sends on a test's broker is checked against docs/asyncapi.yaml (Watcher, _contract)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import sys
 import threading
 import time
 import uuid
+from functools import cache
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -24,6 +26,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 import pykka
 import pytest
+
+from scripts.contract import Contract
 
 ROOT = Path(__file__).resolve().parent.parent
 MOSQUITTO = os.environ.get("MOSQUITTO") or shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -66,6 +70,8 @@ class Broker:
             lines += ["persistence false"]
         self.conf.write_text("\n".join(lines) + "\n")
         self.proc = None
+        self.watcher: Watcher | None = None
+        self.plain = not any(line.split()[0] in ("password_file", "certfile", "cafile") for line in extra if line.strip())
 
     @classmethod
     def debian(cls, workdir: Path, drop_ins: dict[str, str]) -> "Broker":
@@ -87,6 +93,8 @@ class Broker:
         self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until(self.listening, 10, what="mosquitto to listen")
+        if self.watcher is None and self.plain:  # it follows the broker through restarts
+            self.watcher = Watcher(self.port)
 
     def listening(self) -> bool:
         try:
@@ -99,6 +107,47 @@ class Broker:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(10)
+
+
+@cache
+def contract() -> Contract:
+    return Contract()
+
+
+class Watcher:
+    """Keeps every message the service sends on a broker (replies, errors, availability, status,
+    stats) for the _contract fixture to check against docs/asyncapi.yaml when the test ends."""
+    watching: list[Watcher] = []  # the watchers of the test that runs now
+
+    def __init__(self, port: int):
+        self.messages: list[tuple[str, bytes]] = []
+        filters = [(pattern.pattern.replace("[^/+#]+", "+").replace("(/.+)?", "/#"), 0)
+                   for pattern, _ in contract().channels]
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"watcher-{uuid.uuid4().hex[:8]}",
+                                  protocol=mqtt.MQTTv5)
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(filters) if not rc.is_failure else c.disconnect()
+        self.client.on_message = lambda c, u, m: self.messages.append((m.topic, m.payload))
+        self.client.reconnect_delay_set(0.1, 1)  # back soon after a test restarts the broker
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        Watcher.watching.append(self)
+
+    def problems(self) -> list[str]:
+        self.client.disconnect()
+        self.client.loop_stop()
+        return [p for topic, payload in self.messages for p in contract().problems(topic, payload)]
+
+
+@pytest.fixture(autouse=True)
+def _contract():
+    """Fails a test in which the service sent something docs/asyncapi.yaml does not allow."""
+    Watcher.watching.clear()
+    yield
+    problems = [p for watcher in Watcher.watching for p in watcher.problems()]
+    Watcher.watching.clear()
+    if problems:
+        pytest.fail(f"{len(problems)} messages the service sent are not as docs/asyncapi.yaml says:\n"
+                    + "\n".join(problems[:5]), pytrace=False)
 
 
 class MqttClient:

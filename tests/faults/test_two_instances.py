@@ -92,9 +92,10 @@ def retained(broker) -> set[str]:
     try:
         client.subscribe("home/status/#")
         client.subscribe("home/stats/#")
-        client.publish("home/status/end", {})
+        client.subscribe("test/end")
+        client.publish("test/end", {})
         topics = set()
-        while (topic := client.take()[0]) != "home/status/end":
+        while (topic := client.take()[0]) != "test/end":
             topics.add(topic)
         return topics
     finally:

@@ -5,10 +5,11 @@ readings arrive), the latest reading, and a time window."""
 import json
 import subprocess
 import sys
+import threading
 
 
 from builders import second_of, temperature
-from conftest import ROOT, Mqtt5App, wait_until
+from conftest import ROOT, Mqtt5App, MqttClient, Watcher, wait_until
 from scripts.request import arguments
 
 DAY = "2026-04-01"
@@ -193,6 +194,34 @@ def test_the_request_cli_prints_a_day_across_pages_the_latest_and_errors(db_serv
     assert devices.returncode == 0, devices.stderr
     assert devices.stdout.splitlines()[0] == "1 devices" and devices.stdout.splitlines()[3].split()[:4] == \
         ["temperature", "t1", "live", "3"]
+    for args in (("temperature", "t1", DAY, "--limit", "2", "--all-pages"), ("temperature", "t1", "--latest"),
+                 ("temperature", "t1", "--summary", "day", "--from-date", DAY), ("devices",)):
+        checked = cli(*args, "--check")
+        assert checked.returncode == 0 and "each as docs/asyncapi.yaml says" in checked.stderr, checked.stderr
+
+
+def test_the_request_cli_check_reports_a_reply_that_is_not_as_documented(broker):
+    """--check against a stand-in service whose reply has a misspelt field."""
+    fake = MqttClient(broker.port)
+    fake.subscribe("home/gettemp/+")
+    answered = threading.Event()
+
+    def answer():
+        topic, request = fake.take(30)
+        reply = {"device_id": "t1", "date": DAY, "count": 1, "request_id": request["request_id"],
+                 "records": [{"temperature": 21.5, "humidty": 40.0, "status": "LOW", "timestamp": f"{DAY}T00:01:00"}]}
+        fake.publish(f"home/datatemp/{topic.rsplit('/', 1)[1]}", reply)
+        answered.set()
+    threading.Thread(target=answer, daemon=True).start()
+    try:
+        run = subprocess.run([sys.executable, "scripts/request.py", "--port", str(broker.port), "--host", "127.0.0.1",
+                              "temperature", "t1", DAY, "--check"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    finally:
+        fake.close()
+    assert answered.is_set() and run.returncode == 1
+    assert "not as docs/asyncapi.yaml says" in run.stderr and "'humidty' was unexpected" in run.stderr
+    for watcher in Watcher.watching:
+        watcher.messages.clear()  # the stand-in's reply is wrong on purpose: not the service's
 
 
 def test_the_request_cli_reads_the_broker_from_the_environment_as_the_service_does():

@@ -38,7 +38,7 @@ def test_every_link_resolves(doc):
 
 def test_the_readme_is_a_map_a_newcomer_can_read():
     text = (ROOT / "README.md").read_text()
-    assert len(text.splitlines()) <= 600  # the protocol is in docs/protocol.md
+    assert len(text.splitlines()) <= 500  # a map: the protocol is in docs/protocol.md, operations in deploy/README.md
     assert "[deploy/README.md](deploy/README.md)" in text
     for script in re.findall(r"^(scripts/\S+)", text, re.M):
         assert (ROOT / script).exists(), script
