@@ -100,6 +100,7 @@ def test_a_request_goes_to_a_query_actor_and_its_reply_to_the_app(link_factory, 
     assert isinstance(request, Request)
     assert (request.device, request.app_id) == ("fingerprint", "phone7")
     assert json.loads(request.payload) == {"device_id": "f1", "date": "2026-01-22"}
-    handle.tell(Reply(request.ack_id, b'{"count": 0, "records": []}'))
-    assert app.take() == ("home/datafingerprint/phone7", {"count": 0, "records": []})
+    reply = {"device_id": "f1", "date": "2026-01-22", "count": 0, "records": []}  # as a query actor makes it
+    handle.tell(Reply(request.ack_id, json.dumps(reply).encode()))
+    assert app.take() == ("home/datafingerprint/phone7", reply)
     app.close()
