@@ -18,6 +18,7 @@ import pykka
 from actors.check import check_config
 from actors.logs import configure_logging
 from actors.notify import notify
+from actors.redate import redate_command
 from actors.settings import SettingsError, describe_url, load_settings
 from actors.supervisor import Supervisor
 
@@ -51,6 +52,9 @@ def main(argv=None) -> int:
     parser.add_argument("--retire", action="store_true",
                         help="remove this instance (its MQTT_CLIENT_ID) for good: store and answer what the "
                              "broker kept for it, end its session, exit 0; stop the running service first")
+    parser.add_argument("--redate", action="store_true",
+                        help="move the stored readings to the site's calendar (site.timezone): their dates and "
+                             "the summaries' hours, in one transaction; stop the running service first")
     args = parser.parse_args(argv)
     try:
         settings = load_settings(args.config)
@@ -59,6 +63,8 @@ def main(argv=None) -> int:
         return EXIT_CONFIG  # a check and a start agree: restarting will not help
     if args.check_config:
         return 0 if check_config(settings) else 1
+    if args.redate:
+        return redate_command(settings)
     configure_logging(settings.logging)
     for warning in settings.warnings:
         log.warning("settings: %s", warning)

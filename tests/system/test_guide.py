@@ -136,6 +136,25 @@ def test_the_guide_runs_as_written_in_order(machine):
     settled(box, 50)
     assert ask(box, "temperature", "temp_sensor_01", TODAY)[0]["count"] == 10
 
+    # The site's time zone: a device stamping UTC is dated as written (21:00Z on the 21st) until the
+    # zone is set; --redate moves it to the site's 22nd (02:30 in India), and its summary with it.
+    publish(box, "home/temperature", [json.dumps({"device_id": "temp_sensor_01", "temperature": 30.0,
+                                                  "humidity": 40.0, "status": "HIGH",
+                                                  "timestamp": "2026-01-21T21:00:00Z"})])
+    settled(box, 1, where="date = '2026-01-21'")
+    box.edit("/etc/mqtt-client/settings.toml", "sed -i 's|^# timezone = .*|timezone = \"Asia/Kolkata\"|' \"$1\"")
+    op.paste(by["The site's time zone"][0])
+    box.wait("the service to be active in the site's time zone", box.active, 90)
+    out = op.paste(by["The site's time zone"][1])
+    assert "redate: temperature: 1 readings moved to another date" in out
+    box.wait("the service to be active after --redate", box.active, 90)
+    assert count(box, where="date = '2026-01-21'") == 0
+    assert ask(box, "temperature", "temp_sensor_01", "2026-01-22")[0]["count"] == 41
+    [hours] = ask(box, "temperature", "temp_sensor_01", "--summary", "hour", "--from-date", "2026-01-22")
+    assert hours["buckets"][2] == {"start": "2026-01-22T02:00:00", "readings": 1, "high": 1, "low": 0,
+                                   "temperature": {"min": 30.0, "max": 30.0, "avg": 30.0},
+                                   "humidity": {"min": 40.0, "max": 40.0, "avg": 40.0}}
+
     # Retention: 90 days keeps today and archives the seed's day; the archived day read back.
     box.edit("/etc/mqtt-client/settings.toml", "sed -i '/^\\[retention\\]/a temperature_days = 90' \"$1\"")
     op.paste(by["Retention and archive"][0])
@@ -143,7 +162,7 @@ def test_the_guide_runs_as_written_in_order(machine):
     box.wait("the day to be archived", lambda: box.root(f"test -f {archived}", check=False).returncode == 0
              and count(box, where="date = '2026-01-22'") == 0, 90)
     op.paste(by["Retention and archive"][1])
-    assert count(box, where="date = '2026-01-22'") == 40
+    assert count(box, where="date = '2026-01-22'") == 41
 
     # The broker secured: passwords for everyone, the service's own generated and stored.
     typed = (("[Pp]assword:", PASSWORD),) * 4
