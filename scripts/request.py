@@ -11,8 +11,8 @@ It connects as app `--app-id` (its reply topic is home/data<type>/<app id>; by d
 name, which a broker secured with deploy/mosquitto/acl requires), sends one request with a
 request_id, and prints the records as a table (or the reply as JSON). With --all-pages it asks for
 every page of a day too big for one reply (a summary and the catalogue: always). The broker comes
-from MQTT_BROKER_HOST, MQTT_BROKER_PORT, MQTT_TLS, MQTT_TLS_CA_FILE, MQTT_USERNAME and MQTT_PASSWORD
-(an empty one counts as unset), or the options; with a user name and no password it asks for one.
+from MQTT_BROKER_HOST, MQTT_BROKER_PORT, MQTT_TLS, MQTT_TLS_CA_FILE, MQTT_TLS_CERT_FILE,
+MQTT_TLS_KEY_FILE, MQTT_USERNAME and MQTT_PASSWORD (an empty one counts as unset), or the options; with a user name and no password it asks for one.
 With --check, every reply is also checked against docs/asyncapi.yaml (from a checkout, with the
 packages of requirements-dev.txt). Exit code: 0 with a reply, 1 for an error reply, no reply in
 time, or (--check) a reply that is not as the document says."""
@@ -73,6 +73,8 @@ async def ask(args) -> list[tuple[str, bytes]]:
     context = None
     if args.tls:
         context = ssl.create_default_context(cafile=args.ca_file)
+        if args.cert_file:
+            context.load_cert_chain(args.cert_file, args.key_file)
     await client.connect(args.host, args.port, ssl=context or False,
                          version=MQTTv50)
     client.subscribe(f"home/data{stem}/{args.app_id}", qos=1)
@@ -136,6 +138,8 @@ def arguments(argv=None, environ=os.environ) -> argparse.Namespace:
     p.add_argument("--tls", action="store_true",
                    default=env.get("MQTT_TLS", "").lower() in ("1", "true", "yes", "on"))
     p.add_argument("--ca-file", default=env.get("MQTT_TLS_CA_FILE"))
+    p.add_argument("--cert-file", default=env.get("MQTT_TLS_CERT_FILE"), help="a client certificate (TLS)")
+    p.add_argument("--key-file", default=env.get("MQTT_TLS_KEY_FILE"), help="its key (default: in --cert-file)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each reply")
     args = p.parse_args(argv)
     if args.kind == "devices":

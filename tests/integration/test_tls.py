@@ -1,4 +1,5 @@
-"""TLS to a real Mosquitto with certificates made by the test: the right CA connects; a wrong
+"""TLS to a real Mosquitto with certificates made by the test: the right CA connects (the service,
+its --check-config and scripts/request.py, each with a client certificate); a wrong
 CA, an expired certificate and a wrong host name are each refused with one clear log line
 (retried with backoff, no traceback); the insecure switch works and says so."""
 
@@ -86,6 +87,10 @@ def test_the_right_ca_connects_and_readings_flow(tmp_path, pki):
         check = subprocess.run([sys.executable, "system.py", "--check-config"], cwd=ROOT, env=service.env,
                                capture_output=True, text=True, timeout=60)
         assert check.returncode == 0 and "over TLS" in check.stdout, check.stdout + check.stderr
+        # an app asking as request.py does, from the same variables: CA, client certificate, host
+        asked = subprocess.run([sys.executable, "scripts/request.py", "devices", "--check"], cwd=ROOT, env=service.env,
+                               capture_output=True, text=True, timeout=60)
+        assert asked.returncode == 0 and "0 devices" in asked.stdout, asked.stdout + asked.stderr
     finally:
         service.stop_quietly()
         broker.stop()
