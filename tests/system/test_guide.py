@@ -136,22 +136,23 @@ def test_the_guide_runs_as_written_in_order(machine):
     settled(box, 50)
     assert ask(box, "temperature", "temp_sensor_01", TODAY)[0]["count"] == 10
 
-    # The site's time zone: a device stamping UTC is dated as written (21:00Z on the 21st) until the
-    # zone is set; --redate moves it to the site's 22nd (02:30 in India), and its summary with it.
+    # The site's time zone: a device stamping UTC is dated as written (21:00Z yesterday) until the
+    # zone is set; --redate moves it to the site's today (02:30 in India), and its summary with it.
+    yesterday = time.strftime("%Y-%m-%d", time.gmtime(time.time() - 86400))
     publish(box, "home/temperature", [json.dumps({"device_id": "temp_sensor_01", "temperature": 30.0,
                                                   "humidity": 40.0, "status": "HIGH",
-                                                  "timestamp": "2026-01-21T21:00:00Z"})])
-    settled(box, 1, where="date = '2026-01-21'")
+                                                  "timestamp": f"{yesterday}T21:00:00Z"})])
+    settled(box, 1, where=f"date = '{yesterday}'")
     box.edit("/etc/mqtt-client/settings.toml", "sed -i 's|^# timezone = .*|timezone = \"Asia/Kolkata\"|' \"$1\"")
     op.paste(by["The site's time zone"][0])
     box.wait("the service to be active in the site's time zone", box.active, 90)
     out = op.paste(by["The site's time zone"][1])
     assert "redate: temperature: 1 readings moved to another date" in out
     box.wait("the service to be active after --redate", box.active, 90)
-    assert count(box, where="date = '2026-01-21'") == 0
-    assert ask(box, "temperature", "temp_sensor_01", "2026-01-22")[0]["count"] == 41
-    [hours] = ask(box, "temperature", "temp_sensor_01", "--summary", "hour", "--from-date", "2026-01-22")
-    assert hours["buckets"][2] == {"start": "2026-01-22T02:00:00", "readings": 1, "high": 1, "low": 0,
+    assert count(box, where=f"date = '{yesterday}'") == 0
+    assert ask(box, "temperature", "temp_sensor_01", TODAY)[0]["count"] == 11
+    [hours] = ask(box, "temperature", "temp_sensor_01", "--summary", "hour", "--from-date", TODAY)
+    assert hours["buckets"][2] == {"start": f"{TODAY}T02:00:00", "readings": 1, "high": 1, "low": 0,
                                    "temperature": {"min": 30.0, "max": 30.0, "avg": 30.0},
                                    "humidity": {"min": 40.0, "max": 40.0, "avg": 40.0}}
 
@@ -162,7 +163,7 @@ def test_the_guide_runs_as_written_in_order(machine):
     box.wait("the day to be archived", lambda: box.root(f"test -f {archived}", check=False).returncode == 0
              and count(box, where="date = '2026-01-22'") == 0, 90)
     op.paste(by["Retention and archive"][1])
-    assert count(box, where="date = '2026-01-22'") == 41
+    assert count(box, where="date = '2026-01-22'") == 40
 
     # The broker secured: passwords for everyone, the service's own generated and stored.
     typed = (("[Pp]assword:", PASSWORD),) * 4
@@ -171,7 +172,7 @@ def test_the_guide_runs_as_written_in_order(machine):
     refused = box.root(f"mosquitto_pub -q 1 -t home/temperature -m '{reading('x', 1)}'", check=False)
     assert refused.returncode != 0  # anonymous devices are refused now
     publish(box, "home/temperature", [reading("temp_sensor_01", 200, TODAY)], login=f"-u device -P {PASSWORD}")
-    settled(box, 11, where=f"date = '{TODAY}'")  # (the restart archived the day read back again)
+    settled(box, 12, where=f"date = '{TODAY}'")  # (the restart archived the day read back again)
     out = op.paste(by["Security set-up"][1], answers=(("password for phone-anna", PASSWORD),
                                                         ("phone-anna password", PASSWORD)))
     assert "40.0" in out  # request.py's table: the latest record, sent by the device above
@@ -187,11 +188,11 @@ def test_the_guide_runs_as_written_in_order(machine):
     op.paste(by["Uninstall"][0])
     assert box.root("test -e /opt/mqtt-client || test -e /etc/systemd/system/mqtt-client.service",
                     check=False).returncode == 1
-    assert count(box, where=f"date = '{TODAY}'") == 11
+    assert count(box, where=f"date = '{TODAY}'") == 12
     box.run("cd ~/mqtt-service && sudo deploy/install.sh")
     box.wait("the reinstalled service to be active", box.active, 90)
     replies = ask(box, "temperature", "temp_sensor_01", TODAY, login=f"--username phone-anna --password {PASSWORD}")
-    assert replies[0]["count"] == 11
+    assert replies[0]["count"] == 12
     op.paste(by["Uninstall"][1])
     assert box.root("ls -d /etc/mqtt-client /var/lib/mqtt-client /var/log/mqtt-client /opt/mqtt-client; "
                     "id mqtt-client", check=False).stdout.strip() == ""
