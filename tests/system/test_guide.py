@@ -213,14 +213,16 @@ def test_moving_from_the_original_program(machine):
     box.wait("the original program to be active", box.active, 30)
     publish(box, "home/temperature", [reading("old_sensor", n) for n in range(25)])
     old_db = "/home/ubuntu/mqtt-client/mqtt_data.db"
+    # the original program writes with a rollback journal: a reader waits for its writes (5 s at most)
+    old_sql = f"sqlite3 -cmd '.timeout 5000' {old_db}"
     box.wait("the original program to store", lambda: box.root(
-        f"sqlite3 {old_db} 'SELECT COUNT(*) FROM temperature_logs'").stdout.strip() == "25", 30)
+        f"{old_sql} 'SELECT COUNT(*) FROM temperature_logs'").stdout.strip() == "25", 30)
 
     device = subprocess.Popen(box.inside("/usr/bin/python3", "/root/device.py", "600", "20", "/root/acked",
                                          "moving_sensor"))
 
     def stored_by_the_original():
-        return int(box.root(f"sqlite3 {old_db} \"SELECT COUNT(*) FROM temperature_logs "
+        return int(box.root(f"{old_sql} \"SELECT COUNT(*) FROM temperature_logs "
                             "WHERE device_id = 'moving_sensor'\"").stdout or 0)
     box.wait("the original program to store a part of the readings", lambda: stored_by_the_original() >= 100, 30)
     op = Operator(box)
@@ -237,7 +239,7 @@ def test_moving_from_the_original_program(machine):
     assert "MQTT_CLIENT_ID=site_a_client" in env and "DATABASE_PATH" not in env
     assert "online" in box.root("mosquitto_sub -C 1 -W 5 -t home/status/site_a_client").stdout
     assert ask(box, "temperature", "old_sensor", "2026-01-22")[0]["count"] == 25
-    assert box.root(f"sqlite3 {old_db} 'SELECT COUNT(*) FROM temperature_logs WHERE device_id = \"old_sensor\"'"
+    assert box.root(f"{old_sql} 'SELECT COUNT(*) FROM temperature_logs WHERE device_id = \"old_sensor\"'"
                     ).stdout.strip() == "25"  # the original's database is left as it was
 
 
