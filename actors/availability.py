@@ -214,7 +214,8 @@ class AvailabilityActor(Supervised):
             states.append((topic, orjson.dumps({"state": change.state, "last_seen": change.last_seen,
                                                 "received_at": change.received_at})))
         said.done()
-        return Availability(tuple(states), **counts, stale_now=self.liveness.stale_count(), watched=len(self.liveness))
+        return Availability(tuple(states), **counts, stale_now=self.liveness.stale_count(), watched=len(self.liveness),
+                            by_type=self.liveness.by_type())
 
     def _schedule(self) -> None:
         due = self.liveness.next_due()

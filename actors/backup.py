@@ -14,6 +14,7 @@ from pathlib import Path
 
 
 from actors.dberrors import Episode
+from actors.models import utc_now
 from actors.peers import Supervised
 from actors.settings import BackupSettings
 
@@ -54,27 +55,57 @@ def backup_database(source: str, directory: str, keep: int) -> Path:
     return target
 
 
+def newest_backup(source: str, directory: str) -> datetime | None:
+    """When the newest backup of `source` in `directory` was made (UTC), from its name; None if none."""
+    stem = Path(source).resolve().stem
+    for path in sorted(Path(directory).glob(f"{stem}-*.db"), reverse=True):
+        try:
+            return datetime.strptime(path.name[len(stem) + 1:-3], "%Y%m%dT%H%M%S%fZ").replace(tzinfo=timezone.utc)
+        except ValueError:
+            continue  # not one of ours
+    return None
+
+
+def first_backup_in(newest: datetime | None, now: datetime, interval: float) -> float:
+    """Seconds from a start to its first backup: an interval after the newest backup (at once if
+    that has passed), or FIRST_BACKUP without one."""
+    if newest is None:
+        return min(interval, FIRST_BACKUP)
+    return max(1.0, (newest - now).total_seconds() + interval)
+
+
 @dataclass(frozen=True, slots=True)
 class BackupNow:
     """A timer -> the backup actor: time for the scheduled backup."""
 
 
 FIRST_RETRY = 60.0  # after a failed backup; doubling up to the interval
+FIRST_BACKUP = 3600.0  # after the start, where there is no backup yet
 
 
 class BackupActor(Supervised):
     """Backs the database up every `interval_hours` (0: never)."""
 
-    def __init__(self, name: str, database_path: str, settings: BackupSettings, supervisor=None):
+    def __init__(self, name: str, database_path: str, settings: BackupSettings, supervisor=None,
+                 housekept: dict[str, str] | None = None):
+        """`housekept`: where the time of the latest backup is kept for the stats (StatusReport)."""
         super().__init__(name, supervisor)
         self.database_path = database_path
         self.settings = settings
+        self.housekept = {} if housekept is None else housekept
         self._timer: threading.Timer | None = None
         self._episode = Episode(log, "%s; trying again with backoff", "backups resumed after %.0f s of retrying",
                                 FIRST_RETRY, settings.interval_hours * 3600 or FIRST_RETRY)
 
     def on_start(self):
-        self._schedule()
+        """The next backup is due an interval after the newest one, not after this start: a service
+        restarted more often than its interval still backs up."""
+        if not self.settings.interval_hours:
+            return
+        newest = newest_backup(self.database_path, self.settings.dir)
+        if newest is not None:
+            self.housekept["backup"] = newest.strftime("%Y-%m-%d %H:%M:%S")
+        self._schedule(first_backup_in(newest, datetime.now(timezone.utc), self.settings.interval_hours * 3600))
 
     def on_stop(self):
         if self._timer is not None:
@@ -90,6 +121,7 @@ class BackupActor(Supervised):
             self._schedule(self._episode.failed(exc))
             return
         self._episode.succeeded()
+        self.housekept["backup"] = utc_now()
         log.info("backup written: %s (%.1f MiB, integrity_check ok)", target, target.stat().st_size / 2**20)
         self._schedule()
 

@@ -9,6 +9,7 @@ import logging
 import time
 
 from actors.dberrors import DRIVER_ERRORS
+from actors.models import utc_now
 from actors.readgate import ReadGate
 from actors.store import LOCK_POLL_MS, SqliteStore
 
@@ -22,7 +23,8 @@ class WalCheckpoint:
         self.store = store
         self.gate = gate
         self.limit = store.settings.checkpoint_mb * 2**20
-        self.done = 0  # truncating checkpoints so far (for the stats)
+        self.done = 0  # truncating checkpoints so far (for the stats) ...
+        self.last_at: str | None = None  # ... and when the latest was (UTC)
         self._next = 0.0
         self._blocked_since: float | None = None
         self._warned = False
@@ -42,6 +44,7 @@ class WalCheckpoint:
                 conn.execute(f"PRAGMA busy_timeout = {LOCK_POLL_MS}")
         if not busy:
             self.done += 1
+            self.last_at = utc_now()
             log.debug("WAL checkpointed and truncated in %.0f ms (%d pages)", (time.monotonic() - started) * 1000,
                       wal_pages)
             if self._warned:

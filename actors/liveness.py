@@ -71,7 +71,8 @@ class Liveness:
         self._wheel: dict[int, array] = {}  # second -> slots whose deadline falls in it (some moved on)
         self._seconds: list[int] = []  # the wheel's seconds, a heap
         self._entries = 0  # slots in the wheel, moved-on ones included
-        self._stale_count = 0
+        self._stale_by = dict.fromkeys(self._kinds, 0)  # devices stale now, by type
+        self._watched_by = dict.fromkeys(self._kinds, 0)
 
     def __len__(self) -> int:
         """Devices watched."""
@@ -105,8 +106,9 @@ class Liveness:
         self._stale.append(stale)
         self._intervals.extend(NO_INTERVALS)
         self._kept.append(0)
+        self._watched_by[kind] += 1
         if stale:
-            self._stale_count += 1
+            self._stale_by[kind] += 1
         else:
             self._arm(slot)
         return slot
@@ -169,7 +171,7 @@ class Liveness:
                 self._arm(slot)
             return None
         self._stale[slot] = False
-        self._stale_count -= 1
+        self._stale_by[kind] -= 1
         self._arm(slot)
         return Change(kind, device_id, LIVE, last_seen, received_at, STALE)
 
@@ -207,7 +209,7 @@ class Liveness:
                         self._arm(slot)
                         continue
                 self._stale[slot] = True
-                self._stale_count += 1
+                self._stale_by[kind] += 1
                 last_seen, received_at = latest if latest is not None else self._described(slot)
                 changes.append(Change(kind, device_id, STALE, last_seen, received_at, LIVE))
         return changes
@@ -225,4 +227,8 @@ class Liveness:
         return self._seconds[0] + 1 if self._seconds else None
 
     def stale_count(self) -> int:
-        return self._stale_count
+        return sum(self._stale_by.values())
+
+    def by_type(self) -> tuple[tuple[str, int, int], ...]:
+        """(type, devices watched, of which stale) of each type with liveness."""
+        return tuple((kind, self._watched_by[kind], self._stale_by[kind]) for kind in self._kinds)

@@ -39,6 +39,18 @@ class Rejection:
     again: bool = False  # delivered before (Inbound.again): kept only if its message is not kept already
 
 
+# How rejections' reasons begin, by class (the stats and metrics count rejections by class): the
+# clock check (clock.py), the size limit and a bug while validating (ingest.py), the delivery limit
+# (mqtt/limit.py); every other reason is a reading that breaks a field's rule.
+REASON_CLASSES = (("clock:", "clock"), ("payload is ", "too_large"), ("internal error while validating", "internal"),
+                  ("set aside after ", "set_aside"))
+
+
+def reason_class(reason: str) -> str:
+    """invalid, clock, too_large, internal or set_aside."""
+    return next((name for start, name in REASON_CLASSES if reason.startswith(start)), "invalid")
+
+
 @dataclass(frozen=True, slots=True)
 class WriteBatch:
     """Ingest actor -> writer: rows for one device type's table, rejections, and the
@@ -180,6 +192,10 @@ class WriterStats:
     checkpoints: int  # truncating WAL checkpoints done (see readgate.py)
     wrong_clocks: tuple[tuple[str, str, int], ...] = ()  # (device type, device id, clock rejections): the worst
     wrong_clock_totals: tuple[tuple[str, int], ...] = ()  # (device type, clock rejections)
+    rejected_by: tuple[tuple[str, str, int], ...] = ()  # (device type, reason class, rejections kept): see reason_class
+    commit_seconds: tuple[tuple[int, ...], float] = ((), 0.0)  # commits' durations: a Histogram's snapshot
+    commits: int = 0  # transactions committed
+    last_checkpoint_at: str | None = None  # UTC, the latest truncating WAL checkpoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +225,7 @@ class Availability:
     live_again: int = 0
     stale_now: int = 0  # devices stale now, for the stats
     watched: int = 0  # devices watched for liveness (at most devices.max_known)
+    by_type: tuple[tuple[str, int, int], ...] = ()  # (type, watched, of which stale)
 
 
 def fingerprint(message: Inbound | Request | Rejection) -> bytes:

@@ -282,6 +282,11 @@ def error_reply(code: str, message: str, **known) -> dict:
     return {**known, "error": {"code": code, "message": message}}
 
 
+def error_code(reply: bytes) -> str:
+    """The code of an error reply (as error_reply makes it, encoded)."""
+    return orjson.loads(reply)["error"]["code"]
+
+
 # In a request too large to parse, the fields an error reply echoes are looked for as plain strings.
 ECHOED = ("request_id", "device_id", "date")
 _ECHO_PATTERN = {name: re.compile(rb'"%s"\s*:\s*"([^"\\]{1,512})"' % name.encode()) for name in ECHOED}

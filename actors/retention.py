@@ -29,7 +29,7 @@ from peewee import fn
 from actors.dberrors import DRIVER_ERRORS, Episode, StoreUnavailable, translated
 from actors.devices import DEVICE_TYPES
 from actors.messages import Prune
-from actors.models import ROLLUP_MODELS, RejectedMessage, is_sqlite
+from actors.models import ROLLUP_MODELS, RejectedMessage, is_sqlite, utc_now
 from actors.peers import WRITER, Peers, Supervised
 from actors.readgate import ReadGate
 from actors.settings import RetentionSettings
@@ -71,11 +71,13 @@ class RetentionNow:
 
 class RetentionActor(Supervised):
     def __init__(self, name: str, database: peewee.Database, settings: RetentionSettings, peers: Peers,
-                 supervisor=None, gate: ReadGate | None = None):
+                 supervisor=None, gate: ReadGate | None = None, housekept: dict[str, str] | None = None):
+        """`housekept`: where the time of the latest pass is kept for the stats (StatusReport)."""
         super().__init__(name, supervisor)
         self.db = database
         self.settings = settings
         self.peers = peers
+        self.housekept = {} if housekept is None else housekept
         self.gate = gate or ReadGate()
         self.tables = expiring_tables(settings)
         self._timer: threading.Timer | None = None
@@ -114,6 +116,7 @@ class RetentionActor(Supervised):
                 self.db.close()  # a broken connection is not used again: the next pass makes its own
         else:
             self._episode.succeeded()
+            self.housekept["retention"] = utc_now()
         self._timer = self.tell_later(delay, RetentionNow())
 
     def run_pass(self, today: date) -> None:

@@ -75,25 +75,26 @@ class Store:
         self._reject_once = (f"INSERT INTO {table} ({columns}) SELECT {', '.join([p] * len(self.fields['rejected']))} "
                              f"WHERE NOT EXISTS (SELECT 1 FROM {table} WHERE fingerprint = {p})")
 
-    def _rejections(self, execute, rejections: list[tuple]) -> int:
-        """Keep the rejections (topic, payload, reason, received_at, fingerprint, again); how many
-        were new. `execute(sql, params)` returns a cursor."""
-        kept, topic = 0, RejectedMessage.topic.db_value  # bytes in PostgreSQL (TopicField)
+    def _rejections(self, execute, rejections: list[tuple]) -> list[tuple[str, str]]:
+        """Keep the rejections (topic, payload, reason, received_at, fingerprint, again); (topic,
+        reason) of those that were new. `execute(sql, params)` returns a cursor."""
+        kept, topic = [], RejectedMessage.topic.db_value  # bytes in PostgreSQL (TopicField)
         for name, *row, again in rejections:
             row = (topic(name), *row)
-            kept += execute(self._reject_once if again else self._reject, (*row, row[-1]) if again else row).rowcount
+            if execute(self._reject_once if again else self._reject, (*row, row[-1]) if again else row).rowcount:
+                kept.append((name, row[2]))
         return kept
 
     def open(self, check: bool = True) -> None:
         raise NotImplementedError
 
     def write(self, by_device: dict[str, list[tuple]], rejections: list[tuple], failures, wrong_clocks=None,
-              stored_at: str = "", ran=lambda: None, stale=()) -> tuple[dict, int, dict, list]:
+              stored_at: str = "", ran=lambda: None, stale=()) -> tuple[dict, list, dict, list]:
         """One transaction: rows per device type, rejections, and the delivery counts (`failures`,
         see Failures), with the catalogue and rollups they change (rollups.py; `wrong_clocks`: device
         ids of clock rejections per type; `stale`: see MarkStale); `ran` is called once the statements have run, before the
-        commit. The rows inserted per type (redeliveries are not), the rejections kept (one delivered
-        again and kept already is not), what the catalogue saw per type (Upkeep.stored), and the counts. Like every method here, StoreUnavailable (dberrors.py) when
+        commit. The rows inserted per type (redeliveries are not), (topic, reason) of the rejections
+        kept (one delivered again and kept already is not), what the catalogue saw per type (Upkeep.stored), and the counts. Like every method here, StoreUnavailable (dberrors.py) when
         the database cannot be written just now."""
         raise NotImplementedError
 

@@ -21,6 +21,7 @@ from actors.devices import DEVICE_TYPES
 from actors.handling import Marks
 from actors.ingest import IngestActor
 from actors.messages import ChildFailed, Restarted, Retired
+from actors.metrics import REFRESH, MetricsServer
 from actors.models import connect_database, is_sqlite
 from actors.mqtt import MqttLink
 from actors.mqtt.status import StatusReport
@@ -58,6 +59,11 @@ class Supervisor(pykka.ThreadingActor):
         self._starts: collections.Counter[str] = collections.Counter()  # instances started, by child
         self._db = None
         self._stopping = threading.Event()  # the writer stops waiting for locks
+        # What the process says about itself (status, stats, metrics): it outlives any one child.
+        self.report = StatusReport(settings.mqtt.client_id, settings.status)
+        self.metrics = MetricsServer(self.report, settings) if settings.metrics.listen else None
+        if self.metrics is not None:
+            self.report.refresh = REFRESH
 
     def child_specs(self) -> list[ChildSpec]:
         s, peers = self.settings, self.peers
@@ -78,11 +84,14 @@ class Supervisor(pykka.ThreadingActor):
         specs += [ChildSpec(pool_member(QUERY_POOL, i),
                             lambda name, sup: QueryActor.start(name, db, peers, rules, sup, gate, marks))
                   for i in range(s.queries.pool_size)]
+        # The status outlives a link that crashes: its start time, connections and ack ids are the process's.
+        report = self.report
         if not self.retire:  # housekeeping is for instances that stay
             if is_sqlite(db):  # a database server has its own backups (pg_dump)
-                specs += [ChildSpec(BACKUP, lambda name, sup: BackupActor.start(name, s.database.path, s.backup, sup))]
+                specs += [ChildSpec(BACKUP, lambda name, sup: BackupActor.start(name, s.database.path, s.backup, sup,
+                                                                                report.housekept))]
             specs += [ChildSpec(RETENTION, lambda name, sup: RetentionActor.start(name, db, s.retention, peers, sup,
-                                                                                  gate))]
+                                                                                  gate, report.housekept))]
             if live_types:
                 specs += [ChildSpec(AVAILABILITY, lambda name, sup: AvailabilityActor.start(name, db, s.devices, peers,
                                                                                             sup))]
@@ -90,14 +99,19 @@ class Supervisor(pykka.ThreadingActor):
         specs += [ChildSpec(ingest_name(d.name), lambda name, sup, d=d: IngestActor.start(
                       name, d, peers, s.limits.max_reading_bytes, clock, supervisor=sup, marks=marks))
                   for d in DEVICE_TYPES.values()]
-        # The status outlives a link that crashes: its start time, connections and ack ids are the process's.
-        report = StatusReport(s.mqtt.client_id, s.status)
         specs += [ChildSpec(LINK, lambda name, sup: MqttLink.start(name, s.mqtt, s.status, s.apps, s.limits, peers,
                                                                    sup, self.retire, marks, s.database.commit_linger,
                                                                    report, s.devices.max_known + 1000))]
         return specs
 
     def on_start(self):
+        if self.metrics is not None:
+            try:
+                self.metrics.start()
+            except OSError as exc:  # the service's work goes on; Prometheus sees the target down
+                log.error("metrics: cannot listen on %s (%s); running without /metrics", self.settings.metrics.listen,
+                          exc)
+                self.metrics = None
         try:
             if self._specs is None:
                 self._specs = self.child_specs()
@@ -113,6 +127,8 @@ class Supervisor(pykka.ThreadingActor):
 
     def on_stop(self):
         self._stop_children()
+        if self.metrics is not None:
+            self.metrics.stop()
         log.info("service stopped")
 
     def on_failure(self, exception_type, exception_value, traceback):

@@ -18,15 +18,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 
 import peewee
 
 from actors.checkpoint import WalCheckpoint
-from actors.counting import TopCounts
+from actors.counting import Histogram, TopCounts
 from actors.dberrors import Episode, StoreUnavailable
-from actors.devices import DEVICE_TYPES
+from actors.devices import BY_READING_TOPIC, DEVICE_TYPES
 from actors.messages import (Availability, Cleared, Committed, Flush, MarkStale, Prune, Pruned, Seen, StatsRequest,
-                             Strikes, Struck, WriteBatch, WriterStats, fingerprint)
+                             Strikes, Struck, WriteBatch, WriterStats, fingerprint, reason_class)
 from actors.models import utc_now
 from actors.peers import AVAILABILITY, LINK, Peers, Supervised
 from actors.readgate import ReadGate
@@ -75,6 +76,8 @@ class WriterActor(Supervised):
         self._stored: dict[str, int] = {name: 0 for name in DEVICE_TYPES}
         self._last_stored_at: dict[str, str] = {}
         self._rejected = 0
+        self._rejected_by: Counter[tuple[str, str]] = Counter()  # (type, reason class): a few dozen at most
+        self._commit_seconds = Histogram()
         # clock rejections: the worst devices (bounded, whatever the fleet) and totals by type
         self._wrong_clocks = TopCounts(WRONG_CLOCKS_KEPT)
         self._wrong_clock_totals: dict[str, int] = {name: 0 for name in DEVICE_TYPES}
@@ -189,7 +192,10 @@ class WriterActor(Supervised):
             last_stored_at=tuple(self._last_stored_at.items()), wal_bytes=wal_bytes,
             checkpoints=self.checkpoint.done if self.checkpoint else 0,
             wrong_clocks=tuple((*key, n) for key, n in self._wrong_clocks.top(WRONG_CLOCKS_REPORTED)),
-            wrong_clock_totals=tuple((k, n) for k, n in self._wrong_clock_totals.items() if n))
+            wrong_clock_totals=tuple((k, n) for k, n in self._wrong_clock_totals.items() if n),
+            rejected_by=tuple((*key, n) for key, n in sorted(self._rejected_by.items())),
+            commit_seconds=self._commit_seconds.snapshot(), commits=sum(self._commit_seconds.counts),
+            last_checkpoint_at=self.checkpoint.last_at if self.checkpoint else None)
         self._max_commit_ms = 0.0
         return stats
 
@@ -226,12 +232,17 @@ class WriterActor(Supervised):
             self._wrong_clock_totals[device] += len(ids)
             for device_id in ids:
                 self._wrong_clocks.add((device, device_id))
-        self._rejected += rejected
+        self._rejected += len(rejected)
+        for topic, reason in rejected:
+            self._rejected_by[(BY_READING_TOPIC[topic].name if topic in BY_READING_TOPIC else "other",
+                               reason_class(reason))] += 1
         if self.peers.knows(AVAILABILITY):
             for device, devices in seen.items():
                 if devices:
                     self.peers.tell(AVAILABILITY, Seen(device, tuple(devices), created_at))
-        self._last_commit_ms = (time.perf_counter() - started) * 1000
+        took = time.perf_counter() - started
+        self._commit_seconds.observe(took)
+        self._last_commit_ms = took * 1000
         self._max_commit_ms = max(self._max_commit_ms, self._last_commit_ms)
         return counts
 

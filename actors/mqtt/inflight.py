@@ -41,6 +41,7 @@ class Held:
     route: str  # the actor it was handed to: "ingest/<type>" or "query/<n>"
     fingerprint: bytes | None = None  # set once it has failed before, or came back as a redelivery
     awaiting: str | None = None  # "count" or "look up": waiting for the writer's Struck before going on
+    since: float = 0.0  # a request: when it came (time.monotonic), for the reply's latency
 
     @property
     def is_request(self) -> bool:

@@ -30,6 +30,7 @@ class Refusal:
     correlation: bytes | None
     code: str
     message: str
+    kind: str  # what it asked for: a device type, or the catalogue
 
 
 class Router:
@@ -60,12 +61,13 @@ class Router:
         if response_topic is not None:  # MQTT 5 request/response: only inside this app's own reply topics
             if (problem := response_topic_problem(response_topic, app_id)) is not None:
                 log.warning("refused a request on %r: its response topic %r %s", topic, response_topic, problem)
-                return Refusal(reply_topic, correlation, "invalid_response_topic", f"the Response Topic {problem}")
+                return Refusal(reply_topic, correlation, "invalid_response_topic", f"the Response Topic {problem}",
+                               device)
             reply_topic = response_topic
         if not self._within_rate(app_id):
             return Refusal(reply_topic, correlation, "rate_limited",
                            f"more than {self.limiter.rate:g} requests per second (bursts of "
-                           f"{self.limiter.burst}); slow down")
+                           f"{self.limiter.burst}); slow down", device)
         # The largest reply payload the broker takes on that topic, with that correlation data.
         room = max_packet - publish_size(reply_topic, b"", 0, correlation) if max_packet else None
         return Request(ack_id, device, app_id, payload, reply_topic, correlation, room)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Callable
 
 import orjson
@@ -26,6 +27,7 @@ from actors.mqtt.outbox import Outbox
 from actors.mqtt.routing import Refusal, Router
 from actors.mqtt.status import StatusReport
 from actors.peers import QUERY_POOL, WRITER, Peers
+from actors.requests import error_code
 from actors.settings import AppsSettings, LimitsSettings, MqttSettings
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,7 @@ class Traffic:
     def connected_to(self, client: OneConnectionClient, max_packet: int | None, receive_maximum: int = 65535) -> None:
         self.outbox.connected_to(client, max_packet, receive_maximum)
         self.report.connections += 1
+        self.report.connected = True
         self.limit.connections = self.report.connections  # tells whether one outlived an answer
 
     def stop_taking(self) -> None:
@@ -83,6 +86,7 @@ class Traffic:
         """The connection is gone: nothing in hand can be acknowledged any more. The broker
         delivers it all again on the next connection."""
         self.outbox.lost()
+        self.report.connected = False
         self._abandon_all()
 
     # -- messages in ----------------------------------------------------------------------
@@ -97,10 +101,11 @@ class Traffic:
             self.report.received += 1
             ack_id = make_ack_id(self.report.received, packet_id)
             if (route := self._reading_routes.get(topic)) is not None:
+                self.report.readings_in[route] += 1
                 held = Held(packet_id, Inbound(ack_id, topic, payload, bool(properties.get("retain")
                                                                              or properties.get("dup"))), route)
             elif (request := self._admit(ack_id, topic, payload, properties)) is not None:
-                held = Held(packet_id, request, QUERY_POOL)
+                held = Held(packet_id, request, QUERY_POOL, since=time.monotonic())
             else:
                 if packet_id is not None:
                     client.acknowledge((packet_id,))  # answered here, or refused: nothing to wait for
@@ -145,6 +150,7 @@ class Traffic:
         the writer ignores a row it has, the link answers a request once), and count a failure
         against each of its suspects."""
         name, suspects = restarted.name, set(restarted.suspects)
+        self.report.restarted(name)
         struck = again = 0
         if name == WRITER:
             self.limit.writer_restarted()
@@ -168,7 +174,7 @@ class Traffic:
                                      property_of(properties, "correlation_data"), self.outbox.max_packet)
         if isinstance(admitted, Refusal):
             self.outbox.refuse(admitted.reply_topic, payload, admitted.correlation, admitted.code, admitted.message)
-            self.report.errors += 1
+            self.report.replied(admitted.kind, admitted.code)
             return None
         return admitted
 
@@ -206,8 +212,7 @@ class Traffic:
             return
         self.limit.answered(held)
         self._acknowledge((ack_id,))
-        self.report.answered += 1
-        self.report.errors += error
+        self.report.replied(request.device, error_code(payload) if error else "ok", time.monotonic() - held.since)
 
     def _acknowledge(self, ack_ids) -> None:
         """PUBACK the messages behind these ack ids that are still in hand on this connection

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import os
 import re
 import tomllib
@@ -13,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, get_type_hints
 
-from actors.settings.values import (Boolean, Date, Deprecated, Float, GlobTable, Integer, Invalid, Port, SecondsOrAuto,
-                                    Secret, String, TimeZone, Value, setting, value_of)
+from actors.settings.values import (Boolean, Date, Deprecated, Float, GlobTable, Integer, Invalid, ListenAddress, Port,
+                                    SecondsOrAuto, Secret, String, TimeZone, Value, setting, split_address, value_of)
 
 DEFAULTS_FILE = Path(__file__).resolve().parent.parent.parent / "settings.toml"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -145,6 +146,12 @@ class LoggingSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    listen: str = setting(ListenAddress(env="METRICS_LISTEN"))  # host:port of /metrics, /healthz, /readyz; "": off
+    allow_remote: bool = setting(Boolean())  # listen on an address other machines reach (else refused)
+
+
+@dataclass(frozen=True)
 class SupervisorSettings:
     max_restarts: int = setting(Integer(0, 1000))
     restart_window: float = setting(Float(1, 86400))
@@ -163,6 +170,7 @@ class Settings:
     retention: RetentionSettings
     status: StatusSettings
     logging: LoggingSettings
+    metrics: MetricsSettings
     supervisor: SupervisorSettings
     # What start-up should warn about (a deprecated key in use), once logging is set up.
     warnings: tuple[str, ...] = dataclasses.field(default=(), compare=False)
@@ -307,10 +315,22 @@ def _together(s: Settings) -> list[str]:
     if s.retention.summary_days and any(d == 0 or d > s.retention.summary_days for d in days):
         problems.append(f"retention.summary_days ({s.retention.summary_days}) must be 0 (keep summaries for ever) "
                         "or at least every device table's *_days (a summary must outlive its readings)")
+    if s.metrics.listen and not s.metrics.allow_remote and not is_loopback(split_address(s.metrics.listen)[0]):
+        problems.append(f"metrics.listen ({s.metrics.listen}) is not an address of this machine only (127.0.0.1, "
+                        "::1, localhost): set metrics.allow_remote = true to serve the metrics to other machines")
     if url and not url.startswith(("postgresql://", "postgres://", "sqlite:///")):
         problems.append("database.url (DATABASE_URL) must start with postgresql:// (or sqlite:///), "
                         f"not {describe_url(url)!r}")
     return problems
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name: it may resolve to anything
+        return False
 
 
 def _resolve(s: Settings) -> Settings:

@@ -168,6 +168,25 @@ class TimeZone(String):
         return value
 
 
+class ListenAddress(String):
+    """host:port for a server of ours (an IP address or localhost; [::1]:port for IPv6), or empty: none."""
+
+    def check(self, value):
+        value = super().check(value).strip()
+        if value:
+            host, port = split_address(value)
+            if port is None or not 1 <= port <= 65535 or not host:
+                raise Invalid(f"must be host:port, such as 127.0.0.1:9108, not {value!r}")
+        return value
+
+
+def split_address(value: str) -> tuple[str, int | None]:
+    """("127.0.0.1", 9108) of "127.0.0.1:9108" (an IPv6 host in brackets); port None if unreadable."""
+    host, _, port = value.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    return host, int(port) if port.isdigit() else None
+
+
 class SecondsOrAuto(Float):
     """A number of seconds (0: off), or "auto": the service works it out."""
 

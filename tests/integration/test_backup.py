@@ -7,7 +7,9 @@ import threading
 
 import pytest
 
-from actors.backup import BackupFailed, backup_database
+from datetime import datetime, timedelta, timezone
+
+from actors.backup import FIRST_BACKUP, BackupFailed, backup_database, first_backup_in, newest_backup
 from conftest import ROOT, wait_until
 from builders import temperature
 
@@ -59,6 +61,22 @@ def test_the_service_backs_up_on_schedule(service, tmp_path):
     service.start("--config", str(config)).wait_ready()
     wait_until(lambda: len(list((tmp_path / "scheduled").glob("*.db"))) >= 2, 30, what="two scheduled backups")
     assert "backup written:" in service.log() and "integrity_check ok" in service.log()
+
+
+def test_a_restart_does_not_put_off_the_next_backup(tmp_path):
+    """The next backup is due an interval after the newest one, whenever the service starts: one
+    restarted every few hours still backs up once a day."""
+    database = tmp_path / "mqtt_data.db"
+    sqlite3.connect(database).close()
+    assert newest_backup(str(database), str(tmp_path / "none")) is None
+    made = backup_database(str(database), str(tmp_path / "b"), 3)
+    newest = newest_backup(str(database), str(tmp_path / "b"))
+    assert abs((datetime.now(timezone.utc) - newest).total_seconds()) < 60 and made.exists()
+    day = 86400.0
+    now = datetime(2026, 12, 5, 12, tzinfo=timezone.utc)
+    assert first_backup_in(None, now, day) == FIRST_BACKUP
+    assert first_backup_in(now - timedelta(hours=10), now, day) == 14 * 3600
+    assert first_backup_in(now - timedelta(hours=30), now, day) == 1.0  # overdue: at once
 
 
 def test_a_backup_of_a_damaged_database_is_refused_and_not_kept(tmp_path):

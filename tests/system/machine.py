@@ -27,8 +27,8 @@ from pathlib import Path
 LAB = Path(os.environ.get("LAB", Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mqtt-client-lab"))
 BASE = "systemd,systemd-sysv,dbus,python3,python3-venv,ca-certificates,iproute2,sudo,procps,gzip"
 # Installed by the guide, install.sh or the original program, from the local source.
-LOCAL = "git mosquitto mosquitto-clients sqlite3 python3-paho-mqtt"
-TARBALL = LAB / "guide-bookworm-v2.tar"
+LOCAL = "git mosquitto mosquitto-clients sqlite3 python3-paho-mqtt prometheus curl"
+TARBALL = LAB / "guide-bookworm-v3.tar"
 
 # Terminal habits, as shell scripts in /usr/local/bin (first in the login PATH and in sudo's).
 SHIMS = {

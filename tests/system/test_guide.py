@@ -127,6 +127,18 @@ def test_the_guide_runs_as_written_in_order(machine):
     assert "FAILED" not in out and "ok" in out
     assert "home/status/lightsail_1" in op.paste(by["Health and status"][1])
 
+    # Metrics: the endpoints on, and a Prometheus beside the service scraping them, the rules loaded.
+    box.edit("/etc/mqtt-client/settings.toml", "sed -i 's|^# listen = .*|listen = \"127.0.0.1:9108\"|' \"$1\"")
+    assert "ready" in op.paste(by["Metrics and health"][0])
+
+    def scraped(expr):
+        got = box.root(f"curl -s 'http://127.0.0.1:9090/api/v1/query' --data-urlencode 'query={expr}'", check=False)
+        return json.loads(got.stdout or "{}").get("data", {}).get("result", [])
+    box.wait("Prometheus to scrape the service", lambda: [r["value"][1] for r in scraped("mqtt_client_ready")] == ["1"],
+             120)
+    rules = json.loads(box.root("curl -s http://127.0.0.1:9090/api/v1/rules").stdout)["data"]["groups"][0]["rules"]
+    assert len(rules) == 9 and all(r["health"] == "ok" for r in rules)
+
     # A backup, readings after it, the restore: the service answers what the backup held.
     op.paste(by["Backups and restore"][0])
     publish(box, "home/temperature", [reading("temp_sensor_01", 100 + n, TODAY) for n in range(30)])
