@@ -109,6 +109,16 @@ class Broker:
             self.proc.wait(10)
 
 
+class FakeClock:
+    """A clock the test moves: `clock()` is `clock.now`."""
+
+    def __init__(self, now: float = 0.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @cache
 def contract() -> Contract:
     return Contract()

@@ -10,6 +10,7 @@ from actors.messages import WriterStats
 from actors.metrics import MetricsServer, REFRESH
 from actors.mqtt.status import StatusReport
 from actors.settings import load_settings
+from conftest import FakeClock
 
 SETTINGS = load_settings(environ={"METRICS_LISTEN": "127.0.0.1:9108"})
 WRITER = WriterStats(stored=(("temperature", 7), ("power", 2), ("fingerprint", 0)), rejected=3, backlog=4,
@@ -71,16 +72,8 @@ def test_the_metrics_are_the_stats_numbers():
     assert labels <= {"version", "type", "reason", "kind", "outcome", "actor", "state", "le"}
 
 
-class Clock:
-    def __init__(self):
-        self.now = 100.0
-
-    def __call__(self):
-        return self.now
-
-
 def test_ready_when_connected_and_the_writer_answers_and_not_otherwise():
-    clock = Clock()
+    clock = FakeClock(100.0)
     report = StatusReport("svc", SETTINGS.status, clock=clock)
     server = MetricsServer(report, SETTINGS, clock=clock)
     assert server.readiness() == (False, "not connected to the MQTT broker")

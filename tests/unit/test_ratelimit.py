@@ -1,14 +1,7 @@
 """The per-app token bucket, on a fake clock."""
 
 from actors.ratelimit import IDLE_APPS, RateLimiter
-
-
-class Clock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        return self.now
+from conftest import FakeClock as Clock
 
 
 def test_a_burst_then_the_rate_and_each_app_on_its_own():
