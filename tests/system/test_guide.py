@@ -136,8 +136,10 @@ def test_the_guide_runs_as_written_in_order(machine):
         return json.loads(got.stdout or "{}").get("data", {}).get("result", [])
     box.wait("Prometheus to scrape the service", lambda: [r["value"][1] for r in scraped("mqtt_client_ready")] == ["1"],
              120)
-    rules = json.loads(box.root("curl -s http://127.0.0.1:9090/api/v1/rules").stdout)["data"]["groups"][0]["rules"]
-    assert len(rules) == 9 and all(r["health"] == "ok" for r in rules)
+
+    def rules():
+        return json.loads(box.root("curl -s http://127.0.0.1:9090/api/v1/rules").stdout)["data"]["groups"][0]["rules"]
+    box.wait("the 9 alert rules evaluated, each ok", lambda: [r["health"] for r in rules()] == ["ok"] * 9, 60)
 
     # A backup, readings after it, the restore: the service answers what the backup held.
     op.paste(by["Backups and restore"][0])
