@@ -1,5 +1,5 @@
 """/metrics as Prometheus reads it, from the numbers the stats publish (one source), and /readyz's
-judgement on an injected clock. End to end against a running service: tests/integration/test_metrics.py."""
+judgement on an injected clock. End to end against a running service: tests/integration/test_metrics_endpoints.py."""
 
 import itertools
 
