@@ -4,32 +4,31 @@ side by side (a pool); WAL lets them read while the writer writes.
 
 A request the seed describes ({"device_id", "date"}) gets the seed's reply, whole, as long as
 it fits `queries.max_reply_bytes`; a larger day, or a request with `limit`, gets a page and a
-`next` cursor. A cursor is the last record's place in the index order (and, for power, the
-state carried to it), so pages neither skip nor repeat records while new readings arrive."""
+`next` cursor (days.py)."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
-from itertools import islice
 
 import orjson
 import peewee
 
 from actors.catalogue import CatalogueReader
+from actors.days import DayPages
 from actors.devices import DEVICE_TYPES, DeviceType
 from actors.messages import Reply, Request
 from actors.models import is_sqlite
 from actors.peers import LINK, Peers, Supervised
 from actors.readgate import ReadGate
-from actors.requests import (CATALOGUE, Ask, CatalogueAsk, RequestError, SummaryAsk, encode_cursor, error_reply,
+from actors.replies import cut, splice
+from actors.requests import (CATALOGUE, CatalogueAsk, RequestError, SummaryAsk, error_reply,
                              internal_error, pack, parse_catalogue, parse_request)
 from actors.sitetime import UNZONED, SiteTime
 from actors.summaries import Summaries, bucket_starts
 
 log = logging.getLogger(__name__)
-SMALLEST_RECORD = 50  # bytes of JSON: bounds how many rows a page can need
 SMALLEST_BUCKET = 60  # ... how many buckets
 SMALLEST_ENTRY = 150  # ... how many catalogue entries
 
@@ -54,7 +53,7 @@ class QueryActor(Supervised):
         self.rules = rules
         self.gate = gate or ReadGate()
         self.summaries = Summaries(database, site=rules.site)
-        self._record_bytes: dict[str, float] = {}  # per device type: the JSON of a record, on average
+        self.days = DayPages(rules.site)
         self.catalogue = CatalogueReader(database, set(rules.live_types))
 
     def on_start(self):
@@ -113,7 +112,7 @@ class QueryActor(Supervised):
                     read = lambda: self.summary_page(device, ask, cap)  # noqa: E731
                 else:
                     known["date"] = ask.date
-                    read = lambda: self.latest(device, ask) if ask.latest else self.page(device, ask, cap)  # noqa: E731
+                    read = lambda: self.days.latest(device, ask) if ask.latest else self.days.page(device, ask, cap)  # noqa: E731
         except RequestError as exc:
             log.info("bad %s request: %s", kind, exc)
             return error_reply(exc.code, str(exc), **exc.known)
@@ -136,15 +135,6 @@ class QueryActor(Supervised):
             return error_reply("too_large", f"not even one record fits in a reply of {cap} bytes, the most "
                                             "the broker takes on this reply topic", **known)
         return reply
-
-    def latest(self, device: DeviceType, ask: Ask) -> bytes:
-        row = device.latest_row(ask.device_id)
-        date, records = None, []
-        if row is not None:
-            timestamp = row[-1]
-            date = self.rules.site.local(timestamp)[:10]
-            records = device.records([row], device.state_before(ask.device_id, date, timestamp))
-        return self._reply(ask, date, len(records), orjson.dumps(records)[1:-1])
 
     def summary_page(self, device: DeviceType, ask: SummaryAsk, cap: int) -> bytes | None:
         """The buckets of a summary that fit in `cap` bytes, from the cursor's on; `next` if more."""
@@ -179,92 +169,3 @@ class QueryActor(Supervised):
             return None
         next_ = cursor(entries[n - 1]) if len(entries) > n else None
         return splice({"count": n}, "devices", encoded, {"next": next_, "request_id": ask.request_id})
-
-    def page(self, device: DeviceType, ask: Ask, cap: int) -> bytes | None:
-        """One page: `limit` records, or as many as fit in `cap` bytes; `next` if more. None if
-        not even one record fits."""
-        fits = max(1, cap // SMALLEST_RECORD)
-        wanted = min(ask.limit or fits, fits)
-        state = ask.state if ask.after else self._state_before(device, ask)
-        # Rows past the cap would be read, made records and encoded for nothing (a quarter of a
-        # 1,440-reading day): read about as many as fit, by the size of this type's records in
-        # earlier replies, and read on only if that fell short.
-        guess = self._record_bytes.get(device.name)
-        take = wanted if guess is None else min(wanted, int(cap / guess * 1.005) + 4)
-        rows = self._rows(device, ask, ask.after, take + 1)
-        records = device.records(rows[:take], state)
-        # Room is left for `next` (a cursor like the first row's, and then some).
-        frame = len(self._reply(ask, ask.date, 0, b"", encode_cursor(device, device.key(rows[0]), state)
-                                if rows else None)) + 64
-        while True:
-            # The most records that keep the reply under the cap, cut from one encoding of them
-            # all: a call per record cost ten times as much.
-            encoded, n = cut(orjson.dumps(records), len(records), cap - frame)
-            if n < len(records) or len(rows) <= len(records) or len(records) >= wanted:
-                break  # cut by the cap, or the day is all here, or so is `wanted`
-            rows += self._rows(device, ask, device.key(rows[-1]), wanted + 1 - len(rows))
-            records += device.records(rows[len(records):wanted], device.state_after(records[-1]))
-        if records and not n:
-            return None
-        if n:
-            self._record_bytes[device.name] = len(encoded) / n
-        more = len(rows) > n
-        next_ = encode_cursor(device, device.key(rows[n - 1]), device.state_after(records[n - 1])) if more else None
-        return self._reply(ask, ask.date, n, encoded, next_)
-
-    def _rows(self, device: DeviceType, ask: Ask, after: tuple | None, limit: int) -> list[tuple]:
-        """The day's rows past `after` within the request's time window. The window is in the site's
-        time: where that is not what the timestamps say (site.timezone, devices sending an offset),
-        the rest of the day is read and the window applied to each row's time at the site."""
-        site = self.rules.site
-        if site.zone is None or not (ask.start or ask.end):
-            return device.rows(ask.device_id, ask.date, after, ask.start, ask.end, limit=limit)
-        low, high = self._window(ask)
-        rows = (row for row in device.rows(ask.device_id, ask.date, after) if low <= site.local(row[-1]) < high)
-        return list(islice(rows, limit))
-
-    def _state_before(self, device: DeviceType, ask: Ask) -> tuple:
-        """What the first record carries in from earlier rows (see devices.Power)."""
-        site = self.rules.site
-        if site.zone is None or not ask.start:
-            return device.state_before(ask.device_id, ask.date, f"{ask.date}T{ask.start}" if ask.start else None)
-        low = self._window(ask)[0]
-        state = device.state_before(ask.device_id, ask.date, None)
-        earlier = [row for row in device.rows(ask.device_id, ask.date) if site.local(row[-1]) < low]
-        return device.state_after(device.records(earlier, state)[-1]) if earlier else state
-
-    @staticmethod
-    def _window(ask: Ask) -> tuple[str, str]:
-        """The request's time window as bounds of a timestamp's text at the site (as rows() has them)."""
-        return (f"{ask.date}T{ask.start}" if ask.start else "",
-                f"{ask.date}T{ask.end}\uffff" if ask.end else "\uffff")
-
-    @staticmethod
-    def _reply(ask: Ask, date: str | None, count: int, records: bytes, next_: str | None = None) -> bytes:
-        """A day's reply: {"device_id", "date", "count", "records", "next"?, "request_id"?}."""
-        return splice({"device_id": ask.device_id, "date": date, "count": count}, "records", records,
-                      {"next": next_, "request_id": ask.request_id})
-
-
-def splice(head: dict, key: str, items: bytes, tail: dict) -> bytes:
-    """A reply's JSON, byte for byte what orjson makes of the dict {**head, key: [...], **tail} (tail
-    entries that are None left out), around `items` already encoded (without the array's brackets)."""
-    start = orjson.dumps(head)
-    tail = {k: v for k, v in tail.items() if v is not None}
-    end = b"," + orjson.dumps(tail)[1:] if tail else b"}"
-    return b"".join((start[:-1], b',"', key.encode(), b'":[', items, b"]", end))
-
-
-BETWEEN = b'},{"'  # only ever between two records: inside a JSON string a '"' is escaped
-
-
-def cut(array: bytes, count: int, room: int) -> tuple[bytes, int]:
-    """The first records of a JSON array of `count` objects (as orjson writes it) that take at
-    most `room` bytes with a comma each, without the brackets; and how many they are."""
-    if len(array) - 1 <= room:
-        return array[1:-1], count
-    end = array.rfind(BETWEEN, 0, room + len(BETWEEN) - 1)  # the '}' that ends the last one that fits
-    if end < 0:
-        return b"", 0
-    # Those left out are counted: fewer, as a page reads little more than fits (QueryActor.page).
-    return array[1:end + 1], count - 1 - array.count(BETWEEN, end + 1)

@@ -12,7 +12,9 @@ from actors.messages import Reply, Request
 from actors.models import MODELS, FingerprintLog, PowerStatusLog, TemperatureLog, open_database
 from actors.peers import Peers
 from actors.devices import DEVICE_TYPES
-from actors.query import QueryActor, QueryRules, cut
+from actors.query import QueryActor, QueryRules
+from actors.days import day_reply
+from actors.replies import cut
 from actors.requests import STEMS, Ask
 from actors.rollups import Upkeep
 from actors.summaries import Summaries, bucket_starts
@@ -154,7 +156,7 @@ def test_a_reply_put_together_from_encoded_records_is_the_json_of_the_whole(next
     whole = {"device_id": ask.device_id, "date": ask.date, "count": len(records), "records": records,
              **({"next": next_} if next_ else {}), **({"request_id": request_id} if request_id is not None else {})}
     encoded = orjson.dumps(records)[1:-1]
-    assert QueryActor._reply(ask, ask.date, len(records), encoded, next_) == orjson.dumps(whole)
+    assert day_reply(ask, ask.date, len(records), encoded, next_) == orjson.dumps(whole)
 
 
 def test_cutting_one_encoding_of_all_records_takes_as_many_as_encoding_each_would():
