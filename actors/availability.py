@@ -22,8 +22,9 @@ from actors.liveness import LIVE, STALE, Change, Liveness
 from actors.messages import Availability, MarkStale, Seen
 from actors.models import Device
 from actors.mqtt.packets import MAX_TOPIC_BYTES, topic_problem
-from actors.peers import LINK, WRITER, Peers, Supervised
+from actors.peers import LINK, WRITER, Peers
 from actors.settings import DevicesSettings
+from actors.supervised import Supervised
 
 log = logging.getLogger(__name__)
 TOPIC = "home/availability"

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from actors.dberrors import Episode
 from actors.models import utc_now
-from actors.peers import Supervised
 from actors.settings import BackupSettings
+from actors.supervised import Supervised
 
 log = logging.getLogger(__name__)
 

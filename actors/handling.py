@@ -8,7 +8,7 @@ leaves its writes in the page cache; only the machine's death loses them, and th
 message's fault). A process killed from outside is usually waiting (on a commit's fsync, on the
 network) with nothing marked, so it blames nothing; one that dies of a message dies with that
 message marked, every time. The broker redelivers a message with its original packet id on
-the resumed session, which is how the link recognises it (actors/mqtt/inflight.py).
+the resumed session, which is how the link recognises it (actors/mqtt/limit.py).
 
 Ack ids carry the packet id in their low 16 bits (`packet_id`), so every actor can mark what it
 holds from the ack ids it already has."""

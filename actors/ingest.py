@@ -9,7 +9,8 @@ import logging
 from actors.clock import ClockCheck
 from actors.devices import DeviceType, InvalidMessage
 from actors.messages import ReadingBatch, Rejection, WriteBatch
-from actors.peers import WRITER, Peers, Supervised
+from actors.peers import WRITER, Peers
+from actors.supervised import Supervised
 
 log = logging.getLogger(__name__)
 

@@ -84,7 +84,7 @@ class RejectedMessage(Model):
 
 class DeliveryFailure(Model):
     """A message that was in hand when the service failed, and how many times in a row (the
-    delivery limit: see actors/mqtt/inflight.py). Deleted once the message has been handled."""
+    delivery limit: see actors/mqtt/limit.py). Deleted once the message has been handled."""
     id = AutoField()
     fingerprint = TextField(unique=True)  # hex: a digest of its topic, payload and reply topic
     topic = TextField()

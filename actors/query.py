@@ -20,13 +20,14 @@ from actors.days import DayPages
 from actors.devices import DEVICE_TYPES, DeviceType
 from actors.messages import Reply, Request
 from actors.models import is_sqlite
-from actors.peers import LINK, Peers, Supervised
+from actors.peers import LINK, Peers
 from actors.readgate import ReadGate
 from actors.replies import cut, splice
 from actors.requests import (CATALOGUE, CatalogueAsk, RequestError, SummaryAsk, error_reply,
                              internal_error, pack, parse_catalogue, parse_request)
 from actors.sitetime import UNZONED, SiteTime
 from actors.summaries import Summaries, bucket_starts
+from actors.supervised import Supervised
 
 log = logging.getLogger(__name__)
 SMALLEST_BUCKET = 60  # ... how many buckets

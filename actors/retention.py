@@ -30,9 +30,10 @@ from actors.dberrors import DRIVER_ERRORS, Episode, StoreUnavailable, translated
 from actors.devices import DEVICE_TYPES
 from actors.messages import Prune
 from actors.models import ROLLUP_MODELS, RejectedMessage, is_sqlite, utc_now
-from actors.peers import WRITER, Peers, Supervised
+from actors.peers import WRITER, Peers
 from actors.readgate import ReadGate
 from actors.settings import RetentionSettings
+from actors.supervised import Supervised
 
 log = logging.getLogger(__name__)
 PRUNE_TIMEOUT = 120.0  # a delete waits behind the writer's queue, and a locked database retries

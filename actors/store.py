@@ -288,7 +288,7 @@ class ServerStore(Store):
 
 
 class Failures:
-    """The failed-delivery counts of one transaction (see actors/mqtt/inflight.py): count one more failure
+    """The failed-delivery counts of one transaction (see actors/mqtt/limit.py): count one more failure
     for each strike, returning the new counts; forget the cleared ones, and any the broker has
     not delivered again for a month."""
     TABLE = DeliveryFailure._meta.table_name

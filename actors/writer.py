@@ -7,7 +7,7 @@ for up to `commit_linger` before it hands them on: actors/mqtt/handover.py.) A f
 is rolled back and retried with backoff; nothing is acknowledged until it is durable.
 
 It also counts failed deliveries for the MQTT link (Strikes, answered with Struck once
-committed; see actors/mqtt/inflight.py), keeps devices' stale state (MarkStale: its announcement
+committed; see actors/mqtt/limit.py), keeps devices' stale state (MarkStale: its announcement
 is published only once stored), deletes what the retention actor has archived (Prune, one small
 transaction at a time) and keeps the WAL bounded (checkpoint.py). The database work itself is the
 store's (store.py: SQLite or PostgreSQL); a stop never waits out someone else's lock, and what is
@@ -29,11 +29,12 @@ from actors.devices import BY_READING_TOPIC, DEVICE_TYPES
 from actors.messages import (Availability, Cleared, Committed, Flush, MarkStale, Prune, Pruned, Seen, StatsRequest,
                              Strikes, Struck, WriteBatch, WriterStats, fingerprint, reason_class)
 from actors.models import utc_now
-from actors.peers import AVAILABILITY, LINK, Peers, Supervised
+from actors.peers import AVAILABILITY, LINK, Peers
 from actors.readgate import ReadGate
 from actors.settings import DatabaseSettings
 from actors.sitetime import UNZONED, SiteTime
 from actors.store import Failures, SqliteStore, Store, open_store
+from actors.supervised import Supervised
 
 log = logging.getLogger(__name__)
 MAX_RETRY_DELAY = 10.0

@@ -14,8 +14,9 @@ from actors.handling import Marks
 from actors.messages import Crash, Retired
 from actors.mqtt.session import OUTBOX_DRAIN, Session
 from actors.mqtt.status import StatusReport
-from actors.peers import Peers, Supervised
+from actors.peers import Peers
 from actors.settings import AppsSettings, LimitsSettings, MqttSettings, StatusSettings
+from actors.supervised import Supervised
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ unique index makes a second delivery harmless.
 
 Readings are passed to the ingest actors in batches: everything gmqtt parsed from one socket
 read goes out as one message per device type, and the acknowledgements of one commit go back to
-the broker in one write. What is in hand and the delivery limit are in inflight.py, where
+the broker in one write. What is in hand is in inflight.py, the delivery limit in limit.py, where
 messages go in routing.py, what the service says about itself in status.py, retiring in retire.py."""
 
 from __future__ import annotations

@@ -80,7 +80,7 @@ class QuerySettings:
 class LimitsSettings:
     max_reading_bytes: int = setting(Integer(64, 16 * 1024 * 1024))
     max_request_bytes: int = setting(Integer(64, 16 * 1024 * 1024))
-    max_failures: int = setting(Integer(1, 100))  # the delivery limit (see actors/mqtt/inflight.py)
+    max_failures: int = setting(Integer(1, 100))  # the delivery limit (see actors/mqtt/limit.py)
     earliest_date: str = setting(Date())  # readings dated before it: a clock that was reset
     max_clock_ahead: float = setting(Float(0, 10 * 365 * 86400))  # seconds ahead of arrival; 0: no check
 
