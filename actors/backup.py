@@ -19,6 +19,7 @@ from actors.settings import BackupSettings
 from actors.supervised import Supervised
 
 log = logging.getLogger(__name__)
+STAMP = "%Y%m%dT%H%M%S%fZ"  # a backup's name: <database>-<STAMP>.db, UTC
 
 
 class BackupFailed(Exception):
@@ -30,7 +31,7 @@ def backup_database(source: str, directory: str, keep: int) -> Path:
     source_path = Path(source).resolve()
     folder = Path(directory).resolve()
     folder.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    stamp = datetime.now(timezone.utc).strftime(STAMP)
     target = folder / f"{source_path.stem}-{stamp}.db"
     partial = target.with_name(target.name + ".partial")  # never mistaken for a good backup
     try:
@@ -60,7 +61,7 @@ def newest_backup(source: str, directory: str) -> datetime | None:
     stem = Path(source).resolve().stem
     for path in sorted(Path(directory).glob(f"{stem}-*.db"), reverse=True):
         try:
-            return datetime.strptime(path.name[len(stem) + 1:-3], "%Y%m%dT%H%M%S%fZ").replace(tzinfo=timezone.utc)
+            return datetime.strptime(path.name[len(stem) + 1:-3], STAMP).replace(tzinfo=timezone.utc)
         except ValueError:
             continue  # not one of ours
     return None

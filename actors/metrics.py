@@ -13,7 +13,6 @@ import shutil
 import socket
 import threading
 import time
-from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from actors import __version__
+from actors.liveness import epoch
 from actors.mqtt.status import StatusReport
 from actors.settings import Settings
 from actors.settings.values import split_address
@@ -29,11 +29,6 @@ from actors.settings.values import split_address
 log = logging.getLogger(__name__)
 PREFIX = "mqtt_client_"
 REFRESH = 5.0  # seconds between the writer's numbers while metrics are served (the heartbeat's)
-
-
-def epoch(utc: str) -> float:
-    """A UTC time as the service writes it ("YYYY-MM-DD HH:MM:SS") in seconds since 1970."""
-    return datetime.fromisoformat(utc).replace(tzinfo=timezone.utc).timestamp()
 
 
 class Numbers:
@@ -173,10 +168,7 @@ class MetricsServer:
 
     def start(self) -> None:
         """Bind and serve; OSError if the address cannot be had (in use, not ours)."""
-        host, port = split_address(self.settings.metrics.listen)
-        server_class = type("Server", (ThreadingHTTPServer,), {"daemon_threads": True,
-                                                               "address_family": _family(host)})
-        self._server = server_class((host, port), _handler(self))
+        self._server = _Server(split_address(self.settings.metrics.listen), _handler(self))
         threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True).start()
         log.info("metrics: http://%s/metrics, /healthz and /readyz", self.settings.metrics.listen)
 
@@ -186,8 +178,12 @@ class MetricsServer:
             self._server.server_close()
 
 
-def _family(host: str) -> socket.AddressFamily:
-    return socket.AF_INET6 if ":" in host else socket.AF_INET
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler):
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET  # before the socket is made
+        super().__init__(address, handler)
 
 
 def _handler(server: MetricsServer):

@@ -10,18 +10,15 @@ same reading: the copy is deleted and the catalogue's count lowered."""
 
 from __future__ import annotations
 
-import logging
-
 import peewee
 
 from actors.devices import DEVICE_TYPES, DeviceType
 from actors.models import Device, FingerprintHourly, PowerHourly, TemperatureHourly, connect_database
-from actors.rollups import Upkeep, cursor_of
+from actors.rollups import Upkeep, cursor_of, stored_rows
 from actors.schema import SCHEMA_VERSION, current_version
 from actors.settings import Settings
 from actors.sitetime import SiteTime
 
-log = logging.getLogger(__name__)
 BATCH = 10_000
 # what each type's rollup counts, as SQL over its table: the readings it holds
 COUNTED = {"temperature": (TemperatureHourly, "SUM(readings)"), "power": (PowerHourly, "SUM(readings)"),
@@ -65,7 +62,7 @@ def redate(db: peewee.Database, site: SiteTime) -> dict[str, tuple[int, int]]:
             done[name] = _redate_rows(db, device, site)
             model, _ = COUNTED[name]
             model.delete().execute()
-            for rows in _rows(device):
+            for rows in stored_rows(device, BATCH):
                 upkeep.rollups[name].merge(cursor, rows)
     return done
 
@@ -126,12 +123,3 @@ def _executemany(db: peewee.Database, sql: str, params: list[tuple]) -> None:
     with peewee.__exception_wrapper__:  # the driver's errors as peewee's, as execute_sql raises them
         db.cursor().executemany(sql, params)
 
-
-def _rows(device: DeviceType):
-    """Every stored row as the writer hands rows to the rollups, BATCH at a time."""
-    m = device.model
-    columns = [m.device_id, *(getattr(m, c) for c in device.value_columns), m.timestamp, m.date, m.created_at]
-    last_id = 0
-    while rows := list(m.select(m.id, *columns).where(m.id > last_id).order_by(m.id).limit(BATCH).tuples()):
-        last_id = rows[-1][0]
-        yield [row[1:] for row in rows]

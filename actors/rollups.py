@@ -283,6 +283,17 @@ class ServerCursor:
         execute_batch(self.db.cursor(), sql, seq)
 
 
+def stored_rows(device: DeviceType, batch: int = 10_000):
+    """Every stored row of a type as the writer hands rows to Upkeep.stored (device_id, values,
+    timestamp, date, created_at), in id order, `batch` at a time: to build the rollups again."""
+    m = device.model
+    columns = [m.device_id, *(getattr(m, c) for c in device.value_columns), m.timestamp, m.date, m.created_at]
+    last_id = 0
+    while rows := list(m.select(m.id, *columns).where(m.id > last_id).order_by(m.id).limit(batch).tuples()):
+        last_id = rows[-1][0]
+        yield [row[1:] for row in rows]
+
+
 def cursor_of(db: peewee.Database):
     """What Upkeep writes through: SQLite's own connection, or a ServerCursor."""
     return db.connection() if is_sqlite(db) else ServerCursor(db)

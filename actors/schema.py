@@ -20,7 +20,7 @@ import peewee
 from actors.devices import DEVICE_TYPES
 from actors.messages import Rejection, fingerprint
 from actors.models import MODELS, ROLLUP_MODELS, DeliveryFailure, Device, PowerHourly, RejectedMessage
-from actors.rollups import Upkeep, cursor_of
+from actors.rollups import Upkeep, cursor_of, stored_rows
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 5
@@ -148,15 +148,9 @@ def _upgrade_3_to_4(db: peewee.Database) -> None:
         _byte_order_text(db, [Device, *ROLLUP_MODELS])
     upkeep, cursor = Upkeep(db), cursor_of(db)
     for name, device in DEVICE_TYPES.items():
-        m = device.model
-        columns = [m.device_id, *(getattr(m, c) for c in device.value_columns), m.timestamp, m.date, m.created_at]
-        last_id, rows_done = 0, 0
-        while True:
-            rows = list(m.select(m.id, *columns).where(m.id > last_id).order_by(m.id).limit(BACKFILL_ROWS).tuples())
-            if not rows:
-                break
-            last_id = rows[-1][0]
-            upkeep.stored(cursor, {name: [row[1:] for row in rows]}, {}, "")
+        m, rows_done = device.model, 0
+        for rows in stored_rows(device, BACKFILL_ROWS):
+            upkeep.stored(cursor, {name: rows}, {}, "")
             rows_done += len(rows)
         # when each device's latest reading was stored
         latest = m.select(peewee.fn.MAX(m.created_at)).where(m.device_id == Device.device_id)
