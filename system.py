@@ -15,11 +15,11 @@ import threading
 
 import pykka
 
-from actors.check import check_config
-from actors.logs import configure_logging
-from actors.notify import notify
-from actors.redate import redate_command
-from actors.settings import SettingsError, describe_url, load_settings
+from actors.runtime.check import check_config
+from actors.runtime.logs import configure_logging
+from actors.runtime.notify import notify
+from actors.storage.redate import redate_command
+from actors.runtime.settings import SettingsError, describe_url, load_settings
 from actors.supervisor import Supervisor
 
 log = logging.getLogger("system")

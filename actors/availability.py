@@ -17,14 +17,14 @@ from dataclasses import dataclass
 import orjson
 import peewee
 
-from actors.dberrors import Episode, StoreUnavailable, translated
-from actors.liveness import LIVE, STALE, Change, Liveness
-from actors.messages import Availability, MarkStale, Seen
-from actors.models import Device
+from actors.storage.dberrors import Episode, StoreUnavailable, translated
+from actors.protocol.liveness import LIVE, STALE, Change, Liveness
+from actors.protocol.messages import Availability, MarkStale, Seen
+from actors.storage.models import Device
 from actors.mqtt.packets import MAX_TOPIC_BYTES, topic_problem
-from actors.peers import LINK, WRITER, Peers
-from actors.settings import DevicesSettings
-from actors.supervised import Supervised
+from actors.runtime.peers import LINK, WRITER, Peers
+from actors.runtime.settings import DevicesSettings
+from actors.runtime.supervised import Supervised
 
 log = logging.getLogger(__name__)
 TOPIC = "home/availability"

@@ -13,10 +13,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 
-from actors.dberrors import Episode
-from actors.models import utc_now
-from actors.settings import BackupSettings
-from actors.supervised import Supervised
+from actors.storage.dberrors import Episode
+from actors.storage.models import utc_now
+from actors.runtime.settings import BackupSettings
+from actors.runtime.supervised import Supervised
 
 log = logging.getLogger(__name__)
 STAMP = "%Y%m%dT%H%M%S%fZ"  # a backup's name: <database>-<STAMP>.db, UTC

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import logging
 
-from actors.clock import ClockCheck
+from actors.protocol.clock import ClockCheck
 from actors.devices import DeviceType, InvalidMessage
-from actors.messages import ReadingBatch, Rejection, WriteBatch
-from actors.peers import WRITER, Peers
-from actors.supervised import Supervised
+from actors.protocol.messages import ReadingBatch, Rejection, WriteBatch
+from actors.runtime.peers import WRITER, Peers
+from actors.runtime.supervised import Supervised
 
 log = logging.getLogger(__name__)
 

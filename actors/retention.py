@@ -26,14 +26,14 @@ import peewee
 import pykka
 from peewee import fn
 
-from actors.dberrors import DRIVER_ERRORS, Episode, StoreUnavailable, translated
+from actors.storage.dberrors import DRIVER_ERRORS, Episode, StoreUnavailable, translated
 from actors.devices import DEVICE_TYPES
-from actors.messages import Prune
-from actors.models import ROLLUP_MODELS, RejectedMessage, is_sqlite, utc_now
-from actors.peers import WRITER, Peers
-from actors.readgate import ReadGate
-from actors.settings import RetentionSettings
-from actors.supervised import Supervised
+from actors.protocol.messages import Prune
+from actors.storage.models import ROLLUP_MODELS, RejectedMessage, is_sqlite, utc_now
+from actors.runtime.peers import WRITER, Peers
+from actors.storage.readgate import ReadGate
+from actors.runtime.settings import RetentionSettings
+from actors.runtime.supervised import Supervised
 
 log = logging.getLogger(__name__)
 PRUNE_TIMEOUT = 120.0  # a delete waits behind the writer's queue, and a locked database retries

@@ -22,19 +22,19 @@ from collections import Counter
 
 import peewee
 
-from actors.checkpoint import WalCheckpoint
-from actors.counting import Histogram, TopCounts
-from actors.dberrors import Episode, StoreUnavailable
+from actors.storage.checkpoint import WalCheckpoint
+from actors.runtime.counting import Histogram, TopCounts
+from actors.storage.dberrors import Episode, StoreUnavailable
 from actors.devices import BY_READING_TOPIC, DEVICE_TYPES
-from actors.messages import (Availability, Cleared, Committed, Flush, MarkStale, Prune, Pruned, Seen, StatsRequest,
+from actors.protocol.messages import (Availability, Cleared, Committed, Flush, MarkStale, Prune, Pruned, Seen, StatsRequest,
                              Strikes, Struck, WriteBatch, WriterStats, fingerprint, reason_class)
-from actors.models import utc_now
-from actors.peers import AVAILABILITY, LINK, Peers
-from actors.readgate import ReadGate
-from actors.settings import DatabaseSettings
-from actors.sitetime import UNZONED, SiteTime
-from actors.store import Failures, SqliteStore, Store, open_store
-from actors.supervised import Supervised
+from actors.storage.models import utc_now
+from actors.runtime.peers import AVAILABILITY, LINK, Peers
+from actors.storage.readgate import ReadGate
+from actors.runtime.settings import DatabaseSettings
+from actors.protocol.sitetime import UNZONED, SiteTime
+from actors.storage.store import Failures, SqliteStore, Store, open_store
+from actors.runtime.supervised import Supervised
 
 log = logging.getLogger(__name__)
 MAX_RETRY_DELAY = 10.0

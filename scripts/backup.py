@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from actors.backup import BackupFailed, backup_database  # noqa: E402
-from actors.settings import SettingsError, load_settings  # noqa: E402
+from actors.runtime.settings import SettingsError, load_settings  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -24,9 +24,9 @@ import peewee
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from actors.models import MODELS, connect_database  # noqa: E402
-from actors.schema import SCHEMA_VERSION, current_version, prepare  # noqa: E402
-from actors.settings import describe_url, load_settings  # noqa: E402
+from actors.storage.models import MODELS, connect_database  # noqa: E402
+from actors.storage.schema import SCHEMA_VERSION, current_version, prepare  # noqa: E402
+from actors.runtime.settings import describe_url, load_settings  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from actors.summaries import bucket_starts
+from actors.storage.summaries import bucket_starts
 
 US = timedelta(microseconds=1)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from actors.messages import Inbound, Request
+from actors.protocol.messages import Inbound, Request
 
 
 

@@ -4,7 +4,7 @@ failures in a row is set aside instead (a reading into rejected_messages, a requ
 internal_error). A failure counts against the messages it can have been caused by:
 - an actor crash: the messages that actor was handling (its suspects), nothing else;
 - a process (or MQTT link) that died: the messages its actors were handling at that moment, as
-  their handling marks name them (actors/handling.py), when the broker delivers them again (DUP,
+  their handling marks name them (actors/runtime/handling.py), when the broker delivers them again (DUP,
   same packet id) on the first connection after it. A kill from outside while the service waits
   (on a commit's fsync, on the network) names nothing and blames nothing; a message that kills
   the process dies marked, every time. A redelivery that is not named is looked up (it may have
@@ -30,14 +30,14 @@ from enum import Enum
 from typing import Callable
 
 from actors.devices import BY_READING_TOPIC
-from actors.handling import Mark
-from actors.messages import Cleared, Committed, Rejection, Reply, Struck, Strikes, WriteBatch, fingerprint
-from actors.models import utc_now
+from actors.runtime.handling import Mark
+from actors.protocol.messages import Cleared, Committed, Rejection, Reply, Struck, Strikes, WriteBatch, fingerprint
+from actors.storage.models import utc_now
 from actors.mqtt.inflight import Held, InFlight
 from actors.mqtt.outbox import Outbox
-from actors.peers import WRITER, Peers
-from actors.requests import internal_error
-from actors.settings import LimitsSettings
+from actors.runtime.peers import WRITER, Peers
+from actors.protocol.requests import internal_error
+from actors.runtime.settings import LimitsSettings
 
 log = logging.getLogger(__name__)
 ANSWER_SETTLES = 5.0  # seconds a connection must outlive a failed request's answer to forgive it

@@ -10,13 +10,13 @@ import threading
 
 import pykka
 
-from actors.handling import Marks
-from actors.messages import Crash, Retired
+from actors.runtime.handling import Marks
+from actors.protocol.messages import Crash, Retired
 from actors.mqtt.session import OUTBOX_DRAIN, Session
 from actors.mqtt.status import StatusReport
-from actors.peers import Peers
-from actors.settings import AppsSettings, LimitsSettings, MqttSettings, StatusSettings
-from actors.supervised import Supervised
+from actors.runtime.peers import Peers
+from actors.runtime.settings import AppsSettings, LimitsSettings, MqttSettings, StatusSettings
+from actors.runtime.supervised import Supervised
 
 log = logging.getLogger(__name__)
 

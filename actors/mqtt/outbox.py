@@ -17,7 +17,7 @@ import orjson
 
 from actors.mqtt.client import OneConnectionClient
 from actors.mqtt.packets import publish_size
-from actors.requests import error_reply, with_known
+from actors.protocol.requests import error_reply, with_known
 
 log = logging.getLogger(__name__)
 

@@ -12,12 +12,12 @@ import re
 from dataclasses import dataclass
 
 from actors.devices import BY_READING_TOPIC
-from actors.messages import Request
+from actors.protocol.messages import Request
 from actors.mqtt.packets import publish_size, topic_problem
-from actors.peers import ingest_name
-from actors.ratelimit import RateLimiter
-from actors.requests import STEMS
-from actors.settings import AppsSettings
+from actors.runtime.peers import ingest_name
+from actors.mqtt.ratelimit import RateLimiter
+from actors.protocol.requests import STEMS
+from actors.runtime.settings import AppsSettings
 
 log = logging.getLogger(__name__)
 APP_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # the last level of a request topic

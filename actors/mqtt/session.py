@@ -24,17 +24,17 @@ from typing import Callable
 import gmqtt
 from gmqtt.mqtt.constants import MQTTv50
 
-from actors.handling import Mark
-from actors.messages import WriterStats
+from actors.runtime.handling import Mark
+from actors.protocol.messages import WriterStats
 from actors.mqtt.client import PERMANENT_REFUSALS, OneConnectionClient, property_of
 from actors.mqtt.outbox import Outbox
 from actors.mqtt.retire import Retirement
 from actors.mqtt.status import Heartbeat, StatusReport
 from actors.mqtt.traffic import Traffic
-from actors.notify import notify
-from actors.peers import Peers
-from actors.settings import AppsSettings, LimitsSettings, MqttSettings, StatusSettings
-from actors.tls import explain, tls_context
+from actors.runtime.notify import notify
+from actors.runtime.peers import Peers
+from actors.runtime.settings import AppsSettings, LimitsSettings, MqttSettings, StatusSettings
+from actors.runtime.tls import explain, tls_context
 
 log = logging.getLogger(__name__)
 OUTBOX_DRAIN = 2.0  # on a stop, seconds the status and states waiting in the outbox may take

@@ -14,14 +14,14 @@ from typing import Callable
 import orjson
 
 from actors import __version__
-from actors.counting import SECONDS_BUCKETS, Histogram
+from actors.runtime.counting import SECONDS_BUCKETS, Histogram
 from actors.devices import DEVICE_TYPES
-from actors.messages import Availability, StatsRequest, WriterStats
-from actors.models import utc_now
+from actors.protocol.messages import Availability, StatsRequest, WriterStats
+from actors.storage.models import utc_now
 from actors.mqtt.outbox import Outbox
-from actors.notify import notify, watchdog_interval
-from actors.peers import WRITER, Peers, ingest_name
-from actors.settings import StatusSettings
+from actors.runtime.notify import notify, watchdog_interval
+from actors.runtime.peers import WRITER, Peers, ingest_name
+from actors.runtime.settings import StatusSettings
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ class StatusReport:
             "availability": {"stale_now": self.stale_now, "went_stale": self.went_stale, "live_again": self.live_again,
                              "new_devices": self.new_devices, "watched": self.watched,
                              "by_type": {kind: {"watched": w, "stale": st} for kind, w, st in self.by_type}},
-            # bounded whatever the fleet: totals by type, and the worst devices (actors/counting.py)
+            # bounded whatever the fleet: totals by type, and the worst devices (actors/runtime/counting.py)
             "clock_rejected_total": dict(writer.wrong_clock_totals),
             "clock_rejected": _by_type(writer.wrong_clocks)}
 

@@ -15,9 +15,9 @@ from typing import Callable
 
 import orjson
 
-from actors.handling import Mark, ack_id as make_ack_id
-from actors.messages import Availability, Committed, Inbound, ReadingBatch, Reply, Request, Restarted, Struck
-from actors.models import utc_now
+from actors.runtime.handling import Mark, ack_id as make_ack_id
+from actors.protocol.messages import Availability, Committed, Inbound, ReadingBatch, Reply, Request, Restarted, Struck
+from actors.storage.models import utc_now
 from actors.mqtt.arrival import WaitingRequests
 from actors.mqtt.client import OneConnectionClient, property_of
 from actors.mqtt.handover import HandOver
@@ -26,9 +26,9 @@ from actors.mqtt.limit import DeliveryLimit
 from actors.mqtt.outbox import Outbox
 from actors.mqtt.routing import Refusal, Router
 from actors.mqtt.status import StatusReport
-from actors.peers import QUERY_POOL, WRITER, Peers
-from actors.requests import error_code
-from actors.settings import AppsSettings, LimitsSettings, MqttSettings
+from actors.runtime.peers import QUERY_POOL, WRITER, Peers
+from actors.protocol.requests import error_code
+from actors.runtime.settings import AppsSettings, LimitsSettings, MqttSettings
 
 log = logging.getLogger(__name__)
 

@@ -11,14 +11,14 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from actors.devices import DEVICE_TYPES, InvalidMessage
-from actors.clock import ClockCheck
+from actors.protocol.clock import ClockCheck
 from actors.ingest import IngestActor
-from actors.messages import Inbound, ReadingBatch
-from actors.models import MODELS, open_database
+from actors.protocol.messages import Inbound, ReadingBatch
+from actors.storage.models import MODELS, open_database
 from actors.mqtt.packets import publish_size, topic_problem
-from actors.peers import Peers, ingest_name
+from actors.runtime.peers import Peers, ingest_name
 from actors.query import QueryActor, QueryRules
-from actors.settings import load_settings
+from actors.runtime.settings import load_settings
 from conftest import Broker, FakePeer, Mqtt5App, Service, wait_until
 
 LIMITS = load_settings(environ={}).limits

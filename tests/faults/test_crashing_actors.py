@@ -12,10 +12,10 @@ import sys
 import pytest
 
 from actors.ingest import IngestActor
-from actors.messages import WriteBatch
+from actors.protocol.messages import WriteBatch
 from actors.mqtt.traffic import Traffic
 from actors.query import QueryActor
-from actors.settings import load_settings
+from actors.runtime.settings import load_settings
 from actors.supervisor import Supervisor
 from conftest import ROOT, FakeSystemd, MqttClient, wait_until
 from builders import temperature

@@ -10,9 +10,9 @@ import sys
 import pykka
 import pytest
 
-from actors.models import open_database
-from actors.peers import WRITER, Peers
-from actors.settings import load_settings
+from actors.storage.models import open_database
+from actors.runtime.peers import WRITER, Peers
+from actors.runtime.settings import load_settings
 from actors.writer import WriterActor
 from conftest import ROOT, FakePeer
 

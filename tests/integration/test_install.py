@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from actors.settings import load_settings
+from actors.runtime.settings import load_settings
 from conftest import ROOT
 
 INSTALL = ROOT / "deploy" / "install.sh"

@@ -50,7 +50,7 @@ def test_a_sqlite_database_moves_to_postgresql_with_every_row(broker, tmp_path, 
 
         postgres.start().wait_ready()
         copied = {t: postgres.query(f"SELECT * FROM {t} ORDER BY id") for t in TABLES}
-        # In PostgreSQL a rejected message's topic is bytes (see TopicField in actors/models.py).
+        # In PostgreSQL a rejected message's topic is bytes (see TopicField in actors/storage/models.py).
         copied["rejected_messages"] = [(i, topic.decode(), *rest) for i, topic, *rest in copied["rejected_messages"]]
         assert copied == rows
         assert replies(client) == before

@@ -126,7 +126,7 @@ def test_the_insecure_switch_connects_anyway_and_warns(tmp_path, pki):
     service = tls_service(broker, tmp_path, pki["other_ca"], host="127.0.0.1")
     try:
         service.start("--config", str(settings)).wait_ready()
-        assert "WARNING actors.tls: TLS certificate checks are OFF" in service.log()
+        assert "WARNING actors.runtime.tls: TLS certificate checks are OFF" in service.log()
     finally:
         service.stop_quietly()
         broker.stop()

@@ -14,7 +14,7 @@ from jsonschema import Draft7Validator
 
 from actors import __version__
 from actors.devices import DEVICE_TYPES
-from actors.requests import CATALOGUE_FIELDS, DAY_FIELDS, LATEST_FIELDS, STEMS, SUMMARY_FIELDS
+from actors.protocol.requests import CATALOGUE_FIELDS, DAY_FIELDS, LATEST_FIELDS, STEMS, SUMMARY_FIELDS
 from conftest import ROOT, contract
 
 OFFICIAL = Path(__file__).parent / "data" / "asyncapi-3.0.0.schema.json"

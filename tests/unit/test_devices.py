@@ -6,7 +6,7 @@ import json
 import pytest
 
 from actors.devices import DEVICE_TYPES, InvalidMessage
-from actors.requests import Ask, RequestError, encode_cursor, known_in, parse_catalogue, parse_request
+from actors.protocol.requests import Ask, RequestError, encode_cursor, known_in, parse_catalogue, parse_request
 
 TEMP, POWER, FINGER = DEVICE_TYPES["temperature"], DEVICE_TYPES["power"], DEVICE_TYPES["fingerprint"]
 

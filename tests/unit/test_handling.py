@@ -1,7 +1,7 @@
-"""Handling marks (actors/handling.py): what an actor marks survives its process, and the next
+"""Handling marks (actors/runtime/handling.py): what an actor marks survives its process, and the next
 process reads it back once; a restarted actor's predecessor is read alone."""
 
-from actors.handling import Mark, Marks, ack_id, packet_id
+from actors.runtime.handling import Mark, Marks, ack_id, packet_id
 
 
 def test_an_ack_id_keeps_arrival_order_and_carries_the_packet_id():

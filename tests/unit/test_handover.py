@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from actors.messages import Inbound, ReadingBatch
+from actors.protocol.messages import Inbound, ReadingBatch
 from actors.mqtt.handover import BURST_GAP, GROUP_ROWS, QUIET, HandOver
-from actors.peers import Peers
+from actors.runtime.peers import Peers
 from conftest import FakePeer
 
 

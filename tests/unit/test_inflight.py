@@ -3,10 +3,10 @@ memory (Deliveries) and the broker limits (packets.py)."""
 
 import pytest
 
-from actors.messages import fingerprint
+from actors.protocol.messages import fingerprint
 from actors.mqtt.inflight import Held, InFlight
 from actors.mqtt.limit import ANSWERED_MEMORY, Deliveries, Verdict
-from actors.messages import Inbound, Request
+from actors.protocol.messages import Inbound, Request
 from actors.mqtt.packets import MAX_TOPIC_BYTES, MAX_TOPIC_LEVELS, publish_size, topic_problem
 
 

@@ -3,10 +3,10 @@
 import json
 
 from actors.devices import DEVICE_TYPES
-from actors.clock import ClockCheck
+from actors.protocol.clock import ClockCheck
 from actors.ingest import IngestActor
-from actors.messages import ChildFailed, Inbound, ReadingBatch, WriteBatch
-from actors.peers import Peers, ingest_name
+from actors.protocol.messages import ChildFailed, Inbound, ReadingBatch, WriteBatch
+from actors.runtime.peers import Peers, ingest_name
 from conftest import FakePeer
 
 RECEIVED = "2026-01-22 14:30:01"

@@ -1,9 +1,9 @@
-"""Liveness, pure (actors/liveness.py): when a device is stale, without a broker or a clock."""
+"""Liveness, pure (actors/protocol/liveness.py): when a device is stale, without a broker or a clock."""
 
 import dataclasses
 
-from actors.liveness import LIVE, STALE, Liveness, epoch
-from actors.settings import load_settings
+from actors.protocol.liveness import LIVE, STALE, Liveness, epoch
+from actors.runtime.settings import load_settings
 
 DEVICES = load_settings(environ={}).devices  # temperature "auto", at least 300 s; power and fingerprint off
 T0 = epoch("2026-04-01 00:00:00")

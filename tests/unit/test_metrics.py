@@ -6,10 +6,10 @@ import itertools
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client import generate_latest
 
-from actors.messages import WriterStats
-from actors.metrics import MetricsServer, REFRESH
+from actors.protocol.messages import WriterStats
+from actors.runtime.metrics import MetricsServer, REFRESH
 from actors.mqtt.status import StatusReport
-from actors.settings import load_settings
+from actors.runtime.settings import load_settings
 from conftest import FakeClock
 
 SETTINGS = load_settings(environ={"METRICS_LISTEN": "127.0.0.1:9108"})

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from actors.messages import Committed, ReadingBatch, Reply, Request, Strikes, Struck
+from actors.protocol.messages import Committed, ReadingBatch, Reply, Request, Strikes, Struck
 from actors.mqtt import MqttLink
-from actors.peers import LINK, Peers
-from actors.settings import load_settings
+from actors.runtime.peers import LINK, Peers
+from actors.runtime.settings import load_settings
 from conftest import FakePeer, FakeSystemd, MqttClient, wait_until
 
 READING = {"device_id": "t1", "temperature": 21.0, "humidity": 40.0, "status": "LOW",

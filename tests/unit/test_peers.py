@@ -4,7 +4,7 @@ again); a name that was never registered is a bug, and says so."""
 import pykka
 import pytest
 
-from actors.peers import Peers
+from actors.runtime.peers import Peers
 from conftest import FakePeer
 
 

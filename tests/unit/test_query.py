@@ -8,16 +8,16 @@ from itertools import accumulate
 import orjson
 import pytest
 
-from actors.messages import Reply, Request
-from actors.models import MODELS, FingerprintLog, PowerStatusLog, TemperatureLog, open_database
-from actors.peers import Peers
+from actors.protocol.messages import Reply, Request
+from actors.storage.models import MODELS, FingerprintLog, PowerStatusLog, TemperatureLog, open_database
+from actors.runtime.peers import Peers
 from actors.devices import DEVICE_TYPES
 from actors.query import QueryActor, QueryRules
-from actors.days import day_reply
-from actors.replies import cut
-from actors.requests import STEMS, Ask
-from actors.rollups import Upkeep
-from actors.summaries import Summaries, bucket_starts
+from actors.storage.days import day_reply
+from actors.protocol.replies import cut
+from actors.protocol.requests import STEMS, Ask
+from actors.storage.rollups import Upkeep
+from actors.storage.summaries import Summaries, bucket_starts
 from conftest import FakePeer
 
 CREATED = "2026-01-22 15:00:00"

@@ -1,6 +1,6 @@
 """The per-app token bucket, on a fake clock."""
 
-from actors.ratelimit import IDLE_APPS, RateLimiter
+from actors.mqtt.ratelimit import IDLE_APPS, RateLimiter
 from conftest import FakeClock as Clock
 
 

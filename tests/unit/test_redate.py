@@ -12,13 +12,13 @@ import pytest
 
 import reference
 from actors.devices import DEVICE_TYPES
-from actors.messages import Committed, WriteBatch
-from actors.models import connect_database
-from actors.peers import WRITER, Peers
-from actors.redate import Incomplete, redate
-from actors.settings import load_settings
-from actors.sitetime import UNZONED, SiteTime
-from actors.summaries import Summaries, bucket_starts
+from actors.protocol.messages import Committed, WriteBatch
+from actors.storage.models import connect_database
+from actors.runtime.peers import WRITER, Peers
+from actors.storage.redate import Incomplete, redate
+from actors.runtime.settings import load_settings
+from actors.protocol.sitetime import UNZONED, SiteTime
+from actors.storage.summaries import Summaries, bucket_starts
 from actors.writer import WriterActor
 from conftest import ROOT, FakePeer
 

@@ -14,13 +14,13 @@ from types import SimpleNamespace
 import pytest
 
 from actors.devices import DEVICE_TYPES
-from actors.messages import Committed, WriteBatch
-from actors.models import connect_database, open_database
-from actors.peers import RETENTION, WRITER, Peers
-from actors.readgate import ReadGate
+from actors.protocol.messages import Committed, WriteBatch
+from actors.storage.models import connect_database, open_database
+from actors.runtime.peers import RETENTION, WRITER, Peers
+from actors.storage.readgate import ReadGate
 from actors.retention import RetentionActor, RetentionNow, archive_day, exclusive_pass
-from actors.settings import load_settings
-from actors.summaries import Summaries, bucket_starts
+from actors.runtime.settings import load_settings
+from actors.storage.summaries import Summaries, bucket_starts
 from actors.writer import WriterActor
 from conftest import FakePeer, wait_until
 

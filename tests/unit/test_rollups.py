@@ -11,11 +11,11 @@ import pytest
 
 import reference
 from actors.devices import DEVICE_TYPES
-from actors.messages import Committed, WriteBatch
-from actors.models import open_database
-from actors.peers import WRITER, Peers
-from actors.settings import load_settings
-from actors.summaries import Summaries, bucket_starts
+from actors.protocol.messages import Committed, WriteBatch
+from actors.storage.models import open_database
+from actors.runtime.peers import WRITER, Peers
+from actors.runtime.settings import load_settings
+from actors.storage.summaries import Summaries, bucket_starts
 from actors.writer import WriterActor
 from conftest import FakePeer
 
@@ -93,7 +93,7 @@ def test_late_and_repeated_power_events_in_a_full_hour_merge_exactly(writer):
 
 
 def test_an_hour_merged_in_order_needs_no_reading_back(writer, monkeypatch):
-    from actors import rollups
+    from actors.storage import rollups
     read_back = []
     original = rollups.PowerRollup._summed
     monkeypatch.setattr(rollups.PowerRollup, "_summed", lambda *args: read_back.append(1) or original(*args))

@@ -1,10 +1,10 @@
 """Where messages go and which requests are taken (actors/mqtt/routing.py), without a broker."""
 
-from actors.messages import Request
+from actors.protocol.messages import Request
 from actors.mqtt.packets import publish_size
 from actors.mqtt.routing import Refusal, Router
-from actors.ratelimit import RateLimiter
-from actors.settings import load_settings
+from actors.mqtt.ratelimit import RateLimiter
+from actors.runtime.settings import load_settings
 
 APPS = load_settings(environ={}).apps
 

@@ -8,9 +8,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from actors.messages import Rejection, fingerprint
-from actors.models import connect_database
-from actors.schema import SCHEMA_VERSION, current_version, prepare
+from actors.protocol.messages import Rejection, fingerprint
+from actors.storage.models import connect_database
+from actors.storage.schema import SCHEMA_VERSION, current_version, prepare
 
 
 def database(path="", url=""):
@@ -38,7 +38,7 @@ def test_start_up_beside_an_instance_that_is_committing(tmp_path, monkeypatch):
             outcome.append(str(exc))
         return version
 
-    monkeypatch.setattr("actors.schema.current_version", read_then_other_commits)
+    monkeypatch.setattr("actors.storage.schema.current_version", read_then_other_commits)
     prepare(db)
     # The first read only tells that there is something to write; the one that decides what is
     # inside the schema step's transaction, and the other instance waited for it (here: gave up).

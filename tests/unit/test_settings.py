@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from actors.settings import SECTIONS, SettingsError, describe_url, keys, load_settings
-from actors.settings.values import Integer
+from actors.runtime.settings import SECTIONS, SettingsError, describe_url, keys, load_settings
+from actors.runtime.settings.values import Integer
 from conftest import ROOT
 
 

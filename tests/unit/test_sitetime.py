@@ -6,10 +6,10 @@ from datetime import datetime
 import orjson
 import pytest
 
-from actors.clock import ClockCheck
+from actors.protocol.clock import ClockCheck
 from actors.devices import DEVICE_TYPES
-from actors.settings import load_settings
-from actors.sitetime import UNZONED, SiteTime
+from actors.runtime.settings import load_settings
+from actors.protocol.sitetime import UNZONED, SiteTime
 
 KOLKATA = SiteTime("Asia/Kolkata")
 

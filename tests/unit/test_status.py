@@ -5,10 +5,10 @@ import itertools
 
 import orjson
 
-from actors.counting import TopCounts
-from actors.messages import WriterStats
+from actors.runtime.counting import TopCounts
+from actors.protocol.messages import WriterStats
 from actors.mqtt.status import StatusReport
-from actors.settings import load_settings
+from actors.runtime.settings import load_settings
 from conftest import contract
 
 ERROR_CODES = contract().document["components"]["schemas"]["Error"]["properties"]["code"]["enum"]

@@ -3,8 +3,8 @@
 import dataclasses
 import queue
 
-from actors.settings import load_settings
-from actors.supervised import Supervised
+from actors.runtime.settings import load_settings
+from actors.runtime.supervised import Supervised
 from actors.supervisor import ChildSpec, Supervisor
 from conftest import wait_until
 

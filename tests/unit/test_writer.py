@@ -7,12 +7,12 @@ import threading
 
 import pytest
 
-from actors.handling import Marks, ack_id
-from actors.messages import Availability, Committed, MarkStale, Rejection, StatsRequest, WriteBatch
-from actors.models import open_database
-from actors.peers import WRITER, Peers
-from actors.readgate import ReadGate
-from actors.settings import load_settings
+from actors.runtime.handling import Marks, ack_id
+from actors.protocol.messages import Availability, Committed, MarkStale, Rejection, StatsRequest, WriteBatch
+from actors.storage.models import open_database
+from actors.runtime.peers import WRITER, Peers
+from actors.storage.readgate import ReadGate
+from actors.runtime.settings import load_settings
 from actors.writer import WriterActor
 from conftest import FakePeer, wait_until
 
@@ -54,7 +54,7 @@ def test_rows_and_rejections_are_committed_then_acknowledged(db_path):
 
 
 def test_the_writer_names_a_transaction_in_its_mark_until_its_statements_have_run(db_path):
-    """What a process that dies in the writer leaves behind (actors/handling.py): the packet ids
+    """What a process that dies in the writer leaves behind (actors/runtime/handling.py): the packet ids
     of the transaction whose statements were running; nothing once they have run."""
     writer, link = start_writer(db_path, marks=Marks(str(db_path), "svc"))
     writer.tell(WriteBatch("temperature", (ROW,), (), (ack_id(1, 41),)))

@@ -7,13 +7,13 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from actors.requests import STEMS
+from actors.protocol.requests import STEMS
 
 
 @dataclass(frozen=True, slots=True)
 class Inbound:
     """One MQTT message in hand. `ack_id` names its pending acknowledgement in the MQTT link (its
-    low 16 bits are the broker's packet id: see actors/handling.py)."""
+    low 16 bits are the broker's packet id: see actors/runtime/handling.py)."""
     ack_id: int
     topic: str
     payload: bytes

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import peewee
 
-from actors.dberrors import DRIVER_ERRORS, locked, translated
+from actors.storage.dberrors import DRIVER_ERRORS, locked, translated
 from actors.devices import DEVICE_TYPES
-from actors.models import MODELS, DeliveryFailure, RejectedMessage, insert_fields, insert_sql, is_sqlite
-from actors.rollups import ServerCursor, Upkeep
-from actors.schema import prepare
-from actors.settings import DatabaseSettings, describe_url
-from actors.sitetime import UNZONED, SiteTime
+from actors.storage.models import MODELS, DeliveryFailure, RejectedMessage, insert_fields, insert_sql, is_sqlite
+from actors.storage.rollups import ServerCursor, Upkeep
+from actors.storage.schema import prepare
+from actors.runtime.settings import DatabaseSettings, describe_url
+from actors.protocol.sitetime import UNZONED, SiteTime
 
 log = logging.getLogger("actors.writer")  # operators know these lines as the writer's
 LOCK_POLL_MS = 100  # how long one try for SQLite's write lock waits; see SqliteStore.begin

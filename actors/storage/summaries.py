@@ -16,9 +16,9 @@ from datetime import datetime, timedelta, timezone
 import peewee
 
 from actors.devices import DeviceType
-from actors.models import Device, FingerprintHourly, PowerHourly, TemperatureHourly
-from actors.rollups import HOUR_US
-from actors.sitetime import UNZONED, SiteTime
+from actors.storage.models import Device, FingerprintHourly, PowerHourly, TemperatureHourly
+from actors.storage.rollups import HOUR_US
+from actors.protocol.sitetime import UNZONED, SiteTime
 
 HOUR = timedelta(hours=1)
 

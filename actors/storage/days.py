@@ -9,9 +9,9 @@ from itertools import islice
 import orjson
 
 from actors.devices import DeviceType
-from actors.replies import cut, splice
-from actors.requests import Ask, encode_cursor
-from actors.sitetime import SiteTime
+from actors.protocol.replies import cut, splice
+from actors.protocol.requests import Ask, encode_cursor
+from actors.protocol.sitetime import SiteTime
 
 SMALLEST_RECORD = 50  # bytes of JSON: bounds how many rows a page can need
 

@@ -15,8 +15,8 @@ import orjson
 import peewee
 
 from actors.devices import DEVICE_TYPES, DeviceType
-from actors.models import Device, FingerprintHourly, PowerHourly, PowerStatusLog, TemperatureHourly, is_sqlite
-from actors.sitetime import UNZONED, SiteTime
+from actors.storage.models import Device, FingerprintHourly, PowerHourly, PowerStatusLog, TemperatureHourly, is_sqlite
+from actors.protocol.sitetime import UNZONED, SiteTime
 
 HOUR_US = 3600 * 10**6
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from actors.devices import DEVICE_TYPES
-from actors.settings import DevicesSettings
+from actors.runtime.settings import DevicesSettings
 
 INTERVALS_KEPT = 9  # the usual interval is the median of a device's latest intervals
 LIVE, STALE = "live", "stale"

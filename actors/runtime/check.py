@@ -13,10 +13,10 @@ import gmqtt
 import peewee
 from gmqtt.mqtt.constants import MQTTv50
 
-from actors.models import connect_database
-from actors.settings import Settings, describe_url
-from actors.store import quick_check
-from actors.tls import explain, tls_context
+from actors.storage.models import connect_database
+from actors.runtime.settings import Settings, describe_url
+from actors.storage.store import quick_check
+from actors.runtime.tls import explain, tls_context
 
 
 class CheckFailed(Exception):

@@ -9,8 +9,8 @@ from datetime import datetime
 import orjson
 from peewee import Model, Select, Tuple, fn
 
-from actors.models import FingerprintLog, PowerStatusLog, TemperatureLog
-from actors.sitetime import UNZONED, SiteTime
+from actors.storage.models import FingerprintLog, PowerStatusLog, TemperatureLog
+from actors.protocol.sitetime import UNZONED, SiteTime
 
 MAX_TEXT = 128  # device_id and user_id
 MAX_TEMPERATURE = 1e9  # no sensor's: a bound that keeps summaries exact (see rollups.py)

@@ -7,7 +7,7 @@ import logging.handlers
 import os
 import sys
 
-from actors.settings import LoggingSettings
+from actors.runtime.settings import LoggingSettings
 
 FILE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # journald stamps every line itself; a second timestamp would only be noise.

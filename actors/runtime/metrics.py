@@ -21,10 +21,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from actors import __version__
-from actors.liveness import epoch
+from actors.protocol.liveness import epoch
 from actors.mqtt.status import StatusReport
-from actors.settings import Settings
-from actors.settings.values import split_address
+from actors.runtime.settings import Settings
+from actors.runtime.settings.values import split_address
 
 log = logging.getLogger(__name__)
 PREFIX = "mqtt_client_"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from actors.sitetime import UNZONED, SiteTime
+from actors.protocol.sitetime import UNZONED, SiteTime
 
 
 class ClockCheck:

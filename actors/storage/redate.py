@@ -13,11 +13,11 @@ from __future__ import annotations
 import peewee
 
 from actors.devices import DEVICE_TYPES, DeviceType
-from actors.models import Device, FingerprintHourly, PowerHourly, TemperatureHourly, connect_database
-from actors.rollups import Upkeep, cursor_of, stored_rows
-from actors.schema import SCHEMA_VERSION, current_version
-from actors.settings import Settings
-from actors.sitetime import SiteTime
+from actors.storage.models import Device, FingerprintHourly, PowerHourly, TemperatureHourly, connect_database
+from actors.storage.rollups import Upkeep, cursor_of, stored_rows
+from actors.storage.schema import SCHEMA_VERSION, current_version
+from actors.runtime.settings import Settings
+from actors.protocol.sitetime import SiteTime
 
 BATCH = 10_000
 # what each type's rollup counts, as SQL over its table: the readings it holds

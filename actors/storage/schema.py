@@ -18,9 +18,9 @@ import orjson
 import peewee
 
 from actors.devices import DEVICE_TYPES
-from actors.messages import Rejection, fingerprint
-from actors.models import MODELS, ROLLUP_MODELS, DeliveryFailure, Device, PowerHourly, RejectedMessage
-from actors.rollups import Upkeep, cursor_of, stored_rows
+from actors.protocol.messages import Rejection, fingerprint
+from actors.storage.models import MODELS, ROLLUP_MODELS, DeliveryFailure, Device, PowerHourly, RejectedMessage
+from actors.storage.rollups import Upkeep, cursor_of, stored_rows
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 5

@@ -16,8 +16,8 @@ from datetime import time as Time
 import orjson
 
 from actors.devices import DEVICE_TYPES, DeviceType, InvalidMessage, parse_object, text_field
-from actors.sitetime import UNZONED, SiteTime
-from actors.summaries import bucket_count, bucket_starts
+from actors.protocol.sitetime import UNZONED, SiteTime
+from actors.storage.summaries import bucket_count, bucket_starts
 
 DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 TIME = re.compile(r"\d{2}:\d{2}:\d{2}")

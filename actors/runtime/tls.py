@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import ssl
 
-from actors.settings import MqttSettings
+from actors.runtime.settings import MqttSettings
 
 log = logging.getLogger(__name__)
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 import logging
 import time
 
-from actors.dberrors import DRIVER_ERRORS
-from actors.models import utc_now
-from actors.readgate import ReadGate
-from actors.store import LOCK_POLL_MS, SqliteStore
+from actors.storage.dberrors import DRIVER_ERRORS
+from actors.storage.models import utc_now
+from actors.storage.readgate import ReadGate
+from actors.storage.store import LOCK_POLL_MS, SqliteStore
 
 log = logging.getLogger("actors.writer")
 CHECKPOINT_WAIT = 0.25  # longest a checkpoint waits for readers (and so holds up new readings)

@@ -112,7 +112,7 @@ class Device(Model):
     dgstatus = TextField(null=True)  # power: the same for DG
     dgstatus_at = TextField(null=True)
     clock_rejected = IntegerField(default=0)  # readings rejected for a clock that cannot be right
-    state = TextField(null=True)  # liveness: live or stale (see actors/liveness.py)
+    state = TextField(null=True)  # liveness: live or stale (see actors/protocol/liveness.py)
 
     class Meta:
         table_name = "devices"
