@@ -17,7 +17,7 @@ import peewee
 
 from actors.storage.catalogue import CatalogueReader
 from actors.storage.days import DayPages
-from actors.devices import DEVICE_TYPES, DeviceType
+from actors.devices import BUILTIN_TYPES, DeviceType, DeviceTypes
 from actors.protocol.messages import Reply, Request
 from actors.storage.models import is_sqlite
 from actors.runtime.peers import LINK, Peers
@@ -42,6 +42,7 @@ class QueryRules:
     readable: dict = field(default_factory=dict)  # app-id glob -> device-id globs; empty: all
     max_summary_buckets: int = 1000
     live_types: frozenset = frozenset({"temperature"})  # device types with liveness (devices.*_stale_after)
+    types: DeviceTypes = field(default_factory=lambda: BUILTIN_TYPES)  # what apps may ask about
     site: SiteTime = UNZONED  # the calendar of days, time windows and summaries
 
 
@@ -55,7 +56,7 @@ class QueryActor(Supervised):
         self.gate = gate or ReadGate()
         self.summaries = Summaries(database, site=rules.site)
         self.days = DayPages(rules.site)
-        self.catalogue = CatalogueReader(database, set(rules.live_types))
+        self.catalogue = CatalogueReader(database, set(rules.live_types), rules.types)
 
     def on_start(self):
         self.db.connect(reuse_if_open=True)
@@ -101,11 +102,11 @@ class QueryActor(Supervised):
         cap = min(self.rules.max_reply_bytes, max_bytes or self.rules.max_reply_bytes)
         try:
             if kind == CATALOGUE:
-                ask = parse_catalogue(payload, tuple(DEVICE_TYPES), self.rules.max_page_records)
+                ask = parse_catalogue(payload, tuple(self.rules.types), self.rules.max_page_records)
                 known, about = {"request_id": ask.request_id}, "the catalogue"
                 read = lambda: self.catalogue_page(ask, app_id, cap)  # noqa: E731
             else:
-                device = DEVICE_TYPES[kind]
+                device = self.rules.types[kind]
                 ask = parse_request(payload, device, self.rules.max_page_records, self.rules.max_summary_buckets,
                                     self.rules.site)
                 known, about = {"request_id": ask.request_id, "device_id": ask.device_id}, ask.device_id

@@ -27,9 +27,9 @@ import pykka
 from peewee import fn
 
 from actors.storage.dberrors import DRIVER_ERRORS, Episode, StoreUnavailable, translated
-from actors.devices import DEVICE_TYPES
+from actors.devices import BUILTIN_TYPES, DeviceTypes
 from actors.protocol.messages import Prune
-from actors.storage.models import ROLLUP_MODELS, RejectedMessage, is_sqlite, utc_now
+from actors.storage.models import RejectedMessage, is_sqlite, utc_now
 from actors.runtime.peers import WRITER, Peers
 from actors.storage.readgate import ReadGate
 from actors.runtime.settings import RetentionSettings
@@ -54,14 +54,14 @@ class ExpiringTable:
         return self.model._meta.table_name
 
 
-def expiring_tables(settings: RetentionSettings) -> list[ExpiringTable]:
-    tables = [ExpiringTable(d.model, getattr(settings, f"{d.name}_days"), d.model.date, d.kept_past_retention)
-              for d in DEVICE_TYPES.values()]
+def expiring_tables(settings: RetentionSettings, types: DeviceTypes) -> list[ExpiringTable]:
+    tables = [ExpiringTable(d.model, settings.days(d.name), d.model.date, d.kept_past_retention)
+              for d in types.values()]
     tables.append(ExpiringTable(RejectedMessage, settings.rejected_days,
                                 fn.SUBSTR(RejectedMessage.received_at, 1, 10), lambda cutoff: set()))
     # the hourly rollups behind summaries outlive the readings (retention.summary_days; 0: for ever)
     tables += [ExpiringTable(m, settings.summary_days, fn.SUBSTR(m.hour, 1, 10), lambda cutoff: set())
-               for m in ROLLUP_MODELS]
+               for m in types.rollup_models()]
     return [t for t in tables if t.days > 0]
 
 
@@ -72,7 +72,8 @@ class RetentionNow:
 
 class RetentionActor(Supervised):
     def __init__(self, name: str, database: peewee.Database, settings: RetentionSettings, peers: Peers,
-                 supervisor=None, gate: ReadGate | None = None, housekept: dict[str, str] | None = None):
+                 supervisor=None, gate: ReadGate | None = None, housekept: dict[str, str] | None = None,
+                 types: DeviceTypes = BUILTIN_TYPES):
         """`housekept`: where the time of the latest pass is kept for the stats (StatusReport)."""
         super().__init__(name, supervisor)
         self.db = database
@@ -80,7 +81,7 @@ class RetentionActor(Supervised):
         self.peers = peers
         self.housekept = {} if housekept is None else housekept
         self.gate = gate or ReadGate()
-        self.tables = expiring_tables(settings)
+        self.tables = expiring_tables(settings, types)
         self._timer: threading.Timer | None = None
         self._episode = Episode(log, "retention pass stopped: %s; trying again with backoff (what was archived "
                                      "and not yet deleted is archived again then, without duplicates)",

@@ -17,7 +17,6 @@ import pykka
 from actors.availability import AvailabilityActor
 from actors.backup import BackupActor
 from actors.protocol.clock import ClockCheck
-from actors.devices import DEVICE_TYPES
 from actors.runtime.handling import Marks
 from actors.ingest import IngestActor
 from actors.protocol.messages import ChildFailed, Restarted, Retired
@@ -68,7 +67,7 @@ class Supervisor(pykka.ThreadingActor):
     def child_specs(self) -> list[ChildSpec]:
         s, peers = self.settings, self.peers
         # A connection per thread that uses one: writer, query actors, retention, and a spare.
-        self._db = connect_database(s.database, s.queries.pool_size + 3)
+        self._db = connect_database(s.database, s.queries.pool_size + 3, s.types)
         db, gate, site = self._db, ReadGate(), SiteTime(s.site.timezone)
         marks = Marks(s.database.path, s.mqtt.client_id)  # what a process that died was handling
         # The writer's start upgrades an older schema, which can take minutes on a big database (its
@@ -76,11 +75,12 @@ class Supervisor(pykka.ThreadingActor):
         # A restarted writer skips quick_check: the file was checked at this process's start.
         specs = [ChildSpec(WRITER, lambda name, sup: WriterActor.start(name, db, s.database, peers, sup, gate,
                                                                        self._stopping, marks,
-                                                                       check=not self._starts[WRITER], site=site),
+                                                                       check=not self._starts[WRITER], site=site,
+                                                                       types=s.types),
                            None)]
-        live_types = frozenset(name for name in DEVICE_TYPES if s.devices.stale_after(name))
+        live_types = frozenset(name for name in s.types if s.devices.stale_after(name))
         rules = QueryRules(s.limits.max_request_bytes, s.queries.max_reply_bytes, s.queries.max_page_records,
-                           s.apps.readable, s.queries.max_summary_buckets, live_types, site)
+                           s.apps.readable, s.queries.max_summary_buckets, live_types, s.types, site)
         specs += [ChildSpec(pool_member(QUERY_POOL, i),
                             lambda name, sup: QueryActor.start(name, db, peers, rules, sup, gate, marks))
                   for i in range(s.queries.pool_size)]
@@ -91,17 +91,17 @@ class Supervisor(pykka.ThreadingActor):
                 specs += [ChildSpec(BACKUP, lambda name, sup: BackupActor.start(name, s.database.path, s.backup, sup,
                                                                                 report.housekept))]
             specs += [ChildSpec(RETENTION, lambda name, sup: RetentionActor.start(name, db, s.retention, peers, sup,
-                                                                                  gate, report.housekept))]
+                                                                                  gate, report.housekept, s.types))]
             if live_types:
                 specs += [ChildSpec(AVAILABILITY, lambda name, sup: AvailabilityActor.start(name, db, s.devices, peers,
                                                                                             sup))]
         clock = ClockCheck(s.limits.earliest_date, s.limits.max_clock_ahead, site)
         specs += [ChildSpec(ingest_name(d.name), lambda name, sup, d=d: IngestActor.start(
                       name, d, peers, s.limits.max_reading_bytes, clock, supervisor=sup, marks=marks))
-                  for d in DEVICE_TYPES.values()]
+                  for d in s.types.values()]
         specs += [ChildSpec(LINK, lambda name, sup: MqttLink.start(name, s.mqtt, s.status, s.apps, s.limits, peers,
                                                                    sup, self.retire, marks, s.database.commit_linger,
-                                                                   report, s.devices.max_known + 1000))]
+                                                                   report, s.devices.max_known + 1000, s.types))]
         return specs
 
     def on_start(self):

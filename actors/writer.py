@@ -25,7 +25,7 @@ import peewee
 from actors.storage.checkpoint import WalCheckpoint
 from actors.runtime.counting import Histogram, TopCounts
 from actors.storage.dberrors import Episode, StoreUnavailable
-from actors.devices import BY_READING_TOPIC, DEVICE_TYPES
+from actors.devices import BUILTIN_TYPES, DeviceTypes
 from actors.protocol.messages import (Availability, Cleared, Committed, Flush, MarkStale, Prune, Pruned, Seen, StatsRequest,
                              Strikes, Struck, WriteBatch, WriterStats, fingerprint, reason_class)
 from actors.storage.models import utc_now
@@ -48,13 +48,14 @@ def _rows(batch: WriteBatch) -> int:
 class WriterActor(Supervised):
     def __init__(self, name: str, database: peewee.Database, settings: DatabaseSettings, peers: Peers,
                  supervisor=None, gate: ReadGate | None = None, stopping: threading.Event | None = None,
-                 marks=None, check: bool = True, site: SiteTime = UNZONED):
+                 marks=None, check: bool = True, site: SiteTime = UNZONED, types: DeviceTypes = BUILTIN_TYPES):
         """`check`: run quick_check on the file first (at the process's start; a restarted writer
         skips it: it can take minutes on a big database, while nothing feeds the watchdog);
         `site`: the calendar of the summaries' hours."""
         super().__init__(name, supervisor, marks)
         self.check = check
         self.site = site
+        self.types = types
         self.db = database
         self.settings = settings
         self.peers = peers
@@ -74,20 +75,20 @@ class WriterActor(Supervised):
                                      "succeeds; retrying", "database writes resumed after %.1f s",
                                 settings.retry_delay, MAX_RETRY_DELAY)
         # for the stats reports
-        self._stored: dict[str, int] = {name: 0 for name in DEVICE_TYPES}
+        self._stored: dict[str, int] = {name: 0 for name in types}
         self._last_stored_at: dict[str, str] = {}
         self._rejected = 0
         self._rejected_by: Counter[tuple[str, str]] = Counter()  # (type, reason class): a few dozen at most
         self._commit_seconds = Histogram()
         # clock rejections: the worst devices (bounded, whatever the fleet) and totals by type
         self._wrong_clocks = TopCounts(WRONG_CLOCKS_KEPT)
-        self._wrong_clock_totals: dict[str, int] = {name: 0 for name in DEVICE_TYPES}
+        self._wrong_clock_totals: dict[str, int] = {name: 0 for name in types}
         self._commit_failures = 0
         self._last_commit_ms = 0.0
         self._max_commit_ms = 0.0
 
     def on_start(self):
-        self.store = open_store(self.db, self.settings, self.stopping, self.check, self.site)
+        self.store = open_store(self.db, self.settings, self.stopping, self.check, self.site, self.types)
         if isinstance(self.store, SqliteStore):
             self.checkpoint = WalCheckpoint(self.store, self.gate)
 
@@ -235,7 +236,8 @@ class WriterActor(Supervised):
                 self._wrong_clocks.add((device, device_id))
         self._rejected += len(rejected)
         for topic, reason in rejected:
-            self._rejected_by[(BY_READING_TOPIC[topic].name if topic in BY_READING_TOPIC else "other",
+            by_topic = self.types.by_reading_topic
+            self._rejected_by[(by_topic[topic].name if topic in by_topic else "other",
                                reason_class(reason))] += 1
         if self.peers.knows(AVAILABILITY):
             for device, devices in seen.items():

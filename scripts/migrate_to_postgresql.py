@@ -24,7 +24,8 @@ import peewee
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from actors.storage.models import MODELS, connect_database  # noqa: E402
+from actors.devices import BUILTIN_TYPES  # noqa: E402
+from actors.storage.models import all_models, connect_database  # noqa: E402
 from actors.storage.schema import SCHEMA_VERSION, current_version, prepare  # noqa: E402
 from actors.runtime.settings import describe_url, load_settings  # noqa: E402
 
@@ -55,14 +56,15 @@ def main(argv=None) -> int:
     try:
         target.connect()
         prepare(target)
-        busy = [m._meta.table_name for m in MODELS if m.select().exists()]
+        models = all_models(BUILTIN_TYPES)
+        busy = [m._meta.table_name for m in models if m.select().exists()]
         if busy:
             print(f"migrate: {where} already has rows in {', '.join(busy)}; the target must be empty",
                   file=sys.stderr)
             return 1
         con = sqlite3.connect(f"file:{source_path}?mode=ro", uri=True)
         ok = True
-        for model in MODELS:
+        for model in models:
             ok &= copy_table(con, target, model, args.batch, args.quiet)
         con.close()
     except peewee.DatabaseError as exc:

@@ -32,7 +32,11 @@ from pathlib import Path
 import gmqtt
 from gmqtt.mqtt.constants import MQTTv50
 
-STEMS = {"temperature": "temp", "power": "power", "fingerprint": "fingerprint", "devices": "devices"}
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from actors.devices import BUILTIN_TYPES  # noqa: E402  (the one definition of device types)
+from actors.protocol.requests import stems  # noqa: E402
+
+STEMS = stems(BUILTIN_TYPES)  # kind -> (request stem, reply stem); "devices": the catalogue
 CATALOGUE_COLUMNS = ("type", "device_id", "state", "readings", "first_seen", "last_seen", "received_at",
                      "clock_rejected")
 
@@ -62,7 +66,7 @@ def table(records: list[dict]) -> str:
 
 async def ask(args) -> list[tuple[str, bytes]]:
     """The replies as they came (topic, payload): one, or every page with --all-pages."""
-    stem = STEMS[args.kind]
+    ask_on, reply_on = STEMS[args.kind]
     replies: asyncio.Queue = asyncio.Queue()
     subscribed = asyncio.Event()
     client = gmqtt.Client(f"{args.app_id}-{uuid.uuid4().hex[:6]}")
@@ -77,7 +81,7 @@ async def ask(args) -> list[tuple[str, bytes]]:
             context.load_cert_chain(args.cert_file, args.key_file)
     await client.connect(args.host, args.port, ssl=context or False,
                          version=MQTTv50)
-    client.subscribe(f"home/data{stem}/{args.app_id}", qos=1)
+    client.subscribe(f"{reply_on}/{args.app_id}", qos=1)
     await subscribed.wait()
     body = {"device_id": args.device_id}
     if args.kind == "devices":
@@ -95,7 +99,7 @@ async def ask(args) -> list[tuple[str, bytes]]:
     try:
         while True:
             request_id = uuid.uuid4().hex[:12]
-            client.publish(f"home/get{stem}/{args.app_id}", json.dumps({**body, "request_id": request_id}), qos=1)
+            client.publish(f"{ask_on}/{args.app_id}", json.dumps({**body, "request_id": request_id}), qos=1)
             while True:
                 topic, payload = await asyncio.wait_for(replies.get(), args.timeout)
                 reply = json.loads(payload)
@@ -164,7 +168,6 @@ def main(argv=None) -> int:
         args.password = getpass.getpass(f"password for {args.username}: ")
     contract = None
     if args.check:
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
         try:
             from scripts.contract import Contract
         except ImportError as exc:

@@ -42,26 +42,10 @@ from gmqtt.storage import PersistentStorage
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from actors.devices import DEVICE_TYPES  # noqa: E402  (the one definition of device types)
+from actors.devices import BUILTIN_TYPES as DEVICE_TYPES  # noqa: E402  (the one definition of device types)
+from actors.protocol.requests import stems  # noqa: E402
 
-
-def temperature(rng, device_id, timestamp):
-    return {"device_id": device_id, "temperature": round(rng.uniform(15, 35), 1),
-            "humidity": round(rng.uniform(20, 80), 1), "status": rng.choice(("HIGH", "LOW")),
-            "timestamp": timestamp}
-
-
-def power(rng, device_id, timestamp):
-    return {"device_id": device_id, "status": rng.choice(("EB_ON", "EB_OFF", "DG_ON", "DG_OFF")),
-            "timestamp": timestamp}
-
-
-def fingerprint(rng, device_id, timestamp):
-    return {"device_id": device_id, "user_id": f"user_{rng.randrange(1000):03d}",
-            "authStatus": rng.choice(("PASS", "FAIL")), "timestamp": timestamp}
-
-
-MAKERS = {"temperature": temperature, "power": power, "fingerprint": fingerprint}
+STEMS = stems(DEVICE_TYPES)  # kind -> (request stem, reply stem); "devices": the catalogue
 
 
 def broken(rng, body: dict, marker: str) -> bytes:
@@ -110,7 +94,8 @@ class Fleet:
             k = sent[device_id] = sent.get(device_id, -1) + 1
             # the k-th reading of a device: day k % days, second k // days of that day
             moment = midnight + timedelta(days=k % self.days, seconds=k // self.days)
-            body = MAKERS[kind](rng, device_id, moment.isoformat())
+            body = {"device_id": device_id, **DEVICE_TYPES[kind].example(rng.randrange(10**6)),
+                    "timestamp": moment.isoformat()}
             if self.invalid and rng.random() < self.invalid:
                 payload = broken(rng, body, f"{self.prefix}-bad-{len(self.rejected)}")
                 self.rejected.append(payload)
@@ -202,9 +187,6 @@ async def publish(args, fleet: Fleet, done: asyncio.Event) -> dict:
     return {"sent": sent, "total": i, "acked": acks.acked, "seconds": elapsed, "started": started}
 
 
-STEMS = {"temperature": "temp", "power": "power", "fingerprint": "fingerprint"}
-
-
 @dataclass
 class AppReport:
     latencies: list[float] = field(default_factory=list)
@@ -234,8 +216,8 @@ def request_for(n: int, kind: str, device_id: str, date_: str, extras: bool) -> 
     if what == "devices":
         return "devices", {"type": kind}
     if what == "summary":
-        return STEMS[kind], {"device_id": device_id, "summary": "hour", "from_date": date_, "to_date": date_}
-    return STEMS[kind], {"device_id": device_id, "date": date_}
+        return kind, {"device_id": device_id, "summary": "hour", "from_date": date_, "to_date": date_}
+    return kind, {"device_id": device_id, "date": date_}
 
 
 def reply_problem(stem: str, body: dict, reply: dict) -> str | None:
@@ -281,8 +263,7 @@ async def run_apps(args, apps: int, pick_day, done: asyncio.Event, think: float 
     client.on_message = on_message
     subscribed = asyncio.Event()
     client.on_subscribe = lambda *a: subscribed.set()
-    client.subscribe([gmqtt.Subscription(f"home/data{stem}/{app}", qos=0) for app in ids
-                      for stem in (*STEMS.values(), "devices")])
+    client.subscribe([gmqtt.Subscription(f"{reply}/{app}", qos=0) for app in ids for _, reply in STEMS.values()])
     await subscribed.wait()
     rng = random.Random(args.seed + 1)
 
@@ -304,7 +285,7 @@ async def run_apps(args, apps: int, pick_day, done: asyncio.Event, think: float 
             waiting[app_id] = future
             report.asked += 1
             sent_at = time.perf_counter()
-            client.publish(f"home/get{stem}/{app_id}", json.dumps(body))
+            client.publish(f"{STEMS[stem][0]}/{app_id}", json.dumps(body))
             try:
                 payload = await asyncio.wait_for(future, timeout)
             except asyncio.TimeoutError:

@@ -11,7 +11,7 @@ from typing import Callable
 
 import orjson
 
-from actors.devices import DEVICE_TYPES
+from actors.devices import DeviceTypes
 from actors.protocol.messages import Request
 from actors.mqtt.inflight import Held, InFlight
 from actors.runtime.peers import ingest_name
@@ -20,7 +20,7 @@ from actors.protocol.requests import CATALOGUE
 READ_AFTER_ARRIVAL_WAIT = 1.0  # longest a request waits for the readings received before it
 
 
-def sees(request: Request) -> tuple[str | None, bytes | None]:
+def sees(request: Request, types: DeviceTypes) -> tuple[str | None, bytes | None]:
     """The readings a request may see: the route of its device type (None: every type), and its
     device id as JSON (None: every device; so when it cannot be read here, and the query actor
     answers what is wrong with the request). The catalogue sees every device of the type it
@@ -32,17 +32,19 @@ def sees(request: Request) -> tuple[str | None, bytes | None]:
     asked = asked if isinstance(asked, dict) else {}
     if request.device == CATALOGUE:
         kind = asked.get("type")
-        return (ingest_name(kind) if isinstance(kind, str) and kind in DEVICE_TYPES else None), None
+        return (ingest_name(kind) if isinstance(kind, str) and kind in types else None), None
     device_id = asked.get("device_id")
     return ingest_name(request.device), orjson.dumps(device_id) if isinstance(device_id, str) else None
 
 
 class WaitingRequests:
-    def __init__(self, inflight: InFlight, hand_on: Callable[[Held], None], hurry: Callable[[bool], None]):
+    def __init__(self, inflight: InFlight, hand_on: Callable[[Held], None], hurry: Callable[[bool], None],
+                 types: DeviceTypes):
         """`hurry(True)` with each request held: what it waits for must be committed now;
         `hurry(False)` once none waits."""
         self.inflight = inflight
         self.hand_on = hand_on
+        self.types = types
         self.hurry = hurry
         self._waiting: collections.deque[int] = collections.deque()  # ack ids, oldest first
 
@@ -53,7 +55,7 @@ class WaitingRequests:
         return bool(self._waiting)
 
     def must_wait(self, ack_id: int, request: Request) -> bool:
-        return self.inflight.reading_before(ack_id, *sees(request))
+        return self.inflight.reading_before(ack_id, *sees(request, self.types))
 
     def hold(self, ack_id: int) -> None:
         self._waiting.append(ack_id)

@@ -29,7 +29,6 @@ import time
 from enum import Enum
 from typing import Callable
 
-from actors.devices import BY_READING_TOPIC
 from actors.runtime.handling import Mark
 from actors.protocol.messages import Cleared, Committed, Rejection, Reply, Struck, Strikes, WriteBatch, fingerprint
 from actors.storage.models import utc_now
@@ -116,10 +115,11 @@ class Deliveries:
 class DeliveryLimit:
     def __init__(self, limits: LimitsSettings, died_with: frozenset[int] | None, mark: Mark, inflight: InFlight,
                  peers: Peers, outbox: Outbox, hand_on: Callable[[Held, bool], None],
-                 answer: Callable[[int, bytes | dict, bool], None], schedule_flush: Callable[[], None]):
+                 answer: Callable[[int, bytes | dict, bool], None], schedule_flush: Callable[[], None],
+                 reading_kinds: dict[str, str]):
         """`died_with`: what the process or link before this one died handling (Deliveries);
         `mark`: the link's own handling mark (see blame); `hand_on(held, alone)` and
-        `answer(ack_id, body, error)`: Traffic's."""
+        `answer(ack_id, body, error)`: Traffic's; `reading_kinds`: the device type of each reading topic."""
         self.deliveries = Deliveries(limits.max_failures, died_with)
         self.mark = mark
         self.inflight = inflight
@@ -129,6 +129,7 @@ class DeliveryLimit:
         self.outbox = outbox
         self.max_reading_bytes = limits.max_reading_bytes
         self.schedule_flush = schedule_flush
+        self.reading_kinds = reading_kinds
         self.connections = 0  # connections made so far: tells whether one survived an answer
         self._strikes: list[tuple[int, str, str, bool]] = []  # for the writer, sent with the next flush
         self._cleared: list[str] = []
@@ -207,7 +208,7 @@ class DeliveryLimit:
         reason = (f"set aside after {failures} failed deliveries: the service failed each time it handled this "
                   "reading (see the log at that time); it is kept here instead of being tried again")
         rejection = Rejection(message.topic, message.payload[:self.max_reading_bytes], reason, utc_now())
-        self.peers.tell(WRITER, WriteBatch(BY_READING_TOPIC[message.topic].name, (), (rejection,), (ack_id,),
+        self.peers.tell(WRITER, WriteBatch(self.reading_kinds[message.topic], (), (rejection,), (ack_id,),
                                            alone=True, forget=(held.fingerprint.hex(),)))
 
     def writer_restarted(self) -> None:

@@ -10,6 +10,7 @@ import threading
 
 import pykka
 
+from actors.devices import BUILTIN_TYPES, DeviceTypes
 from actors.runtime.handling import Marks
 from actors.protocol.messages import Crash, Retired
 from actors.mqtt.session import OUTBOX_DRAIN, Session
@@ -39,7 +40,8 @@ class LoopHandle:
 class MqttLink(Supervised):
     def __init__(self, name: str, settings: MqttSettings, status: StatusSettings, apps: AppsSettings,
                  limits: LimitsSettings, peers: Peers, supervisor=None, retire: bool = False, marks: Marks | None = None,
-                 linger: float = 0.0, report: StatusReport | None = None, max_waiting: int = 250_000):
+                 linger: float = 0.0, report: StatusReport | None = None, max_waiting: int = 250_000,
+                 types: DeviceTypes = BUILTIN_TYPES):
         """`linger`: how long sparse readings wait for others before they are handed on (handover.py);
         `report`: the process's status (see Session); `max_waiting`: see Outbox."""
         # What the process (or the link) before this one died handling: read before this link marks.
@@ -54,6 +56,7 @@ class MqttLink(Supervised):
         self.peers = peers
         self.report = report or StatusReport(settings.client_id, status)
         self.max_waiting = max_waiting
+        self.types = types
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_event: asyncio.Event | None = None
         self._session: Session | None = None
@@ -107,7 +110,8 @@ class MqttLink(Supervised):
         self._stop_event = asyncio.Event()
         on_retired = (lambda: self.supervisor.tell(Retired())) if self.retire else None
         self._session = Session(self.settings, self.status_settings, self.peers, self.apps, self.limits, on_retired,
-                                self.died_with, self.mark, self.linger, self.report, self.max_waiting)
+                                self.died_with, self.mark, self.linger, self.report, self.max_waiting,
+                                self.types)
         # Reachable before it connects: the writer's answers to what the broker delivers first
         # (Struck, Committed) must not be dropped as if told to a link that has not started.
         self.peers.register(self.name, self.address())

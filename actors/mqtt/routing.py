@@ -11,12 +11,12 @@ import logging
 import re
 from dataclasses import dataclass
 
-from actors.devices import BY_READING_TOPIC
+from actors.devices import BUILTIN_TYPES, DeviceTypes
 from actors.protocol.messages import Request
 from actors.mqtt.packets import publish_size, topic_problem
 from actors.runtime.peers import ingest_name
 from actors.mqtt.ratelimit import RateLimiter
-from actors.protocol.requests import STEMS
+from actors.protocol.requests import stems
 from actors.runtime.settings import AppsSettings
 
 log = logging.getLogger(__name__)
@@ -34,9 +34,12 @@ class Refusal:
 
 
 class Router:
-    def __init__(self, apps: AppsSettings, shared_group: str = "", limiter: RateLimiter | None = None):
-        self.reading_routes = {topic: ingest_name(d.name) for topic, d in BY_READING_TOPIC.items()}
-        self._request_stems = {request: kind for kind, (request, _) in STEMS.items()}
+    def __init__(self, apps: AppsSettings, shared_group: str = "", limiter: RateLimiter | None = None,
+                 types: DeviceTypes = BUILTIN_TYPES):
+        self.reading_kinds = {topic: d.name for topic, d in types.by_reading_topic.items()}
+        self.reading_routes = {topic: ingest_name(name) for topic, name in self.reading_kinds.items()}
+        self.stems = stems(types)
+        self._request_stems = {request: kind for kind, (request, _) in self.stems.items()}
         topics = [*self.reading_routes, *(f"{stem}/+" for stem in self._request_stems)]
         # Several instances in one shared group take turns: the broker hands each message to one.
         self.subscriptions = [f"$share/{shared_group}/{t}" for t in topics] if shared_group else topics
@@ -55,11 +58,11 @@ class Router:
         if not APP_ID.fullmatch(app_id):  # its reply topic would not be a plain name of one app
             log.warning("ignored a request on %r: an app id is 1-64 letters, digits, '_' or '-'", topic)
             return None
-        reply_topic = f"{STEMS[device][1]}/{app_id}"
+        reply_topic = f"{self.stems[device][1]}/{app_id}"
         if not isinstance(correlation, (bytes, type(None))):
             correlation = None
         if response_topic is not None:  # MQTT 5 request/response: only inside this app's own reply topics
-            if (problem := response_topic_problem(response_topic, app_id)) is not None:
+            if (problem := self.response_topic_problem(response_topic, app_id)) is not None:
                 log.warning("refused a request on %r: its response topic %r %s", topic, response_topic, problem)
                 return Refusal(reply_topic, correlation, "invalid_response_topic", f"the Response Topic {problem}",
                                device)
@@ -70,7 +73,7 @@ class Router:
                            f"{self.limiter.burst}); slow down", device)
         # The largest reply payload the broker takes on that topic, with that correlation data.
         room = max_packet - publish_size(reply_topic, b"", 0, correlation) if max_packet else None
-        return Request(ack_id, device, app_id, payload, reply_topic, correlation, room)
+        return Request(ack_id, topic, device, app_id, payload, reply_topic, correlation, room)
 
     def _within_rate(self, app_id: str) -> bool:
         if self.limiter.allow(app_id):
@@ -84,10 +87,9 @@ class Router:
                         app_id, self.limiter.rate)
         return False
 
-
-def response_topic_problem(asked, app_id: str) -> str | None:
-    """Why the service will not reply on `asked` for app `app_id`; None if it may."""
-    if isinstance(asked, str) and not any(asked == f"{reply}/{app_id}" or asked.startswith(f"{reply}/{app_id}/")
-                                          for _, reply in STEMS.values()):
-        return f"is not one of app {app_id}'s reply topics (home/data<type>/{app_id}[/...])"
-    return topic_problem(asked)
+    def response_topic_problem(self, asked, app_id: str) -> str | None:
+        """Why the service will not reply on `asked` for app `app_id`; None if it may."""
+        if isinstance(asked, str) and not any(asked == f"{reply}/{app_id}" or asked.startswith(f"{reply}/{app_id}/")
+                                              for _, reply in self.stems.values()):
+            return f"is not one of app {app_id}'s reply topics (home/data<type>/{app_id}[/...])"
+        return topic_problem(asked)

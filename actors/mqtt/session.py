@@ -24,6 +24,7 @@ from typing import Callable
 import gmqtt
 from gmqtt.mqtt.constants import MQTTv50
 
+from actors.devices import BUILTIN_TYPES, DeviceTypes
 from actors.runtime.handling import Mark
 from actors.protocol.messages import WriterStats
 from actors.mqtt.client import PERMANENT_REFUSALS, OneConnectionClient, property_of
@@ -61,7 +62,7 @@ class Session:
     def __init__(self, settings: MqttSettings, status: StatusSettings, peers: Peers, apps: AppsSettings,
                  limits: LimitsSettings, on_retired: Callable[[], None] | None = None,
                  died_with: frozenset[int] | None = frozenset(), mark: Mark | None = None, linger: float = 0.0,
-                 report: StatusReport | None = None, max_waiting: int = 250_000):
+                 report: StatusReport | None = None, max_waiting: int = 250_000, types: DeviceTypes = BUILTIN_TYPES):
         """With `on_retired`, retire this instance instead of serving (retire.py). `died_with`,
         `mark` and `linger` (database.commit_linger): see Traffic. `report`: the process's (it
         outlives a restarted link: connections, start time, ack ids); `max_waiting`: see Outbox."""
@@ -74,7 +75,7 @@ class Session:
         self.outbox = Outbox(limits.max_request_bytes, settings.max_inflight_publishes, max_waiting,
                              lambda f: asyncio.get_running_loop().call_soon(f))
         self.traffic = Traffic(settings, apps, limits, peers, self.report, self.outbox, self._fail, died_with,
-                               mark or Mark(None), linger)
+                               mark or Mark(None), linger, types)
         self._closing = False
         self._lost = asyncio.Event()  # the current connection is gone (or must go: retiring, failing)
         self._failure: Exception | None = None  # a bug in the link itself: see _fail

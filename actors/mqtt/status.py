@@ -15,7 +15,6 @@ import orjson
 
 from actors import __version__
 from actors.runtime.counting import SECONDS_BUCKETS, Histogram
-from actors.devices import DEVICE_TYPES
 from actors.protocol.messages import Availability, StatsRequest, WriterStats
 from actors.storage.models import utc_now
 from actors.mqtt.outbox import Outbox
@@ -97,7 +96,7 @@ class StatusReport:
         counts, total = writer.commit_seconds
         return {
             "time": utc_now(), "version": __version__, "started_at": self.started_at, "connected": self.connected,
-            "received": {name: self.readings_in[ingest_name(name)] for name in DEVICE_TYPES},
+            "received": {name: self.readings_in[ingest_name(name)] for name, _ in writer.stored},
             "stored": dict(writer.stored), "rejected": writer.rejected, "rejected_by": rejected_by,
             "requests": {"answered": sum(self.requests.values()), "errors": errors, "by_kind": requests},
             "reply_seconds": _histogram(SECONDS_BUCKETS, *self.reply_seconds.snapshot()),

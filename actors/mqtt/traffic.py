@@ -15,6 +15,7 @@ from typing import Callable
 
 import orjson
 
+from actors.devices import BUILTIN_TYPES, DeviceTypes
 from actors.runtime.handling import Mark, ack_id as make_ack_id
 from actors.protocol.messages import Availability, Committed, Inbound, ReadingBatch, Reply, Request, Restarted, Struck
 from actors.storage.models import utc_now
@@ -36,7 +37,8 @@ log = logging.getLogger(__name__)
 class Traffic:
     def __init__(self, settings: MqttSettings, apps: AppsSettings, limits: LimitsSettings, peers: Peers,
                  report: StatusReport, outbox: Outbox, fail: Callable[[Exception, str], None],
-                 died_with: frozenset[int] | None = frozenset(), mark: Mark | None = None, linger: float = 0.0):
+                 died_with: frozenset[int] | None = frozenset(), mark: Mark | None = None, linger: float = 0.0,
+                 types: DeviceTypes = BUILTIN_TYPES):
         """`fail`: how a bug here is reported (the session fails, and the link is restarted);
         `died_with`: what the process or link before this one died handling (Deliveries); `mark`:
         the link's handling mark, naming the message a bug here failed on (DeliveryLimit.blame)."""
@@ -44,15 +46,15 @@ class Traffic:
         self.outbox = outbox
         self.report = report
         self.fail = fail
-        self.router = Router(apps, settings.shared_group)
+        self.router = Router(apps, settings.shared_group, types=types)
         self._reading_routes = self.router.reading_routes
         self.inflight = InFlight(settings.receive_maximum)  # every message in hand
         self.mark = mark or Mark(None)
         self.limit = DeliveryLimit(limits, died_with, self.mark, self.inflight, peers, outbox, self._dispatch,
-                                   self._answer, self._hand_over_soon)
+                                   self._answer, self._hand_over_soon, self.router.reading_kinds)
         self.drained: asyncio.Event | None = None  # set when nothing is in hand while closing
         self.hand_over = HandOver(peers, linger, self.limit.flush)  # readings, to the ingest actors
-        self.waiting = WaitingRequests(self.inflight, self._dispatch, self._hurry)  # read after arrival
+        self.waiting = WaitingRequests(self.inflight, self._dispatch, self._hurry, types)  # read after arrival
         self._taking = True
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:

@@ -21,7 +21,6 @@ from array import array
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from actors.devices import DEVICE_TYPES
 from actors.runtime.settings import DevicesSettings
 
 INTERVALS_KEPT = 9  # the usual interval is the median of a device's latest intervals
@@ -56,7 +55,7 @@ def own_clock(timestamp: str) -> float:
 class Liveness:
     def __init__(self, settings: DevicesSettings):
         self.settings = settings
-        self.types = {name for name in DEVICE_TYPES if settings.stale_after(name)}
+        self.types = {name for name, after in settings.by_type.items() if after}
         self.max_known = settings.max_known
         self.full = False  # max_known devices watched: new ones are not (logged once by the actor)
         self._kinds = sorted(self.types)

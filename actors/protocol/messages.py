@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from actors.protocol.requests import STEMS
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,17 +77,13 @@ class Request:
     """MQTT link -> query actor: an app asks for a device-day, its latest reading or a summary (on
     its device type's topic), or for the device catalogue."""
     ack_id: int
+    topic: str  # the topic it was asked on
     device: str  # the device type, or requests.CATALOGUE
     app_id: str
     payload: bytes
     reply_topic: str  # the app's own reply topic, or the MQTT 5 Response Topic it gave (checked)
     correlation: bytes | None = None  # MQTT 5 Correlation Data, echoed in the reply
     max_bytes: int | None = None  # the largest reply payload the broker takes on that topic
-
-    @property
-    def topic(self) -> str:
-        """The topic it was asked on."""
-        return f"{STEMS[self.device][0]}/{self.app_id}"
 
 
 @dataclass(frozen=True, slots=True)

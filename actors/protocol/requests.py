@@ -15,7 +15,8 @@ from datetime import time as Time
 
 import orjson
 
-from actors.devices import DEVICE_TYPES, DeviceType, InvalidMessage, parse_object, text_field
+from actors.devices import DeviceType, DeviceTypes
+from actors.devices.fields import InvalidMessage, parse_object, text_field
 from actors.protocol.sitetime import UNZONED, SiteTime
 from actors.storage.summaries import bucket_count, bucket_starts
 
@@ -67,9 +68,13 @@ SUMMARY_FIELDS = ("device_id", "summary", "from_date", "to_date", "cursor", "req
 CATALOGUE_FIELDS = ("type", "limit", "cursor", "request_id")
 ALL_FIELDS = {*DAY_FIELDS, *LATEST_FIELDS, *SUMMARY_FIELDS}
 CATALOGUE = "devices"  # what a request on home/getdevices/{app_id} asks for (in place of a device type)
-# What apps ask for, and where: request stem (apps ask on {stem}/{app_id}) and reply stem, by kind
-STEMS = {**{d.name: (d.request_stem, d.reply_stem) for d in DEVICE_TYPES.values()},
-         CATALOGUE: ("home/getdevices", "home/datadevices")}
+
+
+def stems(types: DeviceTypes) -> dict[str, tuple[str, str]]:
+    """What apps ask for, and where: request stem (apps ask on {stem}/{app_id}) and reply stem, by
+    kind (a device type, or the catalogue)."""
+    return {**{d.name: (d.request_stem, d.reply_stem) for d in types.values()},
+            CATALOGUE: ("home/getdevices", "home/datadevices")}
 
 
 class RequestError(Exception):

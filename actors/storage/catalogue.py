@@ -9,7 +9,7 @@ from typing import Callable
 import orjson
 import peewee
 
-from actors.devices import DEVICE_TYPES
+from actors.devices import DeviceTypes
 from actors.storage.models import Device
 from actors.protocol.requests import CatalogueAsk
 
@@ -17,13 +17,16 @@ READ_ROWS = 500  # catalogue rows read at a time while some are not the app's to
 
 
 class CatalogueReader:
-    def __init__(self, db: peewee.Database, live_types: set[str]):
+    def __init__(self, db: peewee.Database, live_types: set[str], types: DeviceTypes):
         """`live_types`: the device types with liveness (the others have no `state`)."""
         self.db = db
         self.live_types = live_types
+        self.types = types
+        # the columns replies carry forward, of every type (DeviceType.carried)
+        self.carried = sorted({c for t in types.values() for c in t.carried})
         p = db.param
-        columns = ("type, device_id, first_seen, last_seen, received_at, readings, state, latest, ebstatus, dgstatus, "
-                   "clock_rejected")
+        columns = ", ".join(["type, device_id, first_seen, last_seen, received_at, readings, state, latest, "
+                             "clock_rejected", *self.carried])
         table = Device._meta.table_name
         self._sql = {}
         for typed in (False, True):
@@ -45,10 +48,10 @@ class CatalogueReader:
         return entries[:wanted]
 
     def entry(self, row: tuple) -> dict:
-        kind, device_id, first_seen, last_seen, received_at, readings, state, latest, eb, dg, clock = row
-        device = DEVICE_TYPES[kind]
+        kind, device_id, first_seen, last_seen, received_at, readings, state, latest, clock, *carried = row
+        device = self.types[kind]
         return {"device_id": device_id, "type": kind, "first_seen": first_seen, "last_seen": last_seen,
                 "received_at": received_at, "readings": readings,
                 "state": state if kind in self.live_types else None,
-                "latest": device.latest_record(orjson.loads(latest), (eb, dg)) if latest else None,
+                "latest": device.latest_record(orjson.loads(latest), dict(zip(self.carried, carried))) if latest else None,
                 "clock_rejected": clock}

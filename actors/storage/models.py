@@ -1,4 +1,5 @@
-"""The database schema as peewee models: the seed's three tables plus `rejected_messages`.
+"""The database: the service's own tables as peewee models (each device type's reading table and
+hourly rollup are made from its definition, devices/definition.py), and the process's connection.
 
 Each reading table has one unique index that starts with (device_id, date, timestamp): day queries
 use it as their index, and it is also the reading's identity, so a redelivered reading is ignored
@@ -8,50 +9,12 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from peewee import (AutoField, BigIntegerField, BlobField, Database, DoubleField, IntegerField, Model, ModelIndex, SqliteDatabase,
+from peewee import (AutoField, BigIntegerField, BlobField, Database, IntegerField, Model, ModelIndex, SqliteDatabase,
                     TextField)
 from playhouse.pool import PooledPostgresqlDatabase
 from playhouse.db_url import parse
 
-
-class TemperatureLog(Model):
-    id = AutoField()
-    device_id = TextField()
-    temperature = DoubleField()  # 8 bytes everywhere (PostgreSQL's REAL would be 4)
-    humidity = DoubleField()
-    status = TextField()  # HIGH or LOW
-    timestamp = TextField()  # ISO 8601, as the device sent it (normalized, see devices.py)
-    date = TextField()  # YYYY-MM-DD of `timestamp`
-    created_at = TextField()  # UTC, when the row was committed
-
-    class Meta:
-        table_name = "temperature_logs"
-
-
-class PowerStatusLog(Model):
-    id = AutoField()
-    device_id = TextField()
-    ebstatus = TextField()  # ON, OFF, or "" when the event was about the DG source
-    dgstatus = TextField()  # ON, OFF, or "" when the event was about the EB source
-    timestamp = TextField()
-    date = TextField()
-    created_at = TextField()
-
-    class Meta:
-        table_name = "power_status_logs"
-
-
-class FingerprintLog(Model):
-    id = AutoField()
-    device_id = TextField()
-    user_id = TextField()
-    auth_status = TextField()  # PASS or FAIL
-    timestamp = TextField()
-    date = TextField()
-    created_at = TextField()
-
-    class Meta:
-        table_name = "fingerprint_logs"
+from actors.devices import BUILTIN_TYPES, DeviceTypes
 
 
 class TopicField(TextField):
@@ -100,13 +63,14 @@ class Device(Model):
     be right), kept up to date in the transaction that stores its readings, so that listing the
     devices never scans the reading tables."""
     id = AutoField()
-    type = TextField()  # its device type (temperature, power, fingerprint)
+    type = TextField()  # its device type's name
     device_id = TextField()
     first_seen = TextField(null=True)  # the earliest reading's timestamp, as sent
     last_seen = TextField(null=True)  # the latest reading's timestamp, as sent
     received_at = TextField(null=True)  # UTC, when its latest reading was stored
     readings = BigIntegerField(default=0)  # how many are stored (retention deletes some)
     latest = TextField(null=True)  # JSON: the latest row's values and timestamp
+    # the latest state of each column replies carry forward (DeviceType.carried: power's), and when
     ebstatus = TextField(null=True)  # power: the latest EB state (ON/OFF) ...
     ebstatus_at = TextField(null=True)  # ... and that event's timestamp
     dgstatus = TextField(null=True)  # power: the same for DG
@@ -119,79 +83,13 @@ class Device(Model):
         indexes = ((("type", "device_id"), True),)
 
 
-class TemperatureHourly(Model):
-    """One device-hour of temperature readings ("hour": YYYY-MM-DDTHH of the timestamp as sent).
-    Sums are in millionths, whole numbers: they add up exactly in any order (late readings too)."""
-    id = AutoField()
-    device_id = TextField()
-    hour = TextField()
-    readings = IntegerField()
-    temperature_min = DoubleField()
-    temperature_max = DoubleField()
-    temperature_sum = DoubleField()
-    humidity_min = DoubleField()
-    humidity_max = DoubleField()
-    humidity_sum = DoubleField()
-    high = IntegerField()
-    low = IntegerField()
-
-    class Meta:
-        table_name = "temperature_hourly"
-        indexes = ((("device_id", "hour"), True),)
-
-
-class PowerHourly(Model):
-    """One device-hour of power events: per source, the first event's offset into the hour, the ON
-    time from it to the hour's end, the state it was left in and the timestamp of that last event
-    (a later event is merged from these alone; an earlier one re-reads the hour's stored events)."""
-    id = AutoField()
-    device_id = TextField()
-    hour = TextField()
-    readings = IntegerField()
-    eb_first_us = BigIntegerField(null=True)  # null: no EB event this hour
-    eb_on_us = BigIntegerField()
-    eb_last = TextField()
-    eb_last_at = TextField(null=True)
-    dg_first_us = BigIntegerField(null=True)
-    dg_on_us = BigIntegerField()
-    dg_last = TextField()
-    dg_last_at = TextField(null=True)
-
-    class Meta:
-        table_name = "power_hourly"
-        indexes = ((("device_id", "hour"), True),)
-
-
-class FingerprintHourly(Model):
-    """One device-hour-user of fingerprint events (distinct users of a day are counted from these)."""
-    id = AutoField()
-    device_id = TextField()
-    hour = TextField()
-    user_id = TextField()
-    passes = IntegerField()
-    fails = IntegerField()
-
-    class Meta:
-        table_name = "fingerprint_hourly"
-        indexes = ((("device_id", "hour", "user_id"), True),)
-
-
-ROLLUP_MODELS = (TemperatureHourly, PowerHourly, FingerprintHourly)
-
-
-def _identity(model: type[Model], *values: str) -> None:
-    columns = ("device_id", "date", "timestamp", *values)
-    name = f"{model._meta.table_name}_identity"
-    model._meta.indexes.append(
-        ModelIndex(model, [getattr(model, c) for c in columns], unique=True, name=name))
-
-
-_identity(TemperatureLog, "temperature", "humidity", "status")
-_identity(PowerStatusLog, "ebstatus", "dgstatus")
-_identity(FingerprintLog, "user_id", "auth_status")
 RejectedMessage.add_index(ModelIndex(RejectedMessage, [RejectedMessage.fingerprint], name="rejected_messages_fingerprint"))
 
-MODELS = (TemperatureLog, PowerStatusLog, FingerprintLog, RejectedMessage, DeliveryFailure, Device, *ROLLUP_MODELS)
+SERVICE_MODELS = (RejectedMessage, DeliveryFailure, Device)  # beside each device type's own (devices/definition.py)
+
+
+def all_models(types: DeviceTypes) -> list[type[Model]]:
+    return [*types.reading_models(), *SERVICE_MODELS, *types.rollup_models()]
 
 
 def utc_now() -> str:
@@ -200,7 +98,8 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def open_database(path: str, busy_timeout: float, wal_limit_mb: int = 16) -> SqliteDatabase:
+def open_database(path: str, busy_timeout: float, wal_limit_mb: int = 16,
+                  types: DeviceTypes = BUILTIN_TYPES) -> SqliteDatabase:
     """The one database object of the process: one connection per thread, WAL, and
     synchronous=FULL because a reading is acknowledged to the broker once committed. After a
     checkpoint, SQLite truncates a WAL larger than `wal_limit_mb` back to that size."""
@@ -209,18 +108,18 @@ def open_database(path: str, busy_timeout: float, wal_limit_mb: int = 16) -> Sql
         "synchronous": "full",
         "journal_size_limit": wal_limit_mb * 2**20,
     })
-    db.bind(MODELS)
+    db.bind(all_models(types))
     return db
 
 
-def connect_database(settings, connections: int) -> Database:
+def connect_database(settings, connections: int, types: DeviceTypes = BUILTIN_TYPES) -> Database:
     """The process's database: SQLite at settings.path, or PostgreSQL at settings.url with a pool
     of up to `connections` connections (one per actor thread that uses it)."""
     if not settings.url:
-        return open_database(settings.path, settings.busy_timeout, settings.checkpoint_mb)
+        return open_database(settings.path, settings.busy_timeout, settings.checkpoint_mb, types)
     db = PooledPostgresqlDatabase(**parse(settings.url), max_connections=connections, stale_timeout=300,
                                   timeout=settings.busy_timeout or None, field_types={"TOPIC": "BYTEA"})
-    db.bind(MODELS)
+    db.bind(all_models(types))
     return db
 
 

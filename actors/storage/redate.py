@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import peewee
 
-from actors.devices import DEVICE_TYPES, DeviceType
-from actors.storage.models import Device, FingerprintHourly, PowerHourly, TemperatureHourly, connect_database
+from actors.devices import BUILTIN_TYPES, DeviceType, DeviceTypes
+from actors.storage.models import Device, connect_database
 from actors.storage.rollups import Upkeep, cursor_of, stored_rows
 from actors.storage.schema import SCHEMA_VERSION, current_version
 from actors.runtime.settings import Settings
 from actors.protocol.sitetime import SiteTime
 
 BATCH = 10_000
-# what each type's rollup counts, as SQL over its table: the readings it holds
-COUNTED = {"temperature": (TemperatureHourly, "SUM(readings)"), "power": (PowerHourly, "SUM(readings)"),
-           "fingerprint": (FingerprintHourly, "SUM(passes + fails)")}
 
 
 class Incomplete(Exception):
@@ -32,13 +29,13 @@ class Incomplete(Exception):
 def redate_command(settings: Settings, out=print) -> int:
     """--redate: 0 when done, 1 when it cannot be (the reason printed; nothing changed)."""
     zone = settings.site.timezone or "none (timestamps as the devices wrote them)"
-    db = connect_database(settings.database, 1)
+    db = connect_database(settings.database, 1, settings.types)
     try:
         db.connect()
         if current_version(db) != SCHEMA_VERSION:
             out(f"redate: the database is not at schema version {SCHEMA_VERSION}: start the service once first")
             return 1
-        done = redate(db, SiteTime(settings.site.timezone))
+        done = redate(db, SiteTime(settings.site.timezone), settings.types)
     except (Incomplete, peewee.DatabaseError) as exc:
         out(f"redate: nothing changed: {exc}")
         return 1
@@ -51,25 +48,24 @@ def redate_command(settings: Settings, out=print) -> int:
     return 0
 
 
-def redate(db: peewee.Database, site: SiteTime) -> dict[str, tuple[int, int]]:
+def redate(db: peewee.Database, site: SiteTime, types: DeviceTypes = BUILTIN_TYPES) -> dict[str, tuple[int, int]]:
     """Per device type: (rows whose date changed, copies deleted). Incomplete if it cannot be done."""
     done = {}
     with db.atomic():
-        for name, device in DEVICE_TYPES.items():
+        for name, device in types.items():
             _check_complete(db, name, device)
-        upkeep, cursor = Upkeep(db, site), cursor_of(db)
-        for name, device in DEVICE_TYPES.items():
+        upkeep, cursor = Upkeep(db, site, types), cursor_of(db)
+        for name, device in types.items():
             done[name] = _redate_rows(db, device, site)
-            model, _ = COUNTED[name]
-            model.delete().execute()
+            device.hourly.delete().execute()
             for rows in stored_rows(device, BATCH):
                 upkeep.rollups[name].merge(cursor, rows)
     return done
 
 
 def _check_complete(db: peewee.Database, name: str, device: DeviceType) -> None:
-    model, counted = COUNTED[name]
-    rollups = db.execute_sql(f"SELECT COALESCE({counted}, 0) FROM {model._meta.table_name}").fetchone()[0]
+    model = device.hourly
+    rollups = db.execute_sql(f"SELECT COALESCE(SUM(readings), 0) FROM {model._meta.table_name}").fetchone()[0]
     stored = device.model.select().count()
     if rollups != stored:
         raise Incomplete(f"{model._meta.table_name} counts {rollups} {name} readings, {device.model._meta.table_name} "

@@ -14,9 +14,10 @@ from datetime import datetime
 import orjson
 import peewee
 
-from actors.devices import DEVICE_TYPES, DeviceType
-from actors.storage.models import Device, FingerprintHourly, PowerHourly, PowerStatusLog, TemperatureHourly, is_sqlite
+from actors.devices import BUILTIN_TYPES, DeviceType, DeviceTypes
+from actors.devices.kinds import OnTime
 from actors.protocol.sitetime import UNZONED, SiteTime
+from actors.storage.models import Device, is_sqlite
 
 HOUR_US = 3600 * 10**6
 
@@ -47,102 +48,76 @@ def offset_us(local: str) -> int:
     return (moment.minute * 60 + moment.second) * 10**6 + moment.microsecond
 
 
-class Rollup:
-    """The hourly rollup of one device type: `merge` the rows a transaction inserted. Its hours
-    are the site's (sitetime.py)."""
+def rollup_for(device: DeviceType, dialect: Dialect, site: SiteTime):
+    """The rollup that merges a type's rows: its summary's kinds (devices/kinds.py) say which."""
+    return (StatesRollup if isinstance(device.summary[0], OnTime) else Rollup)(device, dialect, site)
 
-    def __init__(self, dialect: Dialect, site: SiteTime):
-        self.dialect = dialect
+
+class Rollup:
+    """The hourly rollup of one device type, composed of its summary kinds: `merge` folds the rows a
+    transaction inserted into one row per rollup key (device, hour, and each Distinct value), then
+    adds them to what is stored in one upsert per key. Its hours are the site's (sitetime.py)."""
+
+    def __init__(self, device: DeviceType, dialect: Dialect, site: SiteTime):
         self.site = site
+        merged = {"readings": "{t}.readings + excluded.readings"}
+        for kind in device.summary:
+            merged |= kind.merged()
+        self.sql = dialect.upsert(device.hourly, device.rollup_key, merged)
+        position = {c: i for i, c in enumerate(device.value_columns, 1)}  # in a stored row
+        self.timestamp = len(device.value_columns) + 1
+        self.key = [position[c] for c in device.rollup_key[2:]]
+        self.kinds = [(kind, position[kind.column]) for kind in device.summary if kind.columns()]
 
     def merge(self, db, rows: list[tuple]) -> None:
-        raise NotImplementedError
+        groups: dict[tuple, list[tuple]] = {}
+        hour_of, timestamp, key = self.site.hour_of, self.timestamp, self.key
+        for row in rows:
+            groups.setdefault((row[0], hour_of(row[timestamp]), *(row[i] for i in key)), []).append(row)
+        params = []
+        for k, group in groups.items():
+            values = [*k, len(group)]
+            for kind, i in self.kinds:
+                values += kind.fold([row[i] for row in group])
+            params.append(values)
+        db.executemany(self.sql, params)
 
 
-class TemperatureRollup(Rollup):
-    def __init__(self, dialect, site):
-        super().__init__(dialect, site)
-        merged = {"readings": "{t}.readings + excluded.readings"}
-        for v in ("temperature", "humidity"):
-            merged[f"{v}_min"] = f"{{least}}({{t}}.{v}_min, excluded.{v}_min)"
-            merged[f"{v}_max"] = f"{{greatest}}({{t}}.{v}_max, excluded.{v}_max)"
-            merged[f"{v}_sum"] = f"{{t}}.{v}_sum + excluded.{v}_sum"
-        merged["high"], merged["low"] = "{t}.high + excluded.high", "{t}.low + excluded.low"
-        self.sql = dialect.upsert(TemperatureHourly, ("device_id", "hour"), merged)
+class StatesRollup:
+    """The rollup of a type summarised by OnTime (power: EB and DG). An hour's events are folded into
+    per-source aggregates: the first event's offset, the ON time from it to the hour's end, the last
+    state and when it was (its timestamp). An event that sorts after a source's last one costs the
+    same however many the hour holds; one that comes late (before the last) makes the hour be summed
+    again from its stored events, exactly. Events are folded by their time at the site
+    (SiteTime.local), so the `*_last_at` columns hold that."""
 
-    def merge(self, db, rows):
-        # the hot loop of a burst: ~1 µs a row (temperature is within ±1e9: sums of whole millionths
-        # are exact in a float up to 2**53)
-        hours: dict[tuple[str, str], list] = {}
-        get, hour_of = hours.get, self.site.hour_of
-        for device_id, temperature, humidity, status, timestamp, _, _ in rows:
-            key = (device_id, hour_of(timestamp))
-            if (h := get(key)) is None:
-                hours[key] = [1, temperature, temperature, round(temperature * 1e6), humidity, humidity,
-                              round(humidity * 1e6), int(status == "HIGH")]
-                continue
-            h[0] += 1
-            if temperature < h[1]:
-                h[1] = temperature
-            elif temperature > h[2]:
-                h[2] = temperature
-            h[3] += round(temperature * 1e6)
-            if humidity < h[4]:
-                h[4] = humidity
-            elif humidity > h[5]:
-                h[5] = humidity
-            h[6] += round(humidity * 1e6)
-            h[7] += status == "HIGH"
-        # column order: readings, t_min, t_max, t_sum, h_min, h_max, h_sum, high, low
-        db.executemany(self.sql, [(d, hour, n, t0, t1, float(ts), h0, h1, float(hs), high, n - high)
-                                  for (d, hour), (n, t0, t1, ts, h0, h1, hs, high) in hours.items()])
-
-
-class FingerprintRollup(Rollup):
-    def __init__(self, dialect, site):
-        super().__init__(dialect, site)
-        self.sql = dialect.upsert(FingerprintHourly, ("device_id", "hour", "user_id"), {
-            "passes": "{t}.passes + excluded.passes", "fails": "{t}.fails + excluded.fails"})
-
-    def merge(self, db, rows):
-        counts: dict[tuple[str, str, str], list[int]] = {}
-        hour_of = self.site.hour_of
-        for device_id, user_id, auth_status, timestamp, _, _ in rows:
-            c = counts.setdefault((device_id, hour_of(timestamp), user_id), [0, 0])
-            c[auth_status != "PASS"] += 1
-        db.executemany(self.sql, [(*key, p, f) for key, (p, f) in counts.items()])
-
-
-class PowerRollup(Rollup):
-    """An hour's events are folded into per-source aggregates: the first event's offset, the ON
-    time from it to the hour's end, the last state and when it was (its timestamp). An event that
-    sorts after a source's last one costs the same however many the hour holds; one that comes
-    late (before the last) makes the hour be summed again from its stored events, exactly. Events
-    are folded by their time at the site (SiteTime.local), so `eb_last_at`/`dg_last_at` hold that."""
-
-    def __init__(self, dialect, site):
-        super().__init__(dialect, site)
-        p, table = dialect.p, PowerHourly._meta.table_name
-        self.create_sql = (f"INSERT INTO {table} (device_id, hour, readings, eb_on_us, eb_last, dg_on_us, dg_last) "
-                           f"VALUES ({p}, {p}, 0, 0, '', 0, '') ON CONFLICT (device_id, hour) DO NOTHING")
-        self.read_sql = (f"SELECT readings, eb_first_us, eb_on_us, eb_last, eb_last_at, dg_first_us, dg_on_us, dg_last, "
-                         f"dg_last_at FROM {table} WHERE device_id = {p} AND hour = {p}{dialect.for_update}")
-        self.write_sql = (f"UPDATE {table} SET readings = {p}, eb_first_us = {p}, eb_on_us = {p}, eb_last = {p}, "
-                          f"eb_last_at = {p}, dg_first_us = {p}, dg_on_us = {p}, dg_last = {p}, dg_last_at = {p} "
-                          f"WHERE device_id = {p} AND hour = {p}")
-        logs = PowerStatusLog._meta.table_name  # the identity index serves this; a day of events is small
-        self.events_sql = f"SELECT timestamp, ebstatus, dgstatus FROM {logs} WHERE device_id = {p} AND date = {p}"
+    def __init__(self, device: DeviceType, dialect: Dialect, site: SiteTime):
+        self.site = site
+        p, table = dialect.p, device.hourly._meta.table_name
+        prefixes = list(device.summary[0].sources.values())
+        self.width = len(prefixes)
+        columns = [f"{s}_{c}" for s in prefixes for c in ("first_us", "on_us", "last", "last_at")]
+        zeros = ", ".join(f"{s}_on_us, {s}_last" for s in prefixes)
+        self.create_sql = (f"INSERT INTO {table} (device_id, hour, readings, {zeros}) VALUES ({p}, {p}, 0"
+                           + ", 0, ''" * len(prefixes) + ") ON CONFLICT (device_id, hour) DO NOTHING")
+        self.read_sql = (f"SELECT readings, {', '.join(columns)} FROM {table} WHERE device_id = {p} AND hour = {p}"
+                         f"{dialect.for_update}")
+        self.write_sql = (f"UPDATE {table} SET readings = {p}, " + ", ".join(f"{c} = {p}" for c in columns)
+                          + f" WHERE device_id = {p} AND hour = {p}")
+        sources = ", ".join(device.summary[0].sources)  # the identity index serves this; a day of events is small
+        self.events_sql = (f"SELECT timestamp, {sources} FROM {device.model._meta.table_name} "
+                           f"WHERE device_id = {p} AND date = {p}")
 
     def merge(self, db, rows):
         hours: dict[tuple[str, str], list] = {}
-        local = self.site.local
-        for device_id, ebstatus, dgstatus, timestamp, _, _ in rows:
-            at = local(timestamp)
-            hours.setdefault((device_id, at[:13]), []).append((at, ebstatus, dgstatus))
+        local, width = self.site.local, self.width
+        for row in rows:
+            at = local(row[width + 1])
+            hours.setdefault((row[0], at[:13]), []).append((at, *row[1:width + 1]))
         for key, new in hours.items():
             db.execute(self.create_sql, key)
             readings, *stored = db.execute(self.read_sql, key).fetchone()
-            sources = [Source(*stored[:4]), Source(*stored[4:])]
+            sources = [Source(*stored[4 * s:4 * s + 4]) for s in range(width)]
             new.sort()
             late = any(not source.after(e[0], e[i]) for i, source in enumerate(sources, 1) for e in new if e[i])
             if late:
@@ -152,14 +127,15 @@ class PowerRollup(Rollup):
                     for source, state in zip(sources, states):
                         if state:
                             source.add(timestamp, state)
-            db.execute(self.write_sql, (readings + len(new), *sources[0].row(), *sources[1].row(), *key))
+            db.execute(self.write_sql, (readings + len(new), *(v for s in sources for v in s.row()), *key))
 
     def _summed(self, db, key: tuple[str, str], readings: int, new: list, sources: list[Source]) -> list[Source]:
         """The hour summed again from its stored events (the new ones are stored by now). If
         retention has deleted some of them, the new events are folded in as the hour's latest."""
         device_id, hour = key
         local = self.site.local
-        events = sorted(e for e in ((local(t), eb, dg) for t, eb, dg in db.execute(self.events_sql, (device_id, hour[:10])))
+        events = sorted(e for e in ((local(t), *states) for t, *states in db.execute(self.events_sql,
+                                                                                      (device_id, hour[:10])))
                         if e[0][:13] == hour)
         if len(events) < readings:
             for timestamp, *states in new:
@@ -169,7 +145,7 @@ class PowerRollup(Rollup):
                         source.add(timestamp, state)
                         source.last_at = max(timestamp, latest or timestamp)
             return sources
-        summed = [Source(None, 0, "", None), Source(None, 0, "", None)]
+        summed = [Source(None, 0, "", None) for _ in sources]
         for timestamp, *states in events:
             for source, state in zip(summed, states):
                 if state:
@@ -178,7 +154,7 @@ class PowerRollup(Rollup):
 
 
 class Source:
-    """One source's (EB or DG) aggregate of an hour, folded one event at a time in order: the ON
+    """One source's (power's EB or DG) aggregate of an hour, folded one event at a time in order: the ON
     time from the first event to the hour's end, each event ending the segment before it."""
     __slots__ = ("first_us", "on_us", "last", "last_at")
 
@@ -203,23 +179,14 @@ class Source:
         return self.first_us, self.on_us, self.last, self.last_at
 
 
-ROLLUPS = {"temperature": TemperatureRollup, "power": PowerRollup, "fingerprint": FingerprintRollup}
-assert ROLLUPS.keys() == DEVICE_TYPES.keys(), "every device type has its rollup"
-
-
 class Catalogue:
     """The catalogue's rows, merged from the readings a transaction stored: per device, how many,
     the earliest and latest timestamps, the latest row, and the latest state of each carried column
     (power's EB and DG). A device's latest row is the last by (timestamp, values), as {"latest": true}."""
 
-    def __init__(self, dialect: Dialect):
+    def __init__(self, dialect: Dialect, types: DeviceTypes):
         g = "{greatest}(COALESCE({t}.%s, excluded.%s), COALESCE(excluded.%s, {t}.%s))"
         newer = "CASE WHEN {t}.%s IS NULL OR excluded.%s >= {t}.%s THEN excluded.%s ELSE {t}.%s END"
-        carried = {}
-        for c in ("ebstatus", "dgstatus"):
-            at = f"{c}_at"
-            carried[c] = newer % (at, at, at, c, c)
-            carried[at] = g % (at, at, at, at)
         merged = {
             "first_seen": "{least}(COALESCE({t}.first_seen, excluded.first_seen), "
                           "COALESCE(excluded.first_seen, {t}.first_seen))",
@@ -229,9 +196,16 @@ class Catalogue:
             "readings": "{t}.readings + excluded.readings",
             "clock_rejected": "{t}.clock_rejected + excluded.clock_rejected",
             "state": "CASE WHEN excluded.readings > 0 THEN 'live' ELSE {t}.state END"}
-        # a type without carried columns binds four parameters fewer per device (a fleet's burst)
-        self.sql = dialect.upsert(Device, ("type", "device_id"), merged)
-        self.carrying_sql = dialect.upsert(Device, ("type", "device_id"), {**merged, **carried})
+        self.sql = {}
+        for device in types.values():
+            carried = {}
+            for c in device.carried:  # each in a column of `devices` of its name, and `{name}_at`
+                assert c in Device._meta.fields and f"{c}_at" in Device._meta.fields, f"devices.{c} for {device}"
+                at = f"{c}_at"
+                carried[c] = newer % (at, at, at, c, c)
+                carried[at] = g % (at, at, at, at)
+            # a type without carried columns binds fewer parameters per device (a fleet's burst)
+            self.sql[device.name] = dialect.upsert(Device, ("type", "device_id"), {**merged, **carried})
 
     def merge(self, db, device: DeviceType, rows: list[tuple], wrong_clocks, received_at: str) -> list[tuple]:
         """Merge what a transaction stored of one type; per device (device_id, last_seen, readings)."""
@@ -264,7 +238,7 @@ class Catalogue:
         if carried:
             params = [(*p, *(value for i in carried for value in states.get(i, none)[::-1]))  # (state, at) each
                       for p, states in zip(params, (d[4] for d in seen.values()))]
-        db.executemany(self.carrying_sql if carried else self.sql, params)
+        db.executemany(self.sql[device.name], params)
         return [(device_id, d[2], d[0]) for device_id, d in seen.items() if d[0]]
 
 
@@ -302,13 +276,14 @@ def cursor_of(db: peewee.Database):
 class Upkeep:
     """Everything a transaction keeps up to date besides the readings themselves."""
 
-    def __init__(self, db: peewee.Database, site: SiteTime = UNZONED):
+    def __init__(self, db: peewee.Database, site: SiteTime = UNZONED, types: DeviceTypes = BUILTIN_TYPES):
         dialect = Dialect(db)
-        self.catalogue = Catalogue(dialect)
-        self.rollups = {name: rollup(dialect, site) for name, rollup in ROLLUPS.items()}
+        self.types = types
+        self.catalogue = Catalogue(dialect, types)
+        self.rollups = {name: rollup_for(device, dialect, site) for name, device in types.items()}
         p = dialect.p
         self.count_sql = {name: f"SELECT device_id, COUNT(*) FROM {d.model._meta.table_name} "
-                                f"WHERE id BETWEEN {p} AND {p} GROUP BY device_id" for name, d in DEVICE_TYPES.items()}
+                                f"WHERE id BETWEEN {p} AND {p} GROUP BY device_id" for name, d in types.items()}
         self.forget_sql = f"UPDATE devices SET readings = readings - {p} WHERE type = {p} AND device_id = {p}"
         self.stale_sql = f"UPDATE devices SET state = 'stale' WHERE type = {p} AND device_id = {p} AND received_at = {p}"
 
@@ -325,12 +300,12 @@ class Upkeep:
             rows = inserted.get(name, [])
             if rows:
                 self.rollups[name].merge(db, rows)
-            seen[name] = self.catalogue.merge(db, DEVICE_TYPES[name], rows, wrong_clocks.get(name, ()), received_at)
+            seen[name] = self.catalogue.merge(db, self.types[name], rows, wrong_clocks.get(name, ()), received_at)
         return seen
 
     def deleting(self, db, table: str, first_id: int, last_id: int) -> None:
         """Rows first_id..last_id of `table` are about to be deleted (retention): count them out."""
-        name = next((n for n, d in DEVICE_TYPES.items() if d.model._meta.table_name == table), None)
+        name = next((n for n, d in self.types.items() if d.model._meta.table_name == table), None)
         if name is not None:
             counts = db.execute(self.count_sql[name], (first_id, last_id)).fetchall()
             db.executemany(self.forget_sql, [(n, name, device_id) for device_id, n in counts])

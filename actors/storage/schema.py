@@ -4,9 +4,11 @@ Version 1 is the original program's schema, as its README describes it: the thre
 no `rejected_messages`, no identity index, timestamps as devices sent them. Version 2 added those;
 version 3, `delivery_failures` (the delivery limit); version 4, the device catalogue and the hourly
 rollups (`devices`, `*_hourly`), built from the rows already stored; version 5, each power hour's
-last event per source instead of its whole list of events, and each rejection's fingerprint. The current version is what
-models.py declares. The version lives in the `schema_version` table. An upgrade
-runs in one transaction: it either completes or leaves the file as it was."""
+last event per source instead of its whole list of events, and each rejection's fingerprint; version
+6, `readings` in every rollup (fingerprint_hourly had none). The current version is what models.py
+and the device types declare. The version lives in the `schema_version` table. An upgrade runs in one
+transaction: it either completes or leaves the file as it was. The upgrades are of the contract's
+three types; a type added later gets its tables at the first start that knows it."""
 
 from __future__ import annotations
 
@@ -17,13 +19,13 @@ from datetime import datetime
 import orjson
 import peewee
 
-from actors.devices import DEVICE_TYPES
+from actors.devices import BUILTIN_TYPES, DeviceTypes
 from actors.protocol.messages import Rejection, fingerprint
-from actors.storage.models import MODELS, ROLLUP_MODELS, DeliveryFailure, Device, PowerHourly, RejectedMessage
+from actors.storage.models import DeliveryFailure, Device, RejectedMessage, all_models
 from actors.storage.rollups import Upkeep, cursor_of, stored_rows
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 BACKFILL_ROWS = 10_000
 SCHEMA_LOCK = 0x6D717474  # the PostgreSQL advisory lock of the schema step ('mqtt')
 
@@ -39,20 +41,22 @@ class SchemaTooNew(RuntimeError):
     """The database was written by a newer version of the service."""
 
 
-def prepare(db: peewee.Database) -> None:
-    """Create a new database at the current version, or bring an older one up to it. A database
-    that is current is only read: start-up does not wait for someone else's write lock."""
+def prepare(db: peewee.Database, types: DeviceTypes = BUILTIN_TYPES) -> None:
+    """Create a new database at the current version, or bring an older one up to it, with the
+    tables of every type in `types`. A database that is current is only read: start-up does not
+    wait for someone else's write lock."""
     SchemaVersion.bind(db)
-    if is_current(db):
+    if is_current(db) and not _missing(db, types):
         return
     with _exclusively(db):
         version = current_version(db)
         if version == SCHEMA_VERSION and SchemaVersion.table_exists():
-            return  # nothing to write
+            _add_types(db, types)
+            return
         if version is None:
-            db.create_tables([*MODELS, SchemaVersion])
+            db.create_tables([*all_models(types), SchemaVersion])
             if not isinstance(db, peewee.SqliteDatabase):
-                _byte_order_text(db)
+                _byte_order_text(db, all_models(types))
         elif version > SCHEMA_VERSION:
             raise SchemaTooNew(f"the database has schema version {version}, newer than this service's "
                                f"({SCHEMA_VERSION}): it was written by a newer release; install that release")
@@ -60,9 +64,24 @@ def prepare(db: peewee.Database) -> None:
             for step in range(version, SCHEMA_VERSION):
                 log.warning("upgrading the database schema from version %d to %d", step, step + 1)
                 UPGRADES[step](db)
+            _add_types(db, types)
         db.create_tables([SchemaVersion])
         SchemaVersion.delete().execute()
         SchemaVersion.create(version=SCHEMA_VERSION)
+
+
+def _missing(db: peewee.Database, types: DeviceTypes) -> list[type[peewee.Model]]:
+    tables = set(db.get_tables())
+    return [m for t in types.values() for m in (t.model, t.hourly) if m._meta.table_name not in tables]
+
+
+def _add_types(db: peewee.Database, types: DeviceTypes) -> None:
+    """The tables of device types the database has not seen yet (a type added to the site)."""
+    if missing := _missing(db, types):
+        db.create_tables(missing)
+        if not isinstance(db, peewee.SqliteDatabase):
+            _byte_order_text(db, missing)
+        log.warning("new device types: tables %s created", ", ".join(m._meta.table_name for m in missing))
 
 
 def is_current(db: peewee.Database) -> bool:
@@ -99,7 +118,7 @@ def current_version(db: peewee.Database) -> int | None:
     return 2 if "temperature_logs_identity" in indexes else 1
 
 
-def _byte_order_text(db: peewee.Database, models=MODELS) -> None:
+def _byte_order_text(db: peewee.Database, models) -> None:
     """PostgreSQL compares text by the database's locale, which may ignore punctuation; days must
     sort and page by timestamp exactly as in SQLite (byte order), so the text columns use "C"."""
     for model in models:
@@ -113,7 +132,7 @@ def _upgrade_1_to_2(db: peewee.Database) -> None:
     """The original schema -> ours: timestamps in canonical form (so that a day sorts in time
     order), exact repeats of a reading removed (the same device, time and values: the first
     kept), the identity indexes, and the rejected_messages table."""
-    for device in DEVICE_TYPES.values():
+    for device in BUILTIN_TYPES.values():
         m = device.model
         canonical, unreadable = 0, 0
         for row_id, timestamp in list(m.select(m.id, m.timestamp).tuples()):
@@ -143,11 +162,11 @@ def _upgrade_2_to_3(db: peewee.Database) -> None:
 
 def _upgrade_3_to_4(db: peewee.Database) -> None:
     """The catalogue and the rollups, from every stored row, as if they had just been stored."""
-    db.create_tables([Device, *ROLLUP_MODELS])
+    db.create_tables([Device, *BUILTIN_TYPES.rollup_models()])
     if not isinstance(db, peewee.SqliteDatabase):
-        _byte_order_text(db, [Device, *ROLLUP_MODELS])
+        _byte_order_text(db, [Device, *BUILTIN_TYPES.rollup_models()])
     upkeep, cursor = Upkeep(db), cursor_of(db)
-    for name, device in DEVICE_TYPES.items():
+    for name, device in BUILTIN_TYPES.items():
         m, rows_done = device.model, 0
         for rows in stored_rows(device, BACKFILL_ROWS):
             upkeep.stored(cursor, {name: rows}, {}, "")
@@ -163,7 +182,7 @@ def _upgrade_4_to_5(db: peewee.Database) -> None:
     """power_hourly: each source's last event's timestamp (from the hour's list of events, then
     dropped); rejected_messages: the fingerprint (of the rows already kept, too). A database
     upgraded from version 3 got the tables of version 5 at once: only what is missing is done."""
-    p, power = db.param, PowerHourly._meta.table_name
+    p, power = db.param, BUILTIN_TYPES["power"].hourly._meta.table_name
     if "events" in {c.name for c in db.get_columns(power)}:
         for name in ("eb_last_at", "dg_last_at"):
             db.execute_sql(f"ALTER TABLE {power} ADD COLUMN {name} TEXT")
@@ -175,7 +194,7 @@ def _upgrade_4_to_5(db: peewee.Database) -> None:
                                (*last_at, row_id))
         db.execute_sql(f"ALTER TABLE {power} DROP COLUMN events")
         if not isinstance(db, peewee.SqliteDatabase):
-            _byte_order_text(db, [PowerHourly])
+            _byte_order_text(db, [BUILTIN_TYPES["power"].hourly])
     rejected = RejectedMessage._meta.table_name
     if "fingerprint" not in {c.name for c in db.get_columns(rejected)}:
         db.execute_sql(f"ALTER TABLE {rejected} ADD COLUMN fingerprint TEXT")
@@ -188,6 +207,15 @@ def _upgrade_4_to_5(db: peewee.Database) -> None:
             _byte_order_text(db, [RejectedMessage])
 
 
+def _upgrade_5_to_6(db: peewee.Database) -> None:
+    """fingerprint_hourly: the readings of each row (its passes and fails), as every rollup has them.
+    A database upgraded from version 3 or 4 has the column already."""
+    table = BUILTIN_TYPES["fingerprint"].hourly._meta.table_name
+    if "readings" not in {c.name for c in db.get_columns(table)}:
+        db.execute_sql(f"ALTER TABLE {table} ADD COLUMN readings INTEGER NOT NULL DEFAULT 0")
+        db.execute_sql(f"UPDATE {table} SET readings = passes + fails")
+
+
 def _batches(db: peewee.Database, table: str, columns: str):
     """(id, columns...) of every row of `table`, BACKFILL_ROWS at a time, in id order."""
     last_id = 0
@@ -197,4 +225,4 @@ def _batches(db: peewee.Database, table: str, columns: str):
         last_id = rows[-1][0]
 
 
-UPGRADES = {1: _upgrade_1_to_2, 2: _upgrade_2_to_3, 3: _upgrade_3_to_4, 4: _upgrade_4_to_5}
+UPGRADES = {1: _upgrade_1_to_2, 2: _upgrade_2_to_3, 3: _upgrade_3_to_4, 4: _upgrade_4_to_5, 5: _upgrade_5_to_6}

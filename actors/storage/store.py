@@ -18,8 +18,8 @@ from pathlib import Path
 import peewee
 
 from actors.storage.dberrors import DRIVER_ERRORS, locked, translated
-from actors.devices import DEVICE_TYPES
-from actors.storage.models import MODELS, DeliveryFailure, RejectedMessage, insert_fields, insert_sql, is_sqlite
+from actors.devices import BUILTIN_TYPES, DeviceTypes
+from actors.storage.models import DeliveryFailure, RejectedMessage, all_models, insert_fields, insert_sql, is_sqlite
 from actors.storage.rollups import ServerCursor, Upkeep
 from actors.storage.schema import prepare
 from actors.runtime.settings import DatabaseSettings, describe_url
@@ -28,7 +28,6 @@ from actors.protocol.sitetime import UNZONED, SiteTime
 log = logging.getLogger("actors.writer")  # operators know these lines as the writer's
 LOCK_POLL_MS = 100  # how long one try for SQLite's write lock waits; see SqliteStore.begin
 STARTUP_LOCK_WAIT = 20.0  # within the supervisor's start timeout
-TABLES = {m._meta.table_name: m for m in MODELS}
 FORGET_FAILURES_AFTER = timedelta(days=30)  # a failed message the broker never delivered again
 
 
@@ -48,10 +47,10 @@ def quick_check(path: str | Path) -> list[str] | None:
 
 
 def open_store(db: peewee.Database, settings: DatabaseSettings, stopping: threading.Event,
-               check: bool = True, site: SiteTime = UNZONED) -> Store:
+               check: bool = True, site: SiteTime = UNZONED, types: DeviceTypes = BUILTIN_TYPES) -> Store:
     """The store for `db`, opened (`check`: SQLite's quick_check first; `site`: the calendar of the
     summaries' hours): RuntimeError with the reason if it cannot be used."""
-    store = (SqliteStore if is_sqlite(db) else ServerStore)(db, settings, stopping, site)
+    store = (SqliteStore if is_sqlite(db) else ServerStore)(db, settings, stopping, site, types)
     try:
         store.open(check)
     except peewee.DatabaseError as exc:
@@ -61,13 +60,15 @@ def open_store(db: peewee.Database, settings: DatabaseSettings, stopping: thread
 
 class Store:
     def __init__(self, db: peewee.Database, settings: DatabaseSettings, stopping: threading.Event,
-                 site: SiteTime = UNZONED):
+                 site: SiteTime = UNZONED, types: DeviceTypes = BUILTIN_TYPES):
         self.db = db
         self.site = site
+        self.types = types
+        self.tables = {m._meta.table_name: m for m in all_models(types)}
         self.settings = settings
         self.stopping = stopping
         self.where = describe_url(settings.url) if settings.url else settings.path
-        self.fields = {name: insert_fields(d.model) for name, d in DEVICE_TYPES.items()}
+        self.fields = {name: insert_fields(d.model) for name, d in types.items()}
         self.fields["rejected"] = insert_fields(RejectedMessage)
         p, table = db.param, RejectedMessage._meta.table_name
         columns = ", ".join(f.column_name for f in self.fields["rejected"])
@@ -119,7 +120,7 @@ class Store:
         waiting = False
         while True:
             try:
-                return prepare(self.db)
+                return prepare(self.db, self.types)
             except peewee.OperationalError as exc:
                 if not (is_sqlite(self.db) and locked(exc)) or time.monotonic() > deadline or self.stopping.is_set():
                     raise
@@ -145,12 +146,12 @@ class SqliteStore(Store):
             pages = self.settings.max_size_mb * 1024 * 1024 // self._pragma("page_size")
             self.db.execute_sql(f"PRAGMA max_page_count = {pages}")  # this connection only
         self._inserting = {}
-        for name, d in DEVICE_TYPES.items():
+        for name, d in self.types.items():
             table, columns = d.model._meta.table_name, ", ".join(f.column_name for f in self.fields[name])
             self._inserting[name] = (f"SELECT MAX(id) FROM {table}", insert_sql(d.model, self.db),
                                      f"SELECT {columns} FROM {table} WHERE id > ? ORDER BY id")
         self._reject = insert_sql(RejectedMessage, self.db)  # a rejection is never a conflict: always a row
-        self.upkeep = Upkeep(self.db, self.site)
+        self.upkeep = Upkeep(self.db, self.site, self.types)
         self._wal = Path(self.settings.path + "-wal")
 
     def _pragma(self, name: str):
@@ -222,7 +223,7 @@ class SqliteStore(Store):
         return rows
 
     def delete(self, table, first_id, last_id):
-        model = TABLES[table]
+        model = self.tables[table]
         sql, params = self.db.get_sql_context().sql(model.delete().where(model.id.between(first_id, last_id))).query()
 
         def work(conn):
@@ -249,7 +250,7 @@ class ServerStore(Store):
         self.db.connect(reuse_if_open=True)
         self._prepare()
         self._reject = insert_sql(RejectedMessage, self.db)
-        self.upkeep = Upkeep(self.db, self.site)
+        self.upkeep = Upkeep(self.db, self.site, self.types)
         self.cursor = ServerCursor(self.db)
         log.info("database %s: PostgreSQL, schema version ok", self.where)
 
@@ -263,7 +264,7 @@ class ServerStore(Store):
             inserted = {}
             for device, rows in by_device.items():
                 fields = self.fields[device]
-                query = DEVICE_TYPES[device].model.insert_many(rows, fields=fields).on_conflict_ignore()
+                query = self.types[device].model.insert_many(rows, fields=fields).on_conflict_ignore()
                 inserted[device] = list(query.returning(*fields).tuples().execute())  # the new rows alone
             rejected = self._rejections(self.cursor.execute, rejections)
             seen = self.upkeep.stored(self.cursor, inserted, wrong_clocks or {}, stored_at, stale)
@@ -272,7 +273,7 @@ class ServerStore(Store):
             return {device: len(rows) for device, rows in inserted.items()}, rejected, seen, counts
 
     def delete(self, table, first_id, last_id):
-        model = TABLES[table]
+        model = self.tables[table]
         with translated(), self.db.atomic():
             self.upkeep.deleting(self.cursor, table, first_id, last_id)
             return model.delete().where(model.id.between(first_id, last_id)).execute()

@@ -3,20 +3,21 @@ so that a month is one small reply and outlives retention. Buckets are the site'
 and days (sitetime.py); every bucket of the range is there, in order, with "readings": 0 where there
 were none.
 
-Power's ON time is carried forward as replies carry state: from the latest earlier event of each
-source, through hours without events, up to the device's "now" (its latest timestamp, advanced by
-the time since that reading was stored), never into hours that have not happened for it yet."""
+A summary is composed of its type's summary kinds (devices/kinds.py). OnTime (power's) is carried
+forward as replies carry state: from the latest earlier event of each source, through hours without
+events, up to the device's "now" (its latest timestamp, advanced by the time since that reading was
+stored), never into hours that have not happened for it yet."""
 
 from __future__ import annotations
 
-import math
 from datetime import date as Date
 from datetime import datetime, timedelta, timezone
 
 import peewee
 
 from actors.devices import DeviceType
-from actors.storage.models import Device, FingerprintHourly, PowerHourly, TemperatureHourly
+from actors.devices.kinds import OnTime
+from actors.storage.models import Device
 from actors.storage.rollups import HOUR_US
 from actors.protocol.sitetime import UNZONED, SiteTime
 
@@ -37,11 +38,6 @@ def bucket_count(kind: str, from_date: str, to_date: str) -> int:
     return days * (24 if kind == "hour" else 1)
 
 
-def average(total: float, n: int) -> float | None:
-    """The mean of values summed in whole millionths, to a millionth."""
-    return round(total / n) / 1e6 if n and math.isfinite(total) else None
-
-
 def seconds(us: int) -> int | float:
     return us // 10**6 if us % 10**6 == 0 else us / 1e6
 
@@ -53,81 +49,73 @@ class Summaries:
         self.db = db
         self.clock = clock
         self.site = site
-        p = db.param
-        self._sql = {}
-        for kind, key in (("hour", "hour"), ("day", "substr(hour, 1, 10)")):
-            t = TemperatureHourly._meta.table_name
-            self._sql["temperature", kind] = (
-                f"SELECT {key}, SUM(readings), MIN(temperature_min), MAX(temperature_max), SUM(temperature_sum), "
-                f"MIN(humidity_min), MAX(humidity_max), SUM(humidity_sum), SUM(high), SUM(low) FROM {t} "
-                f"WHERE device_id = {p} AND hour >= {p} AND hour <= {p} GROUP BY {key} ORDER BY {key}")
-            f = FingerprintHourly._meta.table_name
-            self._sql["fingerprint", kind] = (
-                f"SELECT {key}, SUM(passes), SUM(fails), COUNT(DISTINCT user_id) FROM {f} "
-                f"WHERE device_id = {p} AND hour >= {p} AND hour <= {p} GROUP BY {key} ORDER BY {key}")
-        pw = PowerHourly._meta.table_name
-        self._power_sql = (f"SELECT hour, readings, eb_first_us, eb_on_us, eb_last, dg_first_us, dg_on_us, dg_last "
-                           f"FROM {pw} WHERE device_id = {p} AND hour >= {p} AND hour <= {p} ORDER BY hour")
-        self._carry_sql = {s: f"SELECT {s}_last FROM {pw} WHERE device_id = {p} AND hour < {p} AND {s}_last != '' "
-                              f"ORDER BY hour DESC LIMIT 1" for s in ("eb", "dg")}
+        self._sql: dict[tuple[str, str], str] = {}  # (type, bucket kind) -> its SELECT, made on first use
 
     def buckets(self, device: DeviceType, device_id: str, kind: str, starts: list[str]) -> list[dict]:
         """The buckets that start at `starts` (consecutive, of one kind)."""
         first, last = starts[0][:13], f"{starts[-1][:10]}T23" if kind == "day" else starts[-1][:13]
-        if device.name == "power":
-            return self._power(device_id, kind, starts, first, last)
-        rows = {row[0]: row[1:] for row in self.db.execute_sql(self._sql[device.name, kind], (device_id, first, last))}
-        build = self._temperature if device.name == "temperature" else self._fingerprint
-        return [build(start, rows.get(start[:13] if kind == "hour" else start)) for start in starts]
+        if isinstance(device.summary[0], OnTime):
+            return self._on_time(device, device_id, kind, starts, first, last)
+        if (sql := self._sql.get((device.name, kind))) is None:
+            sql = self._sql[device.name, kind] = self._select(device, kind)
+        rows = {row[0]: row[1:] for row in self.db.execute_sql(sql, (device_id, first, last))}
+        widths = [len(k.select()) for k in device.summary]
+        buckets = []
+        for start in starts:
+            row = rows.get(start[:13] if kind == "hour" else start)
+            n = row[0] if row else 0
+            bucket, at = {"start": start, "readings": n}, 1
+            for summary_kind, width in zip(device.summary, widths):
+                bucket |= summary_kind.bucket(row[at:at + width] if row else None, n)
+                at += width
+            buckets.append(bucket)
+        return buckets
 
-    @staticmethod
-    def _temperature(start: str, row) -> dict:
-        if row is None:
-            empty = {"min": None, "max": None, "avg": None}
-            return {"start": start, "readings": 0, "temperature": empty, "humidity": dict(empty), "high": 0, "low": 0}
-        n, t_min, t_max, t_sum, h_min, h_max, h_sum, high, low = row
-        return {"start": start, "readings": n,
-                "temperature": {"min": t_min, "max": t_max, "avg": average(t_sum, n)},
-                "humidity": {"min": h_min, "max": h_max, "avg": average(h_sum, n)}, "high": high, "low": low}
+    def _select(self, device: DeviceType, kind: str) -> str:
+        key, p = ("hour" if kind == "hour" else "substr(hour, 1, 10)"), self.db.param
+        columns = ", ".join(["SUM(readings)", *(c for k in device.summary for c in k.select())])
+        return (f"SELECT {key}, {columns} FROM {device.hourly._meta.table_name} "
+                f"WHERE device_id = {p} AND hour >= {p} AND hour <= {p} GROUP BY {key} ORDER BY {key}")
 
-    @staticmethod
-    def _fingerprint(start: str, row) -> dict:
-        passes, fails, users = row or (0, 0, 0)
-        return {"start": start, "readings": passes + fails, "pass": passes, "fail": fails, "users": users}
-
-    def _power(self, device_id: str, kind: str, starts: list[str], first: str, last: str) -> list[dict]:
-        rows = list(self.db.execute_sql(self._power_sql, (device_id, first, last)))  # by hour
+    def _on_time(self, device: DeviceType, device_id: str, kind: str, starts: list[str], first: str,
+                 last: str) -> list[dict]:
+        prefixes = list(device.summary[0].sources.values())
+        table, p = device.hourly._meta.table_name, self.db.param
+        columns = ", ".join(f"{s}_first_us, {s}_on_us, {s}_last" for s in prefixes)
+        rows = list(self.db.execute_sql(f"SELECT hour, readings, {columns} FROM {table} WHERE device_id = {p} "
+                                        f"AND hour >= {p} AND hour <= {p} ORDER BY hour", (device_id, first, last)))
         carry = []
-        for source in ("eb", "dg"):
-            row = self.db.execute_sql(self._carry_sql[source], (device_id, first)).fetchone()
+        for source in prefixes:
+            row = self.db.execute_sql(f"SELECT {source}_last FROM {table} WHERE device_id = {p} AND hour < {p} AND "
+                                      f"{source}_last != '' ORDER BY hour DESC LIMIT 1", (device_id, first)).fetchone()
             carry.append(row[0] if row else "")
-        now = self._device_now(device_id)
+        now = self._device_now(device.name, device_id)
         span = HOUR if kind == "hour" else timedelta(days=1)
-        buckets, i = [], 0
+        buckets, i, width = [], 0, len(prefixes)
         for start in starts:
             begin = datetime.fromisoformat(start if kind == "hour" else f"{start}T00:00:00")
-            bucket, on, at = {"start": start, "readings": 0}, [0, 0], begin
+            bucket, on, at = {"start": start, "readings": 0}, [0] * width, begin
             # the hours of this bucket that have events; between them, each source stays as it was
             while i < len(rows) and rows[i][0] < (begin + span).isoformat()[:13]:
                 hour_key, readings, *sources = rows[i]
                 hour = datetime.fromisoformat(f"{hour_key}:00:00")
-                for s in (0, 1):
+                for s in range(width):
                     on[s] += steady_on(carry[s], at, hour, now)
                     first_us, on_us, last_state = sources[3 * s:3 * s + 3]
                     us, carry[s] = on_time(carry[s], first_us, on_us, last_state, hour, now)
                     on[s] += us
                 bucket["readings"] += readings
                 at, i = hour + HOUR, i + 1
-            for s in (0, 1):
+            for s in range(width):
                 on[s] += steady_on(carry[s], at, begin + span, now)
-            bucket["eb_on_s"], bucket["dg_on_s"] = seconds(on[0]), seconds(on[1])
+                bucket[f"{prefixes[s]}_on_s"] = seconds(on[s])
             buckets.append(bucket)
         return buckets
 
-    def _device_now(self, device_id: str) -> datetime | None:
+    def _device_now(self, kind: str, device_id: str) -> datetime | None:
         """The device's own time now: its latest timestamp, advanced by the time since it was stored."""
         row = (Device.select(Device.last_seen, Device.received_at)
-               .where((Device.type == "power") & (Device.device_id == device_id)).tuples().first())
+               .where((Device.type == kind) & (Device.device_id == device_id)).tuples().first())
         if row is None or None in row:
             return None
         stored = datetime.fromisoformat(row[1]).replace(tzinfo=timezone.utc)

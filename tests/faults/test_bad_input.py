@@ -10,11 +10,11 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from actors.devices import DEVICE_TYPES, InvalidMessage
+from actors.devices import BUILTIN_TYPES, InvalidMessage
 from actors.protocol.clock import ClockCheck
 from actors.ingest import IngestActor
 from actors.protocol.messages import Inbound, ReadingBatch
-from actors.storage.models import MODELS, open_database
+from actors.storage.models import all_models, open_database
 from actors.mqtt.packets import publish_size, topic_problem
 from actors.runtime.peers import Peers, ingest_name
 from actors.query import QueryActor, QueryRules
@@ -82,7 +82,7 @@ def accepted(device, payload: bytes, clock: bool = True):
 
 
 @settings(max_examples=3000, deadline=None)
-@given(device=st.sampled_from(list(DEVICE_TYPES.values())), payload=payloads)
+@given(device=st.sampled_from(list(BUILTIN_TYPES.values())), payload=payloads)
 def test_parsing_any_payload_gives_a_sound_row_or_a_reason(device, payload):
     TRIED["parse"] += 1
     try:
@@ -101,14 +101,14 @@ def ingest_actors():
     peers, writer = Peers(), FakePeer()
     peers.register("writer", writer)
     actors = {name: IngestActor.start(ingest_name(name), d, peers, LIMITS.max_reading_bytes, CLOCK)
-              for name, d in DEVICE_TYPES.items()}
+              for name, d in BUILTIN_TYPES.items()}
     yield actors, writer
     for actor in actors.values():
         actor.stop()
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(name=st.sampled_from(list(DEVICE_TYPES)), batch=st.lists(payloads, min_size=1, max_size=20))
+@given(name=st.sampled_from(list(BUILTIN_TYPES)), batch=st.lists(payloads, min_size=1, max_size=20))
 def test_an_ingest_actor_accounts_for_every_payload_in_a_batch(ingest_actors, name, batch):
     actors, writer = ingest_actors
     TRIED["ingest"] += len(batch)
@@ -116,7 +116,7 @@ def test_an_ingest_actor_accounts_for_every_payload_in_a_batch(ingest_actors, na
     actors[name].tell(ReadingBatch(RECEIVED, items))
     out = writer.next()
     assert out.ack_ids == tuple(range(len(batch)))
-    expected = [accepted(DEVICE_TYPES[name], p) for p in batch]
+    expected = [accepted(BUILTIN_TYPES[name], p) for p in batch]
     assert list(out.rows) == [row for row in expected if row is not None]
     bad = [p for p, row in zip(batch, expected) if row is None]
     assert [r.payload for r in out.rejections] == [p[:LIMITS.max_reading_bytes] for p in bad]
@@ -127,13 +127,13 @@ def test_an_ingest_actor_accounts_for_every_payload_in_a_batch(ingest_actors, na
 def query_actor(tmp_path_factory):
     db = open_database(str(tmp_path_factory.mktemp("fuzz") / "q.db"), 5)
     db.connect()
-    db.create_tables(MODELS)
+    db.create_tables(all_models(BUILTIN_TYPES))
     yield QueryActor("query/0", db, Peers(), QueryRules(max_request_bytes=LIMITS.max_request_bytes))  # answer() called directly
     db.close()
 
 
 @settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(name=st.sampled_from(list(DEVICE_TYPES)), payload=requests)
+@given(name=st.sampled_from(list(BUILTIN_TYPES)), payload=requests)
 def test_any_request_gets_either_records_or_an_error_with_a_known_code(query_actor, name, payload):
     TRIED["requests"] += 1
     answer = query_actor.answer(name, payload)  # an error reply (a dict), or the data as JSON
@@ -146,7 +146,7 @@ def test_any_request_gets_either_records_or_an_error_with_a_known_code(query_act
         assert reply["count"] == len(reply["records"]) == 0
 
 
-invalid_readings = st.tuples(st.sampled_from(list(DEVICE_TYPES.values())), payloads).filter(
+invalid_readings = st.tuples(st.sampled_from(list(BUILTIN_TYPES.values())), payloads).filter(
     lambda pair: accepted(*pair, clock=False) is None)  # whatever the clock: the service's is today
 
 
@@ -189,7 +189,7 @@ edge_numbers = big_ints | st.sampled_from([0.5, -0.0, 1e308, -1e308, 5e-324, 100
 edge_dates = st.sampled_from(["0001-01-01", "9999-12-31", "2024-02-29", "2026-02-29", "0000-01-01", "2026-04-31",
                               "2026-01-22", "2026-01-22T00:00:00", "2026-13-01", "+2026-01-01"])
 edge_times = st.sampled_from(["00:00:00", "23:59:59", "23:59:60", "24:00:00", "12:00", "12:00:00.5", "-1:00:00"])
-forged_cursor = st.tuples(st.sampled_from(list(DEVICE_TYPES) + ["", "other"]),
+forged_cursor = st.tuples(st.sampled_from(list(BUILTIN_TYPES) + ["", "other"]),
                           st.lists(st.sampled_from(["2026-01-22T10:00:00", "2026-01-23T00:00:00"]) | edge_numbers
                                    | st.sampled_from(["ON", "OFF", "", "HIGH", "LOW", "PASS", "u"]) | st.none(),
                                    max_size=5),

@@ -13,8 +13,8 @@ import pytest
 from jsonschema import Draft7Validator
 
 from actors import __version__
-from actors.devices import DEVICE_TYPES
-from actors.protocol.requests import CATALOGUE_FIELDS, DAY_FIELDS, LATEST_FIELDS, STEMS, SUMMARY_FIELDS
+from actors.devices import BUILTIN_TYPES
+from actors.protocol.requests import CATALOGUE_FIELDS, DAY_FIELDS, LATEST_FIELDS, SUMMARY_FIELDS, stems
 from conftest import ROOT, contract
 
 OFFICIAL = Path(__file__).parent / "data" / "asyncapi-3.0.0.schema.json"
@@ -72,14 +72,14 @@ def test_the_document_agrees_with_the_code():
     document = contract().document
     assert document["info"]["version"] == __version__
     channels = {c["address"] for c in document["channels"].values()}
-    assert {d.reading_topic for d in DEVICE_TYPES.values()} <= channels
-    assert {f"{stem}/{{app_id}}" for pair in STEMS.values() for stem in pair} <= channels
+    assert {d.reading_topic for d in BUILTIN_TYPES.values()} <= channels
+    assert {f"{stem}/{{app_id}}" for pair in stems(BUILTIN_TYPES).values() for stem in pair} <= channels
     schemas = document["components"]["schemas"]
     for name, fields in (("DayRequest", DAY_FIELDS), ("LatestRequest", LATEST_FIELDS),
                          ("SummaryRequest", SUMMARY_FIELDS), ("CatalogueRequest", CATALOGUE_FIELDS)):
         assert set(schemas[name]["properties"]) == set(fields), name
-    assert schemas["CatalogueRequest"]["properties"]["type"]["enum"] == list(DEVICE_TYPES)
-    for d in DEVICE_TYPES.values():
+    assert schemas["CatalogueRequest"]["properties"]["type"]["enum"] == list(BUILTIN_TYPES)
+    for d in BUILTIN_TYPES.values():
         record = schemas[f"{d.name.capitalize()}Record"]["properties"]
         assert set(record) == set(d.record((*("ON",) * len(d.value_columns), "t")))
     source = "".join(p.read_text() for p in (ROOT / "actors").rglob("*.py"))

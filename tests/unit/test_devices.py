@@ -5,10 +5,10 @@ import json
 
 import pytest
 
-from actors.devices import DEVICE_TYPES, InvalidMessage
+from actors.devices import BUILTIN_TYPES, InvalidMessage
 from actors.protocol.requests import Ask, RequestError, encode_cursor, known_in, parse_catalogue, parse_request
 
-TEMP, POWER, FINGER = DEVICE_TYPES["temperature"], DEVICE_TYPES["power"], DEVICE_TYPES["fingerprint"]
+TEMP, POWER, FINGER = BUILTIN_TYPES["temperature"], BUILTIN_TYPES["power"], BUILTIN_TYPES["fingerprint"]
 
 
 def raw(obj) -> bytes:
@@ -182,9 +182,9 @@ GOOD_KEYS = {"temperature": ["2026-01-22T10:00:00", 21.5, 40.0, "LOW"], "power":
 GOOD_STATES = {"temperature": [], "power": ["ON", "OFF"], "fingerprint": []}
 
 
-@pytest.mark.parametrize("name", list(DEVICE_TYPES))
+@pytest.mark.parametrize("name", list(BUILTIN_TYPES))
 def test_a_cursor_of_ours_reads_back_as_it_was_made(name):
-    device = DEVICE_TYPES[name]
+    device = BUILTIN_TYPES[name]
     cursor = forged(name, GOOD_KEYS[name], GOOD_STATES[name])
     ask = parse_request(raw({"device_id": "d", "date": "2026-01-22", "cursor": cursor}), device, 1000)
     assert list(ask.after) == GOOD_KEYS[name] and list(ask.state) == GOOD_STATES[name]
@@ -215,7 +215,7 @@ def test_a_cursor_of_ours_reads_back_as_it_was_made(name):
 ])
 def test_a_cursor_that_is_not_ours_for_that_type_and_day_is_an_invalid_field(name, cursor):
     with pytest.raises(RequestError) as failure:
-        parse_request(raw({"device_id": "d", "date": "2026-01-22", "cursor": cursor}), DEVICE_TYPES[name], 1000)
+        parse_request(raw({"device_id": "d", "date": "2026-01-22", "cursor": cursor}), BUILTIN_TYPES[name], 1000)
     assert failure.value.code == "invalid_field"
 
 

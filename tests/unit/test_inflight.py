@@ -3,6 +3,7 @@ memory (Deliveries) and the broker limits (packets.py)."""
 
 import pytest
 
+from actors.devices import BUILTIN_TYPES
 from actors.protocol.messages import fingerprint
 from actors.mqtt.inflight import Held, InFlight
 from actors.mqtt.limit import ANSWERED_MEMORY, Deliveries, Verdict
@@ -15,7 +16,7 @@ def reading(ack_id, payload=b"{}"):
 
 
 def request(ack_id, payload=b"{}", reply_topic="home/datatemp/app", correlation=None):
-    return Held(ack_id, Request(ack_id, "temperature", "app", payload, reply_topic, correlation), "query/0")
+    return Held(ack_id, Request(ack_id, "home/gettemp/app", "temperature", "app", payload, reply_topic, correlation), "query/0")
 
 
 def test_in_flight_releases_each_message_once_and_knows_when_to_hold_back():
@@ -35,8 +36,8 @@ def test_a_fingerprint_names_the_content_and_where_the_reply_goes_not_the_delive
     assert fingerprint(request(1).message) != fingerprint(request(1, reply_topic="home/datatemp/app/x").message)
     assert fingerprint(request(1).message) != fingerprint(request(1, correlation=b"c").message)
     # Lengths are part of it: moving bytes between the parts makes another fingerprint.
-    a = Request(1, "temperature", "app", b"ab", "home/datatemp/app", b"c")
-    b = Request(1, "temperature", "app", b"a", "home/datatemp/app", b"bc")
+    a = Request(1, "home/gettemp/app", "temperature", "app", b"ab", "home/datatemp/app", b"c")
+    b = Request(1, "home/gettemp/app", "temperature", "app", b"a", "home/datatemp/app", b"bc")
     assert fingerprint(a) != fingerprint(b)
 
 
@@ -140,13 +141,13 @@ def test_a_request_waits_only_for_readings_it_may_see():
     inflight.add(1, Held(1, Inbound(1, "home/temperature", b'{"device_id": "other", "temperature": 1}'),
                          "ingest/temperature"))
     inflight.add(2, Held(2, Inbound(2, "home/power", b'{"device_id": "t1", "status": "EB_ON"}'), "ingest/power"))
-    asks = {name: Request(9, "temperature", "app", body, "home/datatemp/app", None)
+    asks = {name: Request(9, "home/gettemp/app", "temperature", "app", body, "home/datatemp/app", None)
             for name, body in (("t1", b'{"device_id": "t1", "date": "2026-01-22"}'), ("bad", b"[1]"),
                                ("other", b'{"device_id":"other"}'))}
-    assert sees(asks["t1"]) == ("ingest/temperature", b'"t1"')
-    assert not inflight.reading_before(9, *sees(asks["t1"]))  # another device, another type
-    assert inflight.reading_before(9, *sees(asks["other"]))
-    assert inflight.reading_before(9, *sees(asks["bad"]))  # unreadable here: any reading of the type
+    assert sees(asks["t1"], BUILTIN_TYPES) == ("ingest/temperature", b'"t1"')
+    assert not inflight.reading_before(9, *sees(asks["t1"], BUILTIN_TYPES))  # another device, another type
+    assert inflight.reading_before(9, *sees(asks["other"], BUILTIN_TYPES))
+    assert inflight.reading_before(9, *sees(asks["bad"], BUILTIN_TYPES))  # unreadable here: any reading of the type
     inflight.add(3, Held(3, Inbound(3, "home/temperature", b'{"device_id": "\\u0074\\u0031"}'), "ingest/temperature"))
-    assert inflight.reading_before(9, *sees(asks["t1"]))  # "\u0074\u0031" is t1
-    assert not inflight.reading_before(2, *sees(asks["t1"]))  # only what came before the request
+    assert inflight.reading_before(9, *sees(asks["t1"], BUILTIN_TYPES))  # "\u0074\u0031" is t1
+    assert not inflight.reading_before(2, *sees(asks["t1"], BUILTIN_TYPES))  # only what came before the request

@@ -2,7 +2,7 @@
 
 import json
 
-from actors.devices import DEVICE_TYPES
+from actors.devices import BUILTIN_TYPES
 from actors.protocol.clock import ClockCheck
 from actors.ingest import IngestActor
 from actors.protocol.messages import ChildFailed, Inbound, ReadingBatch, WriteBatch
@@ -16,7 +16,7 @@ CLOCK = ClockCheck("2001-01-01", 86400)
 def start(device_name):
     peers, writer = Peers(), FakePeer()
     peers.register("writer", writer)
-    return IngestActor.start(ingest_name(device_name), DEVICE_TYPES[device_name], peers, 8192,
+    return IngestActor.start(ingest_name(device_name), BUILTIN_TYPES[device_name], peers, 8192,
                              CLOCK), writer
 
 
@@ -49,7 +49,7 @@ def test_each_device_type_has_its_own_ingest_actor():
 def test_a_crash_is_reported_to_the_supervisor():
     peers, supervisor = Peers(), FakePeer()
     peers.register("writer", FakePeer())
-    ingest = IngestActor.start(ingest_name("power"), DEVICE_TYPES["power"], peers, 8192, CLOCK, supervisor=supervisor)
+    ingest = IngestActor.start(ingest_name("power"), BUILTIN_TYPES["power"], peers, 8192, CLOCK, supervisor=supervisor)
     ingest.tell(ReadingBatch(RECEIVED, None))  # a bug, not bad input: no items at all
     failed = supervisor.next()
     assert isinstance(failed, ChildFailed) and failed.name == "ingest/power"
@@ -59,7 +59,7 @@ def test_a_crash_is_reported_to_the_supervisor():
 def test_an_oversized_reading_is_refused_before_parsing_and_kept_cut_to_the_limit():
     peers, writer = Peers(), FakePeer()
     peers.register("writer", writer)
-    ingest = IngestActor.start(ingest_name("temperature"), DEVICE_TYPES["temperature"], peers, 100, CLOCK)
+    ingest = IngestActor.start(ingest_name("temperature"), BUILTIN_TYPES["temperature"], peers, 100, CLOCK)
     huge = b'{"device_id": "' + b"x" * 10_000 + b'"}'
     ingest.tell(ReadingBatch(RECEIVED, (Inbound(3, "home/temperature", huge),)))
     [rejection] = writer.next().rejections

@@ -34,7 +34,7 @@ def test_auto_is_three_times_the_devices_usual_interval_by_its_own_clock_and_at_
 
 
 def test_after_a_start_a_device_is_stale_no_sooner_than_its_stale_after_and_what_was_stale_stays_so():
-    live = Liveness(dataclasses.replace(DEVICES, power_stale_after=60))
+    live = Liveness(dataclasses.replace(DEVICES, by_type={**DEVICES.by_type, "power": 60}))
     started = T0 + 86400  # the service was down for a day
     live.load([("temperature", "t1", "2026-04-01T00:00:00", "2026-04-01 00:00:00", "live"),
                ("temperature", "t2", "2026-04-01T00:00:00", "2026-04-01 00:00:00", "stale"),
@@ -49,7 +49,7 @@ def test_after_a_start_a_device_is_stale_no_sooner_than_its_stale_after_and_what
 
 
 def test_a_device_another_instance_heard_is_not_stale():
-    live = Liveness(dataclasses.replace(DEVICES, temperature_stale_after=60))
+    live = Liveness(dataclasses.replace(DEVICES, by_type={**DEVICES.by_type, "temperature": 60}))
     live.seen("temperature", "t1", "2026-04-01T00:00:00", 1, "2026-04-01 00:00:00", T0)
     # the other instance stored a reading 50 s later (its commit time, in the shared catalogue)
     catalogue = {("temperature", "t1"): ("2026-04-01T00:00:50", "2026-04-01 00:00:50")}
@@ -60,7 +60,7 @@ def test_a_device_another_instance_heard_is_not_stale():
 
 
 def test_a_mass_stale_is_found_in_one_check_and_the_wheel_stays_bounded():
-    live = Liveness(dataclasses.replace(DEVICES, temperature_stale_after=60))
+    live = Liveness(dataclasses.replace(DEVICES, by_type={**DEVICES.by_type, "temperature": 60}))
     for n in range(20_000):
         live.seen("temperature", f"t{n}", "2026-04-01T00:00:00", 1, "2026-04-01 00:00:00", T0)
     for round_ in range(1, 6):  # every device reports again: deadlines move on without new heap entries
@@ -73,7 +73,7 @@ def test_a_mass_stale_is_found_in_one_check_and_the_wheel_stays_bounded():
 
 
 def test_past_max_known_devices_new_ones_are_not_watched_and_those_watched_stay_so():
-    live = Liveness(dataclasses.replace(DEVICES, temperature_stale_after=60, max_known=3))
+    live = Liveness(dataclasses.replace(DEVICES, by_type={**DEVICES.by_type, "temperature": 60}, max_known=3))
     live.load([("temperature", f"old{n}", "2026-04-01T00:00:00", "2026-04-01 00:00:00", "live") for n in range(2)], T0)
     assert live.seen("temperature", "new1", "2026-04-01T00:00:00", 1, "2026-04-01 00:00:00", T0) is not None
     assert not live.full

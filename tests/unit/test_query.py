@@ -9,15 +9,18 @@ import orjson
 import pytest
 
 from actors.protocol.messages import Reply, Request
-from actors.storage.models import MODELS, FingerprintLog, PowerStatusLog, TemperatureLog, open_database
+from actors.storage.models import all_models, open_database
 from actors.runtime.peers import Peers
-from actors.devices import DEVICE_TYPES
+from actors.devices import BUILTIN_TYPES
 from actors.query import QueryActor, QueryRules
 from actors.storage.days import day_reply
 from actors.protocol.replies import cut
-from actors.protocol.requests import STEMS, Ask
+from actors.protocol.requests import Ask, stems
 from actors.storage.rollups import Upkeep
 from actors.storage.summaries import Summaries, bucket_starts
+
+STEMS = stems(BUILTIN_TYPES)
+TEMPERATURE_LOG, POWER_LOG, FINGERPRINT_LOG = (BUILTIN_TYPES[n].model for n in ("temperature", "power", "fingerprint"))
 from conftest import FakePeer
 
 CREATED = "2026-01-22 15:00:00"
@@ -27,7 +30,7 @@ CREATED = "2026-01-22 15:00:00"
 def db(tmp_path):
     database = open_database(str(tmp_path / "mqtt_data.db"), 5)
     database.connect()
-    database.create_tables(MODELS)
+    database.create_tables(all_models(BUILTIN_TYPES))
     yield database
     database.close()
 
@@ -40,7 +43,7 @@ def ask(db):
 
     def ask(device, body, app_id="app1", max_bytes=None):
         payload = body if isinstance(body, bytes) else json.dumps(body).encode()
-        query.tell(Request(42, device, app_id, payload, f"{STEMS[device][1]}/{app_id}", max_bytes=max_bytes))
+        query.tell(Request(42, f"{STEMS[device][0]}/{app_id}", device, app_id, payload, f"{STEMS[device][1]}/{app_id}", max_bytes=max_bytes))
         reply = link.next()
         assert isinstance(reply, Reply) and reply.ack_id == 42
         return json.loads(reply.payload)
@@ -50,13 +53,13 @@ def ask(db):
 def test_a_temperature_day_in_time_order_for_one_device(db, ask):
     stamps = [f"2026-01-22T{h:02d}:00:00" for h in range(0, 24, 3)]
     shuffled = random.Random(3).sample(stamps, len(stamps))
-    TemperatureLog.insert_many(
+    TEMPERATURE_LOG.insert_many(
         [("t1", 20.0 + i, 50.0, "LOW", ts, "2026-01-22", CREATED) for i, ts in enumerate(shuffled)]
         + [("t1", 1.0, 1.0, "HIGH", "2026-01-23T00:00:00", "2026-01-23", CREATED),
            ("t2", 2.0, 2.0, "HIGH", "2026-01-22T12:00:00", "2026-01-22", CREATED)],
-        fields=[TemperatureLog.device_id, TemperatureLog.temperature, TemperatureLog.humidity,
-                TemperatureLog.status, TemperatureLog.timestamp, TemperatureLog.date,
-                TemperatureLog.created_at]).execute()
+        fields=[TEMPERATURE_LOG.device_id, TEMPERATURE_LOG.temperature, TEMPERATURE_LOG.humidity,
+                TEMPERATURE_LOG.status, TEMPERATURE_LOG.timestamp, TEMPERATURE_LOG.date,
+                TEMPERATURE_LOG.created_at]).execute()
     reply = ask("temperature", {"device_id": "t1", "date": "2026-01-22"})
     assert (reply["device_id"], reply["date"], reply["count"]) == ("t1", "2026-01-22", len(stamps))
     assert [r["timestamp"] for r in reply["records"]] == stamps
@@ -65,7 +68,7 @@ def test_a_temperature_day_in_time_order_for_one_device(db, ask):
 
 
 def power(device, eb, dg, ts):
-    PowerStatusLog.create(device_id=device, ebstatus=eb, dgstatus=dg, timestamp=ts, date=ts[:10],
+    POWER_LOG.create(device_id=device, ebstatus=eb, dgstatus=dg, timestamp=ts, date=ts[:10],
                           created_at=CREATED)
 
 
@@ -86,7 +89,7 @@ def test_power_records_show_both_sources_carrying_state_from_earlier_days(db, as
 
 
 def test_fingerprint_replies_say_authStatus(db, ask):
-    FingerprintLog.create(device_id="f1", user_id="user_123", auth_status="PASS",
+    FINGERPRINT_LOG.create(device_id="f1", user_id="user_123", auth_status="PASS",
                           timestamp="2026-01-22T14:40:22", date="2026-01-22", created_at=CREATED)
     reply = ask("fingerprint", {"device_id": "f1", "date": "2026-01-22"}, app_id="phone-9")
     assert reply == {"device_id": "f1", "date": "2026-01-22", "count": 1,
@@ -108,7 +111,7 @@ def test_a_bad_request_gets_an_error_reply(ask):
 
 def test_hostile_device_ids_are_matched_literally(db, ask):
     for device in ("t'1", "t%", "t_", "t;DROP TABLE temperature_logs;--"):
-        TemperatureLog.create(device_id=device, temperature=1.0, humidity=1.0, status="LOW",
+        TEMPERATURE_LOG.create(device_id=device, temperature=1.0, humidity=1.0, status="LOW",
                               timestamp="2026-01-22T00:00:00", date="2026-01-22", created_at=CREATED)
     for device in ("t'1", "t%", "t_", "t;DROP TABLE temperature_logs;--"):
         reply = ask("temperature", {"device_id": device, "date": "2026-01-22"})
@@ -125,7 +128,7 @@ def test_an_oversized_request_is_refused_before_parsing(ask):
 
 
 def test_a_reply_fits_the_room_the_broker_leaves_or_is_too_large(db, ask):
-    TemperatureLog.insert_many([
+    TEMPERATURE_LOG.insert_many([
         {"device_id": "t1", "temperature": 20.0 + i, "humidity": 50.0, "status": "LOW",
          "timestamp": f"2026-01-22T10:{i:02d}:00", "date": "2026-01-22", "created_at": ""} for i in range(40)]).execute()
     whole = ask("temperature", {"device_id": "t1", "date": "2026-01-22"})
@@ -139,7 +142,7 @@ def test_a_reply_fits_the_room_the_broker_leaves_or_is_too_large(db, ask):
 def test_a_bug_while_answering_is_an_internal_error_reply_and_the_actor_lives_on(db, ask, monkeypatch, caplog):
     def broken(*args, **kwargs):
         raise ZeroDivisionError("injected")
-    monkeypatch.setattr(DEVICE_TYPES["power"], "rows", broken)
+    monkeypatch.setattr(BUILTIN_TYPES["power"], "rows", broken)
     reply = ask("power", {"device_id": "p1", "date": "2026-01-22", "request_id": "q"})
     assert reply == {"request_id": "q", "device_id": "p1", "date": "2026-01-22",
                      "error": {"code": "internal_error", "message": reply["error"]["message"]}}
@@ -174,7 +177,7 @@ def test_cutting_one_encoding_of_all_records_takes_as_many_as_encoding_each_woul
 def stored(db, kind, rows):
     """Rows stored as the writer stores them: with the catalogue and the rollups kept up to date."""
     rows = [(*row, CREATED) for row in rows]
-    DEVICE_TYPES[kind].model.insert_many(rows, fields=[f for f in DEVICE_TYPES[kind].model._meta.sorted_fields
+    BUILTIN_TYPES[kind].model.insert_many(rows, fields=[f for f in BUILTIN_TYPES[kind].model._meta.sorted_fields
                                                       if f.name != "id"]).execute()
     Upkeep(db).stored(db.connection(), {kind: rows}, {}, CREATED)
 
@@ -223,17 +226,17 @@ def test_the_catalogue_lists_only_the_devices_an_app_may_read_in_pages(db):
 
 def test_power_on_time_is_cut_at_the_devices_now(db):
     # The device stamps local time (UTC+5:30, no offset sent); its event was stored at 04:45 UTC.
-    DEVICE_TYPES["power"].model.insert_many([("p1", "ON", "", "2026-01-22T10:15:00", "2026-01-22", "x")]).execute()
+    BUILTIN_TYPES["power"].model.insert_many([("p1", "ON", "", "2026-01-22T10:15:00", "2026-01-22", "x")]).execute()
     Upkeep(db).stored(db.connection(), {"power": [("p1", "ON", "", "2026-01-22T10:15:00", "2026-01-22", "x")]},
                       {}, "2026-01-22 04:45:00")
     half_an_hour_later = datetime(2026, 1, 22, 5, 15, tzinfo=timezone.utc)
     summaries = Summaries(db, clock=lambda: half_an_hour_later)
-    hours = summaries.buckets(DEVICE_TYPES["power"], "p1", "hour", bucket_starts("hour", "2026-01-22", "2026-01-22"))
+    hours = summaries.buckets(BUILTIN_TYPES["power"], "p1", "hour", bucket_starts("hour", "2026-01-22", "2026-01-22"))
     assert [h["eb_on_s"] for h in hours[9:13]] == [0, 1800, 0, 0]  # 10:15 to the device's 10:45
-    [day] = summaries.buckets(DEVICE_TYPES["power"], "p1", "day", ["2026-01-22"])
+    [day] = summaries.buckets(BUILTIN_TYPES["power"], "p1", "day", ["2026-01-22"])
     assert (day["eb_on_s"], day["dg_on_s"], day["readings"]) == (1800, 0, 1)
     later = Summaries(db, clock=lambda: datetime(2026, 1, 25, tzinfo=timezone.utc))
-    assert later.buckets(DEVICE_TYPES["power"], "p1", "day", ["2026-01-23"])[0]["eb_on_s"] == 86400
+    assert later.buckets(BUILTIN_TYPES["power"], "p1", "day", ["2026-01-23"])[0]["eb_on_s"] == 86400
 
 
 def test_a_page_reads_on_when_earlier_replies_made_its_guess_too_small(db, ask):

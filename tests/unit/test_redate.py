@@ -11,7 +11,7 @@ from datetime import datetime
 import pytest
 
 import reference
-from actors.devices import DEVICE_TYPES
+from actors.devices import BUILTIN_TYPES
 from actors.protocol.messages import Committed, WriteBatch
 from actors.storage.models import connect_database
 from actors.runtime.peers import WRITER, Peers
@@ -35,7 +35,7 @@ def store(settings, site, batches):
     peers.register(WRITER, writer)
     try:
         for i, (kind, payloads) in enumerate(batches):
-            rows = tuple(DEVICE_TYPES[kind].parse(p.encode(), site) for p in payloads)
+            rows = tuple(BUILTIN_TYPES[kind].parse(p.encode(), site) for p in payloads)
             writer.tell(WriteBatch(kind, rows, (), (i,)))
             assert link.next() == Committed((i,))
     finally:
@@ -97,10 +97,10 @@ def test_redate_moves_readings_to_the_sites_calendar_and_summaries_follow(db):
                                                                  "FROM fingerprint_logs")]
     for kind in ("hour", "day"):
         starts = bucket_starts(kind, *days)
-        assert summaries.buckets(DEVICE_TYPES["temperature"], "t1", kind, starts) == \
+        assert summaries.buckets(BUILTIN_TYPES["temperature"], "t1", kind, starts) == \
             reference.temperature(kind, temps, *days)
-        assert summaries.buckets(DEVICE_TYPES["power"], "p1", kind, starts) == reference.power(kind, events, *days)
-        assert summaries.buckets(DEVICE_TYPES["fingerprint"], "d1", kind, starts) == \
+        assert summaries.buckets(BUILTIN_TYPES["power"], "p1", kind, starts) == reference.power(kind, events, *days)
+        assert summaries.buckets(BUILTIN_TYPES["fingerprint"], "d1", kind, starts) == \
             reference.fingerprint(kind, taps, *days)
     assert redate(db, KOLKATA) == {"temperature": (0, 0), "power": (0, 0), "fingerprint": (0, 0)}
 

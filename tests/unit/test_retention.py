@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from actors.devices import DEVICE_TYPES
+from actors.devices import BUILTIN_TYPES
 from actors.protocol.messages import Committed, WriteBatch
 from actors.storage.models import connect_database, open_database
 from actors.runtime.peers import RETENTION, WRITER, Peers
@@ -39,7 +39,9 @@ class Service:
         self.db_path = tmp_path / "mqtt_data.db"
         self.archive = tmp_path / "archive"
         self.database = dataclasses.replace(defaults.database, path=str(self.db_path))
-        self.retention = dataclasses.replace(defaults.retention, archive_dir=str(self.archive), **retention)
+        days = {k: retention.pop(f"{k}_days") for k in BUILTIN_TYPES if f"{k}_days" in retention}  # per type
+        self.retention = dataclasses.replace(defaults.retention, archive_dir=str(self.archive), **retention,
+                                             by_type={**defaults.retention.by_type, **days})
         self.db = open_database(str(self.db_path), 5)
         self.peers, self.link, self.gate = Peers(), FakePeer(), ReadGate()
         self.peers.register("link", self.link)
@@ -104,10 +106,10 @@ def test_summaries_of_archived_days_answer_as_before_and_the_catalogue_counts_wh
     retention.store("temperature", [temperature(d, n, h) for n in reversed(range(10)) for d in ("t1", "t2")
                                   for h in (1, 2)])
     retention.store("power", power)
-    summaries, device = Summaries(retention.db), DEVICE_TYPES["temperature"]
+    summaries, device = Summaries(retention.db), BUILTIN_TYPES["temperature"]
     starts = bucket_starts("day", day(9), day(0))
     before = summaries.buckets(device, "t1", "day", starts)
-    power_before = summaries.buckets(DEVICE_TYPES["power"], "p1", "hour", bucket_starts("hour", day(9), day(8)))
+    power_before = summaries.buckets(BUILTIN_TYPES["power"], "p1", "hour", bucket_starts("hour", day(9), day(8)))
     assert [b["readings"] for b in before] == [2] * 10 and power_before[6]["eb_on_s"] == 1800
     retention.retention_ref = retention.start_retention()
     wait_until(lambda: retention.rows(f"SELECT COUNT(*) FROM temperature_logs WHERE date < '{day(5)}'") == [(0,)],
@@ -115,7 +117,7 @@ def test_summaries_of_archived_days_answer_as_before_and_the_catalogue_counts_wh
     wait_until(lambda: retention.rows("SELECT readings FROM devices WHERE device_id = 't1'") == [(12,)],
                what="the catalogue counting 6 days of 2 readings")
     assert summaries.buckets(device, "t1", "day", starts) == before
-    assert summaries.buckets(DEVICE_TYPES["power"], "p1", "hour", bucket_starts("hour", day(9), day(8))) \
+    assert summaries.buckets(BUILTIN_TYPES["power"], "p1", "hour", bucket_starts("hour", day(9), day(8))) \
         == power_before
 
 
@@ -183,7 +185,7 @@ def day_records(device, device_id, date):
 
 
 def test_power_replies_keep_the_state_set_before_the_cutoff(retention):
-    power = DEVICE_TYPES["power"]
+    power = BUILTIN_TYPES["power"]
     retention.store("power", [("p1", "ON", "", f"{day(9)}T08:00:00", day(9)),   # grid on, long ago
                             ("p1", "", "ON", f"{day(8)}T09:00:00", day(8)),   # generator on
                             ("p1", "OFF", "", f"{day(7)}T10:00:00", day(7)),  # grid off: the latest EB
@@ -220,7 +222,8 @@ def test_an_archive_reads_back_into_its_table_with_the_sqlite3_shell(retention):
                                   ("f1", "u2", "FAIL", f"{day(9)}T07:01:00", day(9)),
                                   ("f1", "u1", "PASS", f"{day(0)}T07:00:00", day(0))])
     before = retention.rows("SELECT * FROM fingerprint_logs ORDER BY id")
-    retention.retention = dataclasses.replace(retention.retention, fingerprint_days=5)
+    retention.retention = dataclasses.replace(retention.retention,
+                                              by_type={**retention.retention.by_type, "fingerprint": 5})
     retention.retention_ref = retention.start_retention()
     wait_until(lambda: retention.rows("SELECT COUNT(*) FROM fingerprint_logs") == [(1,)], what="the pass")
     path = retention.archive / "fingerprint_logs" / day(9)[:4] / f"fingerprint_logs-{day(9)}.csv.gz"

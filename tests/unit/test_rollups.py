@@ -10,7 +10,7 @@ import sqlite3
 import pytest
 
 import reference
-from actors.devices import DEVICE_TYPES
+from actors.devices import BUILTIN_TYPES
 from actors.protocol.messages import Committed, WriteBatch
 from actors.storage.models import open_database
 from actors.runtime.peers import WRITER, Peers
@@ -48,7 +48,7 @@ def event(second: int, status: str, fraction: str = "") -> tuple:
 
 def hour_summary(store):
     starts = bucket_starts("hour", HOUR[:10], HOUR[:10])
-    [bucket] = [b for b in Summaries(store.db).buckets(DEVICE_TYPES["power"], "p1", "hour", starts)
+    [bucket] = [b for b in Summaries(store.db).buckets(BUILTIN_TYPES["power"], "p1", "hour", starts)
                 if b["start"].startswith(HOUR)]
     return bucket
 
@@ -95,8 +95,8 @@ def test_late_and_repeated_power_events_in_a_full_hour_merge_exactly(writer):
 def test_an_hour_merged_in_order_needs_no_reading_back(writer, monkeypatch):
     from actors.storage import rollups
     read_back = []
-    original = rollups.PowerRollup._summed
-    monkeypatch.setattr(rollups.PowerRollup, "_summed", lambda *args: read_back.append(1) or original(*args))
+    original = rollups.StatesRollup._summed
+    monkeypatch.setattr(rollups.StatesRollup, "_summed", lambda *args: read_back.append(1) or original(*args))
     later(writer)
     writer([event(0, "EB_ON"), event(10, "DG_ON")])
     writer([event(20, "EB_OFF"), event(20, "DG_OFF")])

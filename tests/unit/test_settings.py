@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from actors.runtime.settings import SECTIONS, SettingsError, describe_url, keys, load_settings
+from actors.devices import BUILTIN_TYPES
+from actors.runtime.settings import PER_TYPE, SECTIONS, SettingsError, describe_url, keys, load_settings
 from actors.runtime.settings.values import Integer
 from conftest import ROOT
 
@@ -138,6 +139,12 @@ def test_a_huge_number_is_a_bad_value_for_every_numeric_setting(tmp_path, sectio
 def test_every_key_has_a_type_and_every_numeric_one_is_checked_as_its_field_says():
     for section, cls in SECTIONS.items():
         for f in dataclasses.fields(cls):
+            if f.name == "by_type":  # a key per device type, {type}_stale_after or {type}_days
+                suffix, value, _ = PER_TYPE[section]
+                assert {name: keys(section)[f"{name}_{suffix}"] for name in BUILTIN_TYPES} == \
+                    {name: value for name in BUILTIN_TYPES}
+                assert isinstance(value, Integer), section  # numeric: checked like the rest
+                continue
             value = keys(section)[f.name]
             assert isinstance(value, Integer) == (f.type in ("int", "float", "float | str")), f"{section}.{f.name}"
 

@@ -7,7 +7,7 @@ import orjson
 import pytest
 
 from actors.protocol.clock import ClockCheck
-from actors.devices import DEVICE_TYPES
+from actors.devices import BUILTIN_TYPES
 from actors.runtime.settings import load_settings
 from actors.protocol.sitetime import UNZONED, SiteTime
 
@@ -26,7 +26,7 @@ def reading(timestamp: str) -> bytes:
     ("2026-01-21T23:00:00", "2026-01-21", "2026-01-21"),         # no offset: the site's time already
 ])
 def test_a_readings_date_is_the_sites_for_timestamps_with_an_offset(sent, unzoned, kolkata):
-    temperature = DEVICE_TYPES["temperature"]
+    temperature = BUILTIN_TYPES["temperature"]
     assert temperature.parse(reading(sent))[-1] == unzoned
     assert temperature.parse(reading(sent), UNZONED)[-1] == unzoned
     assert temperature.parse(reading(sent), KOLKATA)[-1] == kolkata

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, get_type_hints
 
+from actors.devices import BUILTIN_TYPES, DeviceTypes
 from actors.runtime.settings.values import (Boolean, Date, Deprecated, Float, GlobTable, Integer, Invalid, ListenAddress, Port,
                                     SecondsOrAuto, Secret, String, TimeZone, Value, setting, split_address, value_of)
 
@@ -87,16 +88,14 @@ class LimitsSettings:
 
 @dataclass(frozen=True)
 class DevicesSettings:
-    # seconds of silence after which a device is stale (one key per device type, `{name}_stale_after`):
-    # 0 = no liveness for the type; "auto" = three times the device's usual interval between readings
-    temperature_stale_after: float | str = setting(SecondsOrAuto(0, 10 * 365 * 86400))
-    power_stale_after: float | str = setting(SecondsOrAuto(0, 10 * 365 * 86400))
-    fingerprint_stale_after: float | str = setting(SecondsOrAuto(0, 10 * 365 * 86400))
     min_stale_after: float = setting(Float(0, 10 * 365 * 86400))  # the least "auto" waits
     max_known: int = setting(Integer(1, 10_000_000))  # devices watched for liveness; the rest are stored, not watched
+    # `{type}_stale_after` of each device type (PER_TYPE): seconds of silence after which a device is
+    # stale; 0 = no liveness for the type; "auto" = three times the device's usual interval
+    by_type: dict = dataclasses.field(default_factory=dict)
 
     def stale_after(self, device_type: str) -> float | str:
-        return getattr(self, f"{device_type}_stale_after")
+        return self.by_type[device_type]
 
 
 @dataclass(frozen=True)
@@ -120,15 +119,16 @@ class BackupSettings:
 
 @dataclass(frozen=True)
 class RetentionSettings:
-    # days of readings each table keeps; 0 keeps everything (one key per device type, `{name}_days`)
-    temperature_days: int = setting(DAYS)
-    power_days: int = setting(DAYS)
-    fingerprint_days: int = setting(DAYS)
     rejected_days: int = setting(DAYS)
     summary_days: int = setting(DAYS)  # days the hourly summaries keep (counted like the rest); 0: for ever
     archive_dir: str = setting(String(nonempty=True))
     interval_hours: float = setting(Float(0.01, 24 * 365))
     batch_rows: int = setting(Integer(1, 100_000))
+    # `{type}_days` of each device type (PER_TYPE): days of readings its table keeps; 0 keeps everything
+    by_type: dict = dataclasses.field(default_factory=dict)
+
+    def days(self, device_type: str) -> int:
+        return self.by_type[device_type]
 
 
 @dataclass(frozen=True)
@@ -174,13 +174,22 @@ class Settings:
     supervisor: SupervisorSettings
     # What start-up should warn about (a deprecated key in use), once logging is set up.
     warnings: tuple[str, ...] = dataclasses.field(default=(), compare=False)
+    types: DeviceTypes = dataclasses.field(default_factory=lambda: BUILTIN_TYPES, compare=False)  # whose *_days etc.
 
 
-SECTIONS = {name: kind for name, kind in get_type_hints(Settings).items() if name != "warnings"}
+SECTIONS = {name: kind for name, kind in get_type_hints(Settings).items() if name not in ("warnings", "types")}
+# Keys a section has for each device type, `{type}_{suffix}`: their value, and their default when the
+# settings do not name the type (one a site added: settings.toml names the contract's three).
+PER_TYPE = {"devices": ("stale_after", SecondsOrAuto(0, 10 * 365 * 86400), lambda d: d.stale_after),
+            "retention": ("days", DAYS, lambda d: 0)}
 
 
-def keys(section: str) -> dict[str, Value]:
-    return {f.name: value_of(f) for f in dataclasses.fields(SECTIONS[section])}
+def keys(section: str, types: DeviceTypes = BUILTIN_TYPES) -> dict[str, Value]:
+    known = {f.name: value_of(f) for f in dataclasses.fields(SECTIONS[section]) if f.name != "by_type"}
+    if section in PER_TYPE:
+        suffix, value, _ = PER_TYPE[section]
+        known |= {f"{name}_{suffix}": value for name in types}
+    return known
 
 
 def deprecated(section: str) -> dict[str, Deprecated]:
@@ -192,11 +201,11 @@ ENVIRONMENT = {value.env: (section, key) for section in SECTIONS for key, value 
                if value.env}
 
 
-def load_settings(config_path: str | Path | None = None,
-                  environ: Mapping[str, str] | None = None) -> Settings:
-    """Read the defaults, overlay `config_path` and the environment, and check it all: a
-    SettingsError names every problem found."""
-    loading = _Loading()
+def load_settings(config_path: str | Path | None = None, environ: Mapping[str, str] | None = None,
+                  types: DeviceTypes = BUILTIN_TYPES) -> Settings:
+    """Read the defaults, overlay `config_path` and the environment, and check it all, with the
+    keys of the device types `types`: a SettingsError names every problem found."""
+    loading = _Loading(types)
     raw = loading.read(DEFAULTS_FILE)
     if config_path is not None:
         loading.overlay(raw, loading.read(Path(config_path)), str(config_path))
@@ -214,13 +223,14 @@ def load_settings(config_path: str | Path | None = None,
         problems = loading.errors
         raise SettingsError(problems[0] if len(problems) == 1 else
                             f"{len(problems)} problems:\n" + "\n".join(f"  - {p}" for p in problems))
-    return dataclasses.replace(_resolve(built), warnings=tuple(loading.warnings))
+    return dataclasses.replace(_resolve(built), warnings=tuple(loading.warnings), types=types)
 
 
 class _Loading:
     """One load's raw values, and the problems and warnings found along the way."""
 
-    def __init__(self):
+    def __init__(self, types: DeviceTypes):
+        self.types = types
         self.errors: list[str] = []
         self.warnings: list[str] = []
 
@@ -241,7 +251,7 @@ class _Loading:
             if not isinstance(values, dict):
                 self.errors.append(f"[{section}] in {source} must be a table")
                 continue
-            known, old = keys(section), deprecated(section)
+            known, old = keys(section, self.types), deprecated(section)
             for key, value in values.items():
                 if key in old:
                     new = old[key].renamed_to
@@ -270,10 +280,13 @@ class _Loading:
             if not isinstance(values, dict):
                 self.errors.append(f"section [{section}] is missing from the settings")
                 continue
-            known = keys(section)
+            known = keys(section, self.types)
             self.errors += [_unknown("setting", f"{section}.{key}", [f"{section}.{k}" for k in known])
                             for key in values if key not in known]
             checked = {}
+            if section in PER_TYPE:  # a type the settings do not name has its definition's default
+                suffix, _, default = PER_TYPE[section]
+                values = {f"{n}_{suffix}": default(d) for n, d in self.types.items()} | values
             for key, value in known.items():
                 if key not in values:
                     self.errors.append(f"setting {section}.{key} is missing")
@@ -283,10 +296,13 @@ class _Loading:
                 except Invalid as exc:
                     self.errors.append(f"{section}.{key} {exc}")
             if len(checked) == len(known):
+                if section in PER_TYPE:
+                    suffix = PER_TYPE[section][0]
+                    checked["by_type"] = {n: checked.pop(f"{n}_{suffix}") for n in self.types}
                 built[section] = cls(**checked)
         if len(built) < len(SECTIONS):
             return None
-        settings = Settings(**built)
+        settings = Settings(**built, types=self.types)
         self.errors += _together(settings)
         return settings
 
@@ -311,7 +327,7 @@ def _together(s: Settings) -> list[str]:
         path = getattr(mqtt, name)
         if path and not os.access(path, os.R_OK):
             problems.append(f"mqtt.{name}: cannot read {path}")
-    days = [getattr(s.retention, f"{name}_days") for name in ("temperature", "power", "fingerprint")]
+    days = [s.retention.days(name) for name in s.types]
     if s.retention.summary_days and any(d == 0 or d > s.retention.summary_days for d in days):
         problems.append(f"retention.summary_days ({s.retention.summary_days}) must be 0 (keep summaries for ever) "
                         "or at least every device table's *_days (a summary must outlive its readings)")
