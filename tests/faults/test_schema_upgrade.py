@@ -53,7 +53,8 @@ def test_the_first_released_schema_is_upgraded_in_place(broker, tmp_path):
         assert "upgrading the database schema from version 2 to 3" in service.log()
         assert "upgrading the database schema from version 3 to 4" in service.log()
         assert "upgrading the database schema from version 4 to 5" in service.log()
-        assert service.query("SELECT version FROM schema_version") == [(5,)]
+        assert "upgrading the database schema from version 5 to 6" in service.log()
+        assert service.query("SELECT version FROM schema_version") == [(6,)]
         assert service.query("SELECT COUNT(*) FROM delivery_failures") == [(0,)]
         assert service.query("SELECT id, device_id, timestamp FROM temperature_logs ORDER BY id") == [
             (1, "t1", "2026-01-22T14:30:00"), (3, "t1", "2026-01-22T09:15:00"), (4, "t1", "2026-01-22T18:00:00"),
@@ -73,6 +74,7 @@ def test_the_first_released_schema_is_upgraded_in_place(broker, tmp_path):
             ("temperature", "t1", 3, "2026-01-22T09:15:00", "2026-01-22T18:00:00"),
             ("temperature", "t2", 1, "2026-01-21T23:59:59", "2026-01-21T23:59:59")]
         assert service.query("SELECT SUM(readings) FROM temperature_hourly") == [(4,)]
+        assert service.query("SELECT SUM(readings), SUM(passes) FROM fingerprint_hourly") == [(1, 1)]
         # Old rows answer in time order, and a redelivered old reading is recognised.
         client.publish("home/temperature", {"device_id": "t1", "temperature": 21.0, "humidity": 44.0,
                                             "status": "LOW", "timestamp": "2026-01-22T09:15:00"})
@@ -98,11 +100,11 @@ def test_a_newer_schema_stops_start_up_and_is_left_as_it_was(broker, tmp_path):
     service.start().wait_ready()
     assert service.terminate() == 0
     con = sqlite3.connect(service.db_path)
-    con.execute("UPDATE schema_version SET version = 6")
+    con.execute("UPDATE schema_version SET version = 7")
     con.commit()
     con.close()
     before = hashlib.sha256(service.db_path.read_bytes()).hexdigest()
     service.start()
     assert service.proc.wait(30) == 1
-    assert "schema version 6, newer than this service's (5)" in service.log()
+    assert "schema version 7, newer than this service's (6)" in service.log()
     assert hashlib.sha256(service.db_path.read_bytes()).hexdigest() == before

@@ -305,7 +305,7 @@ def test_an_upgrade_from_the_previous_release_keeps_answering(machine):
     assert ask(box, "power", "pw", "2026-01-22")[0]["count"] == 3
     env = (box.dir / "etc/mqtt-client/mqtt-client.env").read_text()
     assert "\n# MQTT_BROKER_PORT=1883\n" in env and "\nMQTT_BROKER_PORT" not in env
-    assert box.sql("SELECT MAX(version) FROM schema_version") == "5"
+    assert box.sql("SELECT MAX(version) FROM schema_version") == "6"
     assert ask(box, "devices")[0]["count"] >= 3
 
 

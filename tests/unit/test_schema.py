@@ -8,9 +8,11 @@ from types import SimpleNamespace
 
 import pytest
 
+from actors.devices import BUILTIN_TYPES
 from actors.protocol.messages import Rejection, fingerprint
 from actors.storage.models import connect_database
 from actors.storage.schema import SCHEMA_VERSION, current_version, prepare
+from actors.storage.summaries import Summaries
 
 
 def database(path="", url=""):
@@ -140,6 +142,22 @@ def upgrade_from_version_4(db):
     assert db.execute_sql("SELECT fingerprint FROM rejected_messages").fetchall() == [(expected,)]
 
 
+def upgrade_from_version_5(db):
+    """A database as version 5 left it: fingerprint_hourly without `readings`. The upgrade counts
+    each row's passes and fails, so that summaries read `readings` from every type's rollup alike."""
+    prepare(db)
+    db.execute_sql("ALTER TABLE fingerprint_hourly DROP COLUMN readings")
+    db.execute_sql("INSERT INTO fingerprint_hourly (device_id, hour, user_id, passes, fails) VALUES "
+                   "('f1', '2026-05-01T06', 'u1', 2, 1), ('f1', '2026-05-01T06', 'u2', 0, 4)")
+    db.execute_sql("UPDATE schema_version SET version = 5")
+    prepare(db)
+    assert current_version(db) == SCHEMA_VERSION
+    assert db.execute_sql("SELECT user_id, readings FROM fingerprint_hourly ORDER BY user_id").fetchall() == [
+        ("u1", 3), ("u2", 4)]
+    [bucket] = Summaries(db).buckets(BUILTIN_TYPES["fingerprint"], "f1", "day", ["2026-05-01"])
+    assert bucket == {"start": "2026-05-01", "readings": 7, "pass": 2, "fail": 5, "users": 2}
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def older_database(request, tmp_path):
     """A database to make old and upgrade: a SQLite file, then a PostgreSQL database."""
@@ -149,6 +167,7 @@ def older_database(request, tmp_path):
     db.close()
 
 
-@pytest.mark.parametrize("upgrade", [upgrade_from_version_3, upgrade_from_version_4], ids=["from 3", "from 4"])
+@pytest.mark.parametrize("upgrade", [upgrade_from_version_3, upgrade_from_version_4, upgrade_from_version_5],
+                         ids=["from 3", "from 4", "from 5"])
 def test_an_older_version_is_upgraded_with_what_it_lacks_built_from_its_rows(older_database, upgrade):
     upgrade(older_database)
