@@ -87,6 +87,11 @@ class WriterActor(Supervised):
         self._last_commit_ms = 0.0
         self._max_commit_ms = 0.0
 
+    @property
+    def commit_failures(self) -> int:
+        """Transactions that failed so far (the stats' commit_failures): a state tests wait on."""
+        return self._commit_failures
+
     def on_start(self):
         self.store = open_store(self.db, self.settings, self.stopping, self.check, self.site, self.types)
         if isinstance(self.store, SqliteStore):

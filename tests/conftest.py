@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from functools import cache
 from pathlib import Path
@@ -24,6 +25,7 @@ import paho.mqtt.client as mqtt
 import psycopg2
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from prometheus_client.parser import text_string_to_metric_families
 import pykka
 import pytest
 
@@ -327,6 +329,24 @@ class Service:
             self.proc = subprocess.Popen([sys.executable, self.script, *args], cwd=ROOT, env=env,
                                          stdout=out, stderr=subprocess.STDOUT)
         return self
+
+    def serve_metrics(self) -> Service:
+        """Have the service serve /metrics (METRICS_LISTEN on a free port), for metric()."""
+        self.extra_env["METRICS_LISTEN"] = f"127.0.0.1:{free_port()}"
+        return self
+
+    def metric(self, name: str, **labels) -> float | None:
+        """One number of the service's /metrics now (see serve_metrics), None while there is none:
+        what a test waits on rather than the wording of a log line. The numbers are at most
+        metrics.REFRESH (5 s) old."""
+        try:
+            with urllib.request.urlopen(f"http://{self.extra_env['METRICS_LISTEN']}/metrics", timeout=5) as reply:
+                text = reply.read().decode()
+        except OSError:
+            return None
+        wanted = sorted(labels.items())
+        return next((s.value for family in text_string_to_metric_families(text) for s in family.samples
+                     if s.name == name and sorted(s.labels.items()) == wanted), None)
 
     def wait_ready(self):
         """Until the service has told systemd READY=1: its database is open and it is subscribed."""

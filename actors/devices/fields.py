@@ -149,7 +149,7 @@ class Text:
         return TextField()
 
     def schema(self) -> dict:
-        return {"type": "string", "maxLength": MAX_TEXT, "pattern": "^[^\\x00-\\x1f]*\\S[^\\x00-\\x1f]*$"}
+        return {"type": "string", "minLength": 1, "maxLength": MAX_TEXT, "pattern": "^[^\\x00-\\x1f]*\\S[^\\x00-\\x1f]*$"}
 
     def example(self, n: int) -> str:
         return f"user_{n % 1000:03d}"

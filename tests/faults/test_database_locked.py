@@ -18,8 +18,13 @@ def reading(i):
 
 
 @pytest.mark.slow
+def failing(service) -> bool:
+    """Whether the service has failed a commit (counted in its metrics)."""
+    return (service.metric("mqtt_client_commit_failures_total") or 0) >= 1
+
+
 def test_a_minute_long_write_lock_delays_ingestion_but_loses_nothing_and_requests_are_answered(service, client):
-    service.start().wait_ready()
+    service.serve_metrics().start().wait_ready()
     pid = service.proc.pid
     client.publish("home/temperature", reading(0))
     wait_until(lambda: service.query("SELECT COUNT(*) FROM temperature_logs")[0][0] == 1)
@@ -36,7 +41,7 @@ def test_a_minute_long_write_lock_delays_ingestion_but_loses_nothing_and_request
         sent.set()
 
     threading.Thread(target=publish_during_the_lock, daemon=True).start()
-    wait_until(lambda: "cannot commit to the database (database is locked)" in service.log(), 30)
+    wait_until(lambda: failing(service), 30, what="a failed commit")
     answered = 0
     while time.monotonic() - locked_at < LOCK_SECONDS:  # requests keep being answered meanwhile
         reply = client.request("temp", "ops", {"device_id": "locked", "date": "2026-08-01"})
@@ -59,7 +64,7 @@ def test_a_minute_long_write_lock_delays_ingestion_but_loses_nothing_and_request
 
 
 def test_a_start_while_an_operator_holds_the_write_lock_waits_for_it_and_answers_meanwhile(service, client):
-    service.start().wait_ready()
+    service.serve_metrics().start().wait_ready()
     client.publish("home/temperature", reading(0))
     wait_until(lambda: service.query("SELECT COUNT(*) FROM temperature_logs")[0][0] == 1)
     assert service.terminate() == 0
@@ -71,7 +76,7 @@ def test_a_start_while_an_operator_holds_the_write_lock_waits_for_it_and_answers
         client.subscribe_replies("ops")
         for i in range(1, 11):
             client.publish("home/temperature", reading(i))
-        wait_until(lambda: "cannot commit to the database (database is locked)" in service.log(), 30)
+        wait_until(lambda: failing(service), 30, what="a failed commit")
         reply = client.request("temp", "ops", {"device_id": "locked", "date": "2026-08-01"})
         assert reply["count"] == 1  # what is stored, meanwhile
         assert service.query("SELECT COUNT(*) FROM temperature_logs")[0][0] == 1
@@ -85,7 +90,7 @@ def test_a_start_while_an_operator_holds_the_write_lock_waits_for_it_and_answers
 
 
 def test_sigterm_ends_the_process_within_10_s_while_a_commit_waits_for_a_lock(service, client):
-    service.start().wait_ready()
+    service.serve_metrics().start().wait_ready()
     client.publish("home/temperature", reading(0))
     wait_until(lambda: service.query("SELECT COUNT(*) FROM temperature_logs")[0][0] == 1)
     operator = sqlite3.connect(service.db_path, isolation_level=None)
@@ -93,7 +98,7 @@ def test_sigterm_ends_the_process_within_10_s_while_a_commit_waits_for_a_lock(se
     try:
         for i in range(1, 51):
             client.publish("home/temperature", reading(i))  # in hand, waiting for the lock
-        wait_until(lambda: "cannot commit to the database" in service.log(), 30)
+        wait_until(lambda: failing(service), 30, what="a failed commit")
         stopping = time.monotonic()
         assert service.terminate(timeout=15) == 0
         took = time.monotonic() - stopping

@@ -2,6 +2,7 @@
 
 import json
 
+from builders import fingerprint, power
 from conftest import wait_until
 
 
@@ -15,13 +16,10 @@ def test_a_repeated_reading_is_stored_once_and_different_ones_at_the_same_time_a
     client.publish("home/temperature", {**reading, "timestamp": "2026-07-01 08:00:00"})  # same instant
     client.publish("home/temperature", {**reading, "temperature": 22.0})  # a different reading, same time
     for status in ("EB_ON", "EB_ON", "DG_OFF"):  # two different power events at one instant
-        client.publish("home/power", {"device_id": "dup", "status": status, "timestamp": "2026-07-01T08:00:00"})
-    client.publish("home/fingerprint", {"device_id": "dup", "user_id": "a", "authStatus": "PASS",
-                                        "timestamp": "2026-07-01T08:00:00"})
-    client.publish("home/fingerprint", {"device_id": "dup", "user_id": "b", "authStatus": "PASS",
-                                        "timestamp": "2026-07-01T08:00:00"})
-    client.publish("home/fingerprint", {"device_id": "dup", "user_id": "a", "authStatus": "PASS",
-                                        "timestamp": "2026-07-01T08:00:00"})
+        client.publish("home/power", power("dup", status, "2026-07-01T08:00:00"))
+    client.publish("home/fingerprint", fingerprint("dup", "a", "PASS", "2026-07-01T08:00:00"))
+    client.publish("home/fingerprint", fingerprint("dup", "b", "PASS", "2026-07-01T08:00:00"))
+    client.publish("home/fingerprint", fingerprint("dup", "a", "PASS", "2026-07-01T08:00:00"))
     marker = {**reading, "device_id": "marker"}
     client.publish("home/temperature", marker)  # stored after the temperature readings before it
     wait_until(lambda: service.query("SELECT COUNT(*) FROM temperature_logs WHERE device_id = 'marker'")[0][0])

@@ -128,11 +128,10 @@ def test_after_each_broker_restart_without_its_session_the_service_subscribes_ag
     service = Service(broker, tmp_path)
     restarts = 3
     try:
-        service.start("--config", config(tmp_path)).wait_ready()
+        service.serve_metrics().start("--config", config(tmp_path)).wait_ready()
         for n in range(1, restarts + 1):
             broker.stop()
-            wait_until(lambda: service.log().count("lost the MQTT broker connection") == n,
-                       what="the loss to be noticed")
+            wait_until(lambda: service.metric("mqtt_client_broker_connected") == 0, what="the loss to be noticed")
             broker.start()
             service.wait_online(n + 1)
             client = MqttClient(broker.port)
@@ -159,9 +158,9 @@ def test_readings_a_persistent_broker_held_for_us_across_its_restart_are_stored(
     broker.start()
     service = Service(broker, tmp_path)
     try:
-        service.start("--config", config(tmp_path)).wait_ready()
+        service.serve_metrics().start("--config", config(tmp_path)).wait_ready()
         broker.stop()  # a broker restart while we are connected ...
-        wait_until(lambda: "lost the MQTT broker connection" in service.log())
+        wait_until(lambda: service.metric("mqtt_client_broker_connected") == 0, what="the loss to be noticed")
         broker.start()
         service.wait_online(2)
         assert "(session resumed)" in service.log()

@@ -10,6 +10,7 @@ import re
 
 import paho.mqtt.client as mqtt
 
+from builders import power
 from conftest import MqttClient, Service, wait_until
 
 
@@ -50,7 +51,7 @@ def test_two_instances_share_the_work_and_survive_one_being_killed(broker, tmp_p
         events = [("EB_ON", "08:00"), ("DG_ON", "09:00"), ("EB_OFF", "10:00"), ("DG_OFF", "11:00"),
                   ("EB_ON", "12:00"), ("DG_ON", "13:00")]
         for status, at in random.Random(4).sample(events, len(events)):
-            device.publish("home/power", {"device_id": "p1", "status": status, "timestamp": f"2026-05-01T{at}:00"})
+            device.publish("home/power", power("p1", status, f"2026-05-01T{at}:00"))
         wait_until(lambda: first.query("SELECT COUNT(*) FROM power_status_logs")[0][0] == len(events))
 
         # Requests: each answered once, by one instance or the other.
@@ -60,8 +61,8 @@ def test_two_instances_share_the_work_and_survive_one_being_killed(broker, tmp_p
             app.publish("home/gettemp/phone", {"device_id": "t1", "date": "2026-05-01", "request_id": f"r{n}"})
         ids = [app.take()[1]["request_id"] for _ in range(40)]
         assert sorted(ids) == sorted(f"r{n}" for n in range(40))
-        power = app.request("power", "phone", {"device_id": "p1", "date": "2026-05-01"})
-        assert [(r["ebstatus"], r["dgstatus"]) for r in power["records"]] == \
+        replies = app.request("power", "phone", {"device_id": "p1", "date": "2026-05-01"})
+        assert [(r["ebstatus"], r["dgstatus"]) for r in replies["records"]] == \
             [("ON", ""), ("ON", "ON"), ("OFF", "ON"), ("OFF", "OFF"), ("ON", "OFF"), ("ON", "ON")]
         assert app.messages.empty()
     finally:

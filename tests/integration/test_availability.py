@@ -2,7 +2,7 @@
 state is published retained on home/availability/{type}/{device_id}, logged once, counted in the
 stats and kept in the catalogue, across a restart."""
 
-from builders import temperature
+from builders import power, temperature
 from conftest import MqttClient, wait_until
 
 SETTINGS = """
@@ -46,7 +46,7 @@ def test_a_silent_device_goes_stale_and_comes_back_and_each_change_is_published_
         assert back["state"] == "live" and back["last_seen"] == "2026-04-01T00:00:02"
         wait_until(lambda: "temperature device t1 is live again" in service.log(), what="the INFO line")
         # power is "auto": three times the device's usual interval, here at least 1 s
-        client.publish("home/power", {"device_id": "p1", "status": "EB_ON", "timestamp": "2026-04-01T00:00:00"})
+        client.publish("home/power", power("p1", "EB_ON", "2026-04-01T00:00:00"))
         assert availability(watcher)[0] == "home/availability/power/p1"
         wait_until(lambda: (s := stats(watcher, service)) is not None and s["availability"]["went_stale"] >= 2,
                    what="the stats to count both stale devices")

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 import system
+from builders import power
 from conftest import ROOT, Broker, MqttClient, Service, wait_until
 
 UNIT = ROOT / "deploy" / "mqtt-client.service"
@@ -51,7 +52,7 @@ def test_the_recommended_broker_settings_work_as_a_debian_drop_in(tmp_path):
     try:
         service.start().wait_ready()
         client = MqttClient(broker.port)
-        client.publish("home/power", {"device_id": "p", "status": "EB_ON", "timestamp": "2026-05-01T00:00:00"})
+        client.publish("home/power", power("p", "EB_ON", "2026-05-01T00:00:00"))
         client.close()
         wait_until(lambda: service.query("SELECT COUNT(*) FROM power_status_logs")[0][0] == 1)
     finally:

@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 
+from builders import power
 from conftest import ROOT, MqttClient, wait_until
 
 
@@ -72,7 +73,7 @@ def test_stats_are_published_retained_and_logged(service, client, tmp_path):
     config.write_text("[status]\nstats_interval = 1.0\nlog_interval = 1.0\n")
     service.start("--config", str(config)).wait_ready()
     for i in range(3):
-        client.publish("home/power", {"device_id": "s", "status": "EB_ON", "timestamp": f"2026-05-0{i + 1}T00:00:00"})
+        client.publish("home/power", power("s", "EB_ON", f"2026-05-0{i + 1}T00:00:00"))
     client.publish("home/power", b"nonsense")
     client.subscribe_replies("statsapp")
     client.request("power", "statsapp", {"device_id": "s", "date": "2026-05-01"})

@@ -4,6 +4,7 @@ serves the same replies there, and new rows continue after the copied ids."""
 import subprocess
 import sys
 
+from builders import fingerprint, power
 from conftest import ROOT, MqttClient, Service, wait_until
 
 READINGS = [
@@ -11,9 +12,9 @@ READINGS = [
                           "timestamp": "2026-03-01T10:00:00"}),
     ("home/temperature", {"device_id": "t1", "temperature": 22.5, "humidity": 41.0, "status": "HIGH",
                           "timestamp": "2026-03-01T11:00:00"}),
-    ("home/power", {"device_id": "p1", "status": "DG_ON", "timestamp": "2026-02-28T23:00:00"}),
-    ("home/power", {"device_id": "p1", "status": "EB_OFF", "timestamp": "2026-03-01T08:00:00"}),
-    ("home/fingerprint", {"device_id": "f1", "user_id": "u1", "authStatus": "PASS", "timestamp": "2026-03-01T07:00:00"}),
+    ("home/power", power("p1", "DG_ON", "2026-02-28T23:00:00")),
+    ("home/power", power("p1", "EB_OFF", "2026-03-01T08:00:00")),
+    ("home/fingerprint", fingerprint("f1", "u1", "PASS", "2026-03-01T07:00:00")),
     ("home/fingerprint", b"\xffnot json"),
 ]
 TABLES = ("temperature_logs", "power_status_logs", "fingerprint_logs", "rejected_messages")

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from builders import fingerprint, power
 from conftest import ROOT, Service, wait_until
 
 SENTINEL = "pg-s3ntinel-pw"  # the server trusts local connections and ignores it; it must not be logged
@@ -36,10 +37,9 @@ def test_readings_replies_and_rejections_as_on_sqlite(pg_service, client):
     client.publish("home/temperature", reading)
     client.publish("home/temperature", reading)  # a redelivery: stored once
     client.publish("home/temperature", {**reading, "timestamp": "2026-01-22T09:00:00.250000+05:30"})
-    client.publish("home/power", {"device_id": "p1", "status": "DG_ON", "timestamp": "2026-01-21T20:00:00"})
-    client.publish("home/power", {"device_id": "p1", "status": "EB_OFF", "timestamp": "2026-01-22T08:00:00"})
-    client.publish("home/fingerprint", {"device_id": "f1", "user_id": "u1", "authStatus": "PASS",
-                                        "timestamp": "2026-01-22T07:00:00"})
+    client.publish("home/power", power("p1", "DG_ON", "2026-01-21T20:00:00"))
+    client.publish("home/power", power("p1", "EB_OFF", "2026-01-22T08:00:00"))
+    client.publish("home/fingerprint", fingerprint("f1", "u1", "PASS", "2026-01-22T07:00:00"))
     client.publish("home/temperature", b"\xff\xfe not json")
     wait_until(lambda: count(service, "temperature_logs") == 2 and count(service, "power_status_logs") == 2
                and count(service, "fingerprint_logs") == 1 and count(service, "rejected_messages") == 1)
@@ -49,8 +49,8 @@ def test_readings_replies_and_rejections_as_on_sqlite(pg_service, client):
     assert temp == {"device_id": "t1", "date": "2026-01-22", "count": 2, "records": [
         {"temperature": 22.5, "humidity": 45.3, "status": "HIGH", "timestamp": "2026-01-22T09:00:00.250000+05:30"},
         {"temperature": 22.5, "humidity": 45.3, "status": "HIGH", "timestamp": "2026-01-22T14:30:00"}]}
-    power = client.request("power", "app", {"device_id": "p1", "date": "2026-01-22"})
-    assert power["records"] == [{"ebstatus": "OFF", "dgstatus": "ON", "timestamp": "2026-01-22T08:00:00"}]
+    day = client.request("power", "app", {"device_id": "p1", "date": "2026-01-22"})
+    assert day["records"] == [{"ebstatus": "OFF", "dgstatus": "ON", "timestamp": "2026-01-22T08:00:00"}]
     pages = [client.request("temp", "app", {"device_id": "t1", "date": "2026-01-22", "limit": 1})]
     pages.append(client.request("temp", "app", {"device_id": "t1", "date": "2026-01-22", "limit": 1,
                                                 "cursor": pages[0]["next"]}))
@@ -68,8 +68,7 @@ def test_nothing_is_lost_when_the_service_is_killed_mid_stream(pg_service, clien
     service = pg_service
     service.start().wait_ready()
     for i in range(600):
-        client.publish("home/fingerprint", {"device_id": "f9", "user_id": f"u{i}", "authStatus": "PASS",
-                                            "timestamp": f"2026-02-01T10:{i // 60:02d}:{i % 60:02d}"}, wait=False)
+        client.publish("home/fingerprint", fingerprint("f9", f"u{i}", "PASS", f"2026-02-01T10:{i // 60:02d}:{i % 60:02d}"), wait=False)
         if i == 300:
             service.kill()
             service.start()
@@ -120,6 +119,6 @@ def test_a_batch_of_rejections_alone_is_stored_and_the_writer_goes_on(pg_service
     service.start().wait_ready()
     client.publish("home/power", b"{not json")
     wait_until(lambda: count(service, "rejected_messages") == 1)
-    client.publish("home/power", {"device_id": "p1", "status": "EB_ON", "timestamp": "2026-01-22T08:00:00"})
+    client.publish("home/power", power("p1", "EB_ON", "2026-01-22T08:00:00"))
     wait_until(lambda: count(service, "power_status_logs") == 1)
     assert "crashed" not in service.log()

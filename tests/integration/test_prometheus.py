@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from builders import temperature
+from builders import power, temperature
 from conftest import ROOT, Service, free_port, wait_until
 
 PROMETHEUS, PROMTOOL = shutil.which("prometheus"), shutil.which("promtool")
@@ -79,7 +79,7 @@ def test_a_real_prometheus_scrapes_what_happened(broker, tmp_path, client):
         prometheus = Prometheus(tmp_path, f"127.0.0.1:{port}")
         for n in range(4):
             client.publish("home/temperature", temperature("t1", n))
-        client.publish("home/power", {"device_id": "p1", "status": "EB_ON", "timestamp": "2026-04-01T08:00:00"})
+        client.publish("home/power", power("p1", "EB_ON", "2026-04-01T08:00:00"))
         client.publish("home/temperature", {**temperature("t1", 9), "status": "MEDIUM"})
         client.subscribe_replies("app")
         for stem, body in (("temp", {"device_id": "t1", "date": "2026-04-01"}), ("power", {"device_id": "p1",

@@ -8,7 +8,7 @@ import sys
 import threading
 
 
-from builders import second_of, temperature
+from builders import fingerprint, power, second_of, temperature
 from conftest import ROOT, Mqtt5App, MqttClient, Watcher, wait_until
 from scripts.request import arguments
 
@@ -110,7 +110,7 @@ def test_a_day_over_the_reply_size_cap_comes_in_pages_and_power_state_carries_ac
     db_service.start("--config", str(config)).wait_ready()
     try:
         events = ["EB_ON", "DG_ON", "EB_OFF", "DG_OFF"]
-        store(db_service, client, [{"device_id": "p1", "status": "DG_ON", "timestamp": "2026-03-31T23:00:00"}]
+        store(db_service, client, [power("p1", "DG_ON", "2026-03-31T23:00:00")]
               + [{"device_id": "p1", "status": events[n % 4], "timestamp": second_of(DAY, n * 7)}
                  for n in range(200)], table="power_status_logs")
         client.subscribe("home/datapower/big")
@@ -137,10 +137,9 @@ def test_a_day_over_the_reply_size_cap_comes_in_pages_and_power_state_carries_ac
 def test_the_latest_reading_of_each_device_type(db_service, client):
     db_service.start().wait_ready()
     store(db_service, client, [reading(100), reading(50), reading(7, day="2026-04-02")])
-    client.publish("home/power", {"device_id": "p1", "status": "DG_ON", "timestamp": "2026-04-01T08:00:00"})
-    client.publish("home/power", {"device_id": "p1", "status": "EB_OFF", "timestamp": "2026-04-01T09:00:00"})
-    client.publish("home/fingerprint", {"device_id": "f1", "user_id": "u9", "authStatus": "FAIL",
-                                        "timestamp": "2026-03-30T07:00:00"})
+    client.publish("home/power", power("p1", "DG_ON", "2026-04-01T08:00:00"))
+    client.publish("home/power", power("p1", "EB_OFF", "2026-04-01T09:00:00"))
+    client.publish("home/fingerprint", fingerprint("f1", "u9", "FAIL", "2026-03-30T07:00:00"))
     wait_until(lambda: db_service.query("SELECT COUNT(*) FROM power_status_logs")[0][0] == 2
                and db_service.query("SELECT COUNT(*) FROM fingerprint_logs")[0][0] == 1)
     client.subscribe_replies("now")
@@ -148,9 +147,9 @@ def test_the_latest_reading_of_each_device_type(db_service, client):
     assert latest == {"device_id": "t1", "date": "2026-04-02", "count": 1,
                       "records": [{"temperature": 7.0, "humidity": 50.0, "status": "LOW",
                                    "timestamp": "2026-04-02T00:00:07"}]}
-    power = client.request("power", "now", {"device_id": "p1", "latest": True, "request_id": "p"})
-    assert power["records"] == [{"ebstatus": "OFF", "dgstatus": "ON", "timestamp": "2026-04-01T09:00:00"}]
-    assert power["request_id"] == "p"
+    latest_power = client.request("power", "now", {"device_id": "p1", "latest": True, "request_id": "p"})
+    assert latest_power["records"] == [{"ebstatus": "OFF", "dgstatus": "ON", "timestamp": "2026-04-01T09:00:00"}]
+    assert latest_power["request_id"] == "p"
     finger = client.request("fingerprint", "now", {"device_id": "f1", "latest": True})
     assert finger["date"] == "2026-03-30" and finger["records"][0]["user_id"] == "u9"
     assert client.request("temp", "now", {"device_id": "nobody", "latest": True}) == \

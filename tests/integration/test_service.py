@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from conftest import ROOT, Service, wait_until
-from builders import temperature
+from builders import fingerprint, power, temperature
 
 
 @pytest.fixture
@@ -33,9 +33,8 @@ def test_readings_of_every_type_are_stored_and_served_and_garbage_is_kept_aside(
     service = either
     service.start().wait_ready()
     client.publish("home/temperature", reading("t1", 5))
-    client.publish("home/power", {"device_id": "p1", "status": "DG_ON", "timestamp": "2026-04-01T06:00:00"})
-    client.publish("home/fingerprint", {"device_id": "f1", "user_id": "u7", "authStatus": "FAIL",
-                                        "timestamp": "2026-04-01T06:00:00"})
+    client.publish("home/power", power("p1", "DG_ON", "2026-04-01T06:00:00"))
+    client.publish("home/fingerprint", fingerprint("f1", "u7", "FAIL", "2026-04-01T06:00:00"))
     client.publish("home/power", b'{"device_id": "p1", "status": "EB_ON"}')
     wait_until(lambda: count(service, "rejected_messages") == 1 and count(service, "fingerprint_logs") == 1,
                what="all four messages stored")
@@ -54,14 +53,14 @@ def test_readings_of_every_type_are_stored_and_served_and_garbage_is_kept_aside(
 def test_a_reading_is_acknowledged_only_once_it_is_committed(service, client):
     """With the write lock held by an operator's sqlite3 session the reading cannot be committed;
     kill -9 then: had it been acknowledged, the broker would not deliver it again and it would be lost."""
-    service.start().wait_ready()
+    service.serve_metrics().start().wait_ready()
     client.publish("home/temperature", reading("warmup", 0))
     wait_until(lambda: count(service) == 1, what="the first reading")
     operator = sqlite3.connect(service.db_path, isolation_level=None)
     operator.execute("BEGIN IMMEDIATE")
     try:
         client.publish("home/temperature", reading("locked", 1))
-        wait_until(lambda: "cannot commit to the database" in service.log(), what="a failed commit")
+        wait_until(lambda: (service.metric("mqtt_client_commit_failures_total") or 0) >= 1, 30, what="a failed commit")
         service.kill()
     finally:
         operator.execute("ROLLBACK")

@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 import reference
-from builders import second_of, temperature
+from builders import fingerprint, power, second_of, temperature
 from conftest import wait_until
 
 DAYS = ("2026-04-01", "2026-04-02", "2026-04-03")
@@ -79,7 +79,7 @@ def test_power_on_time_is_carried_through_hours_and_days_as_replies_carry_state(
     events = [{"device_id": "p1", "status": rng.choice(("EB_ON", "EB_OFF", "DG_ON", "DG_OFF")),
                "timestamp": second_of(day, rng.randrange(86400)) + rng.choice(("", ".25"))}
               for day in DAYS for _ in range(12)]
-    events.append({"device_id": "p1", "status": "EB_OFF", "timestamp": "2026-04-06T00:00:00"})  # "now" is after
+    events.append(power("p1", "EB_OFF", "2026-04-06T00:00:00"))  # "now" is after
     unique = len({(e["timestamp"], e["status"]) for e in events})
     first, second = waves(rng, events, "home/power")
     raw = "SELECT ebstatus, dgstatus, timestamp FROM power_status_logs WHERE device_id = 'p1'"
@@ -98,8 +98,8 @@ def test_a_fingerprint_summary_counts_passes_fails_and_distinct_users(db_service
     db_service.start().wait_ready()
     client.subscribe_replies("app")
     rng = random.Random(17)
-    events = [{"device_id": "door", "user_id": f"u{rng.randrange(6)}", "authStatus": rng.choice(("PASS", "FAIL")),
-               "timestamp": second_of(day, rng.randrange(86400))} for day in DAYS for _ in range(40)]
+    events = [fingerprint("door", f"u{rng.randrange(6)}", rng.choice(("PASS", "FAIL")), second_of(day, rng.randrange(86400)))
+              for day in DAYS for _ in range(40)]
     unique = len({(e["timestamp"], e["user_id"], e["authStatus"]) for e in events})
     first, second = waves(rng, events, "home/fingerprint")
     publish_all(db_service, client, first + second, "fingerprint_logs", unique)
@@ -135,11 +135,10 @@ def test_the_catalogue_lists_every_device_with_what_the_commits_kept_up_to_date(
     db_service.start().wait_ready()
     client.subscribe_replies("app")
     readings = [("home/temperature", temperature(f"t{i}", n, DAYS[n % 3])) for i in range(3) for n in range(5)]
-    readings += [("home/power", {"device_id": "p1", "status": "DG_ON", "timestamp": "2026-04-01T10:00:00"}),
-                 ("home/power", {"device_id": "p1", "status": "EB_OFF", "timestamp": "2026-04-02T09:00:00"}),
-                 ("home/power", {"device_id": "p1", "status": "EB_ON", "timestamp": "2026-04-01T08:00:00"}),
-                 ("home/fingerprint", {"device_id": "door", "user_id": "u1", "authStatus": "PASS",
-                                       "timestamp": "2026-04-01T08:00:00"}),
+    readings += [("home/power", power("p1", "DG_ON", "2026-04-01T10:00:00")),
+                 ("home/power", power("p1", "EB_OFF", "2026-04-02T09:00:00")),
+                 ("home/power", power("p1", "EB_ON", "2026-04-01T08:00:00")),
+                 ("home/fingerprint", fingerprint("door", "u1", "PASS", "2026-04-01T08:00:00")),
                  # a clock that was reset: rejected, counted, never the latest
                  ("home/temperature", temperature("t0", 0, "1970-01-01"))]
     for topic, body in readings:
@@ -207,13 +206,13 @@ def test_with_a_site_time_zone_days_windows_and_summaries_are_the_sites(service,
              else 1 for m, f in zip(moments, forms)]
     temps = [temperature("t1", value=round(rng.uniform(-5, 35), 1), status=rng.choice(("HIGH", "LOW")),
                          timestamp=sent(m, zone, f)) for m, f in zip(moments, forms)]
-    power = [{"device_id": "p1", "status": rng.choice(("EB_ON", "EB_OFF", "DG_ON", "DG_OFF")),
-              "timestamp": sent(m, zone, f)} for m, f in zip(moments[::4], forms[::4])]
+    switches = [power("p1", rng.choice(("EB_ON", "EB_OFF", "DG_ON", "DG_OFF")), sent(m, zone, f))
+                for m, f in zip(moments[::4], forms[::4])]
     end = first + timedelta(hours=hours + 1)  # both sources off after the range: the device's "now" is past it
-    power += [{"device_id": "p1", "status": s, "timestamp": sent(end, zone, 0)} for s in ("EB_OFF", "DG_OFF")]
-    doors = [{"device_id": "door", "user_id": f"u{rng.randrange(4)}", "authStatus": rng.choice(("PASS", "FAIL")),
-              "timestamp": sent(m, zone, f)} for m, f in zip(moments[::3], forms[::3])]
-    for topic, readings in (("home/temperature", temps), ("home/power", power), ("home/fingerprint", doors)):
+    switches += [power("p1", s, sent(end, zone, 0)) for s in ("EB_OFF", "DG_OFF")]
+    doors = [fingerprint("door", f"u{rng.randrange(4)}", rng.choice(("PASS", "FAIL")), sent(m, zone, f))
+             for m, f in zip(moments[::3], forms[::3])]
+    for topic, readings in (("home/temperature", temps), ("home/power", switches), ("home/fingerprint", doors)):
         publish_all(service, client, [(topic, r) for r in rng.sample(readings, len(readings))],
                     f"{topic[5:]}{'_status' if topic == 'home/power' else ''}_logs", len(readings))
 

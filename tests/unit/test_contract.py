@@ -14,6 +14,7 @@ from jsonschema import Draft7Validator
 
 from actors import __version__
 from actors.devices import BUILTIN_TYPES
+from actors.devices.kinds import OnTime
 from actors.protocol.requests import CATALOGUE_FIELDS, DAY_FIELDS, LATEST_FIELDS, SUMMARY_FIELDS, stems
 from conftest import ROOT, contract
 
@@ -82,6 +83,18 @@ def test_the_document_agrees_with_the_code():
     for d in BUILTIN_TYPES.values():
         record = schemas[f"{d.name.capitalize()}Record"]["properties"]
         assert set(record) == set(d.record((*("ON",) * len(d.value_columns), "t")))
+        # the per-type parts, as the definitions (actors/devices/) say: a reading's fields and their rules ...
+        reading = schemas[f"{d.name.capitalize()}Reading"]
+        assert reading["required"] == ["device_id", *d.reading_fields, "timestamp"], d
+        for f in d.fields:
+            stated = reading["properties"][f.name]
+            stated = schemas[stated["$ref"].rsplit("/", 1)[1]] if "$ref" in stated else stated
+            assert {k: v for k, v in stated.items() if k != "description"} == f.schema(), (d, f.name)
+        # ... and a summary bucket's keys, as its summary kinds make them
+        bucket = schemas[f"{d.name.capitalize()}Summary"]["properties"]["buckets"]["items"]
+        keys = [k for kind in d.summary for k in (kind.bucket(None, 0) if not isinstance(kind, OnTime)
+                                                  else (f"{p}_on_s" for p in kind.sources.values()))]
+        assert bucket["required"] == ["start", "readings", *keys], d
     source = "".join(p.read_text() for p in (ROOT / "actors").rglob("*.py"))
     used = set(re.findall(r'(?:error_reply\(|fail\(|RequestError\(|Refusal\(reply_topic, correlation, |code = )"([a-z_]+)"',
                           source))
