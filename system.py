@@ -18,8 +18,8 @@ import pykka
 from actors.runtime.check import check_config
 from actors.runtime.logs import configure_logging
 from actors.runtime.notify import notify
-from actors.storage.redate import redate_command
 from actors.runtime.settings import SettingsError, describe_url, load_settings
+from actors.storage.redate import redate_command
 from actors.supervisor import Supervisor
 
 log = logging.getLogger("system")

@@ -17,14 +17,14 @@ from dataclasses import dataclass
 import orjson
 import peewee
 
-from actors.storage.dberrors import Episode, StoreUnavailable, translated
+from actors.mqtt.packets import MAX_TOPIC_BYTES, topic_problem
 from actors.protocol.liveness import LIVE, STALE, Change, Liveness
 from actors.protocol.messages import Availability, MarkStale, Seen
-from actors.storage.models import Device
-from actors.mqtt.packets import MAX_TOPIC_BYTES, topic_problem
 from actors.runtime.peers import LINK, WRITER, Peers
 from actors.runtime.settings import DevicesSettings
 from actors.runtime.supervised import Supervised
+from actors.storage.dberrors import Episode, StoreUnavailable, translated
+from actors.storage.models import Device
 
 log = logging.getLogger(__name__)
 TOPIC = "home/availability"

@@ -12,11 +12,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-
-from actors.storage.dberrors import Episode
-from actors.storage.models import utc_now
 from actors.runtime.settings import BackupSettings
 from actors.runtime.supervised import Supervised
+from actors.storage.dberrors import Episode
+from actors.storage.models import utc_now
 
 log = logging.getLogger(__name__)
 STAMP = "%Y%m%dT%H%M%S%fZ"  # a backup's name: <database>-<STAMP>.db, UTC

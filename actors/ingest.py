@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import logging
 
-from actors.protocol.clock import ClockCheck
 from actors.devices import DeviceType, InvalidMessage
+from actors.protocol.clock import ClockCheck
 from actors.protocol.messages import ReadingBatch, Rejection, WriteBatch
 from actors.runtime.peers import WRITER, Peers
 from actors.runtime.supervised import Supervised

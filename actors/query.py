@@ -15,19 +15,28 @@ from fnmatch import fnmatchcase
 import orjson
 import peewee
 
-from actors.storage.catalogue import CatalogueReader
-from actors.storage.days import DayPages
 from actors.devices import BUILTIN_TYPES, DeviceType, DeviceTypes
 from actors.protocol.messages import Reply, Request
-from actors.storage.models import is_sqlite
-from actors.runtime.peers import LINK, Peers
-from actors.storage.readgate import ReadGate
 from actors.protocol.replies import cut, splice
-from actors.protocol.requests import (CATALOGUE, CatalogueAsk, RequestError, SummaryAsk, error_reply,
-                             internal_error, pack, parse_catalogue, parse_request)
+from actors.protocol.requests import (
+    CATALOGUE,
+    CatalogueAsk,
+    RequestError,
+    SummaryAsk,
+    error_reply,
+    internal_error,
+    pack,
+    parse_catalogue,
+    parse_request,
+)
 from actors.protocol.sitetime import UNZONED, SiteTime
-from actors.storage.summaries import Summaries, bucket_starts
+from actors.runtime.peers import LINK, Peers
 from actors.runtime.supervised import Supervised
+from actors.storage.catalogue import CatalogueReader
+from actors.storage.days import DayPages
+from actors.storage.models import is_sqlite
+from actors.storage.readgate import ReadGate
+from actors.storage.summaries import Summaries, bucket_starts
 
 log = logging.getLogger(__name__)
 SMALLEST_BUCKET = 60  # ... how many buckets

@@ -26,14 +26,14 @@ import peewee
 import pykka
 from peewee import fn
 
-from actors.storage.dberrors import DRIVER_ERRORS, Episode, StoreUnavailable, translated
 from actors.devices import BUILTIN_TYPES, DeviceTypes
 from actors.protocol.messages import Prune
-from actors.storage.models import RejectedMessage, is_sqlite, utc_now
 from actors.runtime.peers import WRITER, Peers
-from actors.storage.readgate import ReadGate
 from actors.runtime.settings import RetentionSettings
 from actors.runtime.supervised import Supervised
+from actors.storage.dberrors import DRIVER_ERRORS, Episode, StoreUnavailable, translated
+from actors.storage.models import RejectedMessage, is_sqlite, utc_now
+from actors.storage.readgate import ReadGate
 
 log = logging.getLogger(__name__)
 PRUNE_TIMEOUT = 120.0  # a delete waits behind the writer's queue, and a locked database retries

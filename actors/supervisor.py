@@ -16,20 +16,30 @@ import pykka
 
 from actors.availability import AvailabilityActor
 from actors.backup import BackupActor
-from actors.protocol.clock import ClockCheck
-from actors.runtime.handling import Marks
 from actors.ingest import IngestActor
-from actors.protocol.messages import ChildFailed, Restarted, Retired
-from actors.runtime.metrics import REFRESH, MetricsServer
-from actors.storage.models import connect_database, is_sqlite
 from actors.mqtt import MqttLink
 from actors.mqtt.status import StatusReport
-from actors.runtime.peers import AVAILABILITY, BACKUP, LINK, QUERY_POOL, RETENTION, WRITER, Peers, ingest_name, pool_member
-from actors.query import QueryActor, QueryRules
-from actors.storage.readgate import ReadGate
-from actors.retention import RetentionActor
-from actors.runtime.settings import Settings
+from actors.protocol.clock import ClockCheck
+from actors.protocol.messages import ChildFailed, Restarted, Retired
 from actors.protocol.sitetime import SiteTime
+from actors.query import QueryActor, QueryRules
+from actors.retention import RetentionActor
+from actors.runtime.handling import Marks
+from actors.runtime.metrics import REFRESH, MetricsServer
+from actors.runtime.peers import (
+    AVAILABILITY,
+    BACKUP,
+    LINK,
+    QUERY_POOL,
+    RETENTION,
+    WRITER,
+    Peers,
+    ingest_name,
+    pool_member,
+)
+from actors.runtime.settings import Settings
+from actors.storage.models import connect_database, is_sqlite
+from actors.storage.readgate import ReadGate
 from actors.writer import WriterActor
 
 log = logging.getLogger(__name__)

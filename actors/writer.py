@@ -22,19 +22,34 @@ from collections import Counter
 
 import peewee
 
-from actors.storage.checkpoint import WalCheckpoint
-from actors.runtime.counting import Histogram, TopCounts
-from actors.storage.dberrors import Episode, StoreUnavailable
 from actors.devices import BUILTIN_TYPES, DeviceTypes
-from actors.protocol.messages import (Availability, Cleared, Committed, Flush, MarkStale, Prune, Pruned, Seen, StatsRequest,
-                             Strikes, Struck, WriteBatch, WriterStats, fingerprint, reason_class)
-from actors.storage.models import utc_now
-from actors.runtime.peers import AVAILABILITY, LINK, Peers
-from actors.storage.readgate import ReadGate
-from actors.runtime.settings import DatabaseSettings
+from actors.protocol.messages import (
+    Availability,
+    Cleared,
+    Committed,
+    Flush,
+    MarkStale,
+    Prune,
+    Pruned,
+    Seen,
+    StatsRequest,
+    Strikes,
+    Struck,
+    WriteBatch,
+    WriterStats,
+    fingerprint,
+    reason_class,
+)
 from actors.protocol.sitetime import UNZONED, SiteTime
-from actors.storage.store import Failures, SqliteStore, Store, open_store
+from actors.runtime.counting import Histogram, TopCounts
+from actors.runtime.peers import AVAILABILITY, LINK, Peers
+from actors.runtime.settings import DatabaseSettings
 from actors.runtime.supervised import Supervised
+from actors.storage.checkpoint import WalCheckpoint
+from actors.storage.dberrors import Episode, StoreUnavailable
+from actors.storage.models import utc_now
+from actors.storage.readgate import ReadGate
+from actors.storage.store import Failures, SqliteStore, Store, open_store
 
 log = logging.getLogger(__name__)
 MAX_RETRY_DELAY = 10.0

@@ -62,9 +62,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 import simulate_devices as sim  # noqa: E402
+
 from actors.devices import BUILTIN_TYPES as DEVICE_TYPES  # noqa: E402
-from actors.storage.models import insert_sql, open_database  # noqa: E402
 from actors.mqtt.client import remaining_length  # noqa: E402
+from actors.storage.models import insert_sql, open_database  # noqa: E402
 from actors.storage.rollups import Upkeep  # noqa: E402
 from actors.storage.schema import prepare  # noqa: E402
 

@@ -25,9 +25,9 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from actors.devices import BUILTIN_TYPES  # noqa: E402
+from actors.runtime.settings import describe_url, load_settings  # noqa: E402
 from actors.storage.models import all_models, connect_database  # noqa: E402
 from actors.storage.schema import SCHEMA_VERSION, current_version, prepare  # noqa: E402
-from actors.runtime.settings import describe_url, load_settings  # noqa: E402
 
 
 def main(argv=None) -> int:

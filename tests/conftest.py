@@ -23,11 +23,11 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import psycopg2
+import pykka
+import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from prometheus_client.parser import text_string_to_metric_families
-import pykka
-import pytest
 
 from scripts.contract import Contract
 

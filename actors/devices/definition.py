@@ -7,9 +7,18 @@ from __future__ import annotations
 
 import dataclasses
 
-from peewee import AutoField, IntegerField, Model, ModelIndex, Tuple, TextField
+from peewee import AutoField, IntegerField, Model, ModelIndex, TextField, Tuple
 
-from actors.devices.fields import Choice, InvalidMessage, Number, Text, column_of, parse_object, text_field, timestamp_field
+from actors.devices.fields import (
+    Choice,
+    InvalidMessage,
+    Number,
+    Text,
+    column_of,
+    parse_object,
+    text_field,
+    timestamp_field,
+)
 from actors.devices.kinds import Columns, Distinct, Kind, OnTime
 from actors.protocol.sitetime import UNZONED, SiteTime
 

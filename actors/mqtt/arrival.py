@@ -12,10 +12,10 @@ from typing import Callable
 import orjson
 
 from actors.devices import DeviceTypes
-from actors.protocol.messages import Request
 from actors.mqtt.inflight import Held, InFlight
-from actors.runtime.peers import ingest_name
+from actors.protocol.messages import Request
 from actors.protocol.requests import CATALOGUE
+from actors.runtime.peers import ingest_name
 
 READ_AFTER_ARRIVAL_WAIT = 1.0  # longest a request waits for the readings received before it
 

@@ -19,8 +19,8 @@ import asyncio
 from typing import Callable
 
 from actors.protocol.messages import Inbound, ReadingBatch
-from actors.storage.models import utc_now
 from actors.runtime.peers import Peers
+from actors.storage.models import utc_now
 
 GROUP_ROWS = 100  # a commit costs about as much as writing this many rows: enough to share it
 QUIET = 0.005  # the shortest pause that ends a burst's window

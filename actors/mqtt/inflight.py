@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from actors.protocol.messages import Inbound, Request
 
 
-
 @dataclass(slots=True)
 class Held:
     """One message in hand."""

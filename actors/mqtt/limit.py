@@ -29,14 +29,14 @@ import time
 from enum import Enum
 from typing import Callable
 
-from actors.runtime.handling import Mark
-from actors.protocol.messages import Cleared, Committed, Rejection, Reply, Struck, Strikes, WriteBatch, fingerprint
-from actors.storage.models import utc_now
 from actors.mqtt.inflight import Held, InFlight
 from actors.mqtt.outbox import Outbox
-from actors.runtime.peers import WRITER, Peers
+from actors.protocol.messages import Cleared, Committed, Rejection, Reply, Strikes, Struck, WriteBatch, fingerprint
 from actors.protocol.requests import internal_error
+from actors.runtime.handling import Mark
+from actors.runtime.peers import WRITER, Peers
 from actors.runtime.settings import LimitsSettings
+from actors.storage.models import utc_now
 
 log = logging.getLogger(__name__)
 ANSWER_SETTLES = 5.0  # seconds a connection must outlive a failed request's answer to forgive it

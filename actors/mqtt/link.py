@@ -11,10 +11,10 @@ import threading
 import pykka
 
 from actors.devices import BUILTIN_TYPES, DeviceTypes
-from actors.runtime.handling import Marks
-from actors.protocol.messages import Crash, Retired
 from actors.mqtt.session import OUTBOX_DRAIN, Session
 from actors.mqtt.status import StatusReport
+from actors.protocol.messages import Crash, Retired
+from actors.runtime.handling import Marks
 from actors.runtime.peers import Peers
 from actors.runtime.settings import AppsSettings, LimitsSettings, MqttSettings, StatusSettings
 from actors.runtime.supervised import Supervised

@@ -12,11 +12,11 @@ import re
 from dataclasses import dataclass
 
 from actors.devices import BUILTIN_TYPES, DeviceTypes
-from actors.protocol.messages import Request
 from actors.mqtt.packets import publish_size, topic_problem
-from actors.runtime.peers import ingest_name
 from actors.mqtt.ratelimit import RateLimiter
+from actors.protocol.messages import Request
 from actors.protocol.requests import stems
+from actors.runtime.peers import ingest_name
 from actors.runtime.settings import AppsSettings
 
 log = logging.getLogger(__name__)

@@ -25,13 +25,13 @@ import gmqtt
 from gmqtt.mqtt.constants import MQTTv50
 
 from actors.devices import BUILTIN_TYPES, DeviceTypes
-from actors.runtime.handling import Mark
-from actors.protocol.messages import WriterStats
 from actors.mqtt.client import PERMANENT_REFUSALS, OneConnectionClient, property_of
 from actors.mqtt.outbox import Outbox
 from actors.mqtt.retire import Retirement
 from actors.mqtt.status import Heartbeat, StatusReport
 from actors.mqtt.traffic import Traffic
+from actors.protocol.messages import WriterStats
+from actors.runtime.handling import Mark
 from actors.runtime.notify import notify
 from actors.runtime.peers import Peers
 from actors.runtime.settings import AppsSettings, LimitsSettings, MqttSettings, StatusSettings

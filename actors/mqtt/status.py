@@ -14,13 +14,13 @@ from typing import Callable
 import orjson
 
 from actors import __version__
-from actors.runtime.counting import SECONDS_BUCKETS, Histogram
-from actors.protocol.messages import Availability, StatsRequest, WriterStats
-from actors.storage.models import utc_now
 from actors.mqtt.outbox import Outbox
+from actors.protocol.messages import Availability, StatsRequest, WriterStats
+from actors.runtime.counting import SECONDS_BUCKETS, Histogram
 from actors.runtime.notify import notify, watchdog_interval
 from actors.runtime.peers import WRITER, Peers, ingest_name
 from actors.runtime.settings import StatusSettings
+from actors.storage.models import utc_now
 
 log = logging.getLogger(__name__)
 

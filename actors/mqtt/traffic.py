@@ -16,9 +16,6 @@ from typing import Callable
 import orjson
 
 from actors.devices import BUILTIN_TYPES, DeviceTypes
-from actors.runtime.handling import Mark, ack_id as make_ack_id
-from actors.protocol.messages import Availability, Committed, Inbound, ReadingBatch, Reply, Request, Restarted, Struck
-from actors.storage.models import utc_now
 from actors.mqtt.arrival import WaitingRequests
 from actors.mqtt.client import OneConnectionClient, property_of
 from actors.mqtt.handover import HandOver
@@ -27,9 +24,13 @@ from actors.mqtt.limit import DeliveryLimit
 from actors.mqtt.outbox import Outbox
 from actors.mqtt.routing import Refusal, Router
 from actors.mqtt.status import StatusReport
-from actors.runtime.peers import QUERY_POOL, WRITER, Peers
+from actors.protocol.messages import Availability, Committed, Inbound, ReadingBatch, Reply, Request, Restarted, Struck
 from actors.protocol.requests import error_code
+from actors.runtime.handling import Mark
+from actors.runtime.handling import ack_id as make_ack_id
+from actors.runtime.peers import QUERY_POOL, WRITER, Peers
 from actors.runtime.settings import AppsSettings, LimitsSettings, MqttSettings
+from actors.storage.models import utc_now
 
 log = logging.getLogger(__name__)
 

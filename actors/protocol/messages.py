@@ -8,7 +8,6 @@ import hashlib
 from dataclasses import dataclass
 
 
-
 @dataclass(frozen=True, slots=True)
 class Inbound:
     """One MQTT message in hand. `ack_id` names its pending acknowledgement in the MQTT link (its

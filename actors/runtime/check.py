@@ -13,10 +13,10 @@ import gmqtt
 import peewee
 from gmqtt.mqtt.constants import MQTTv50
 
-from actors.storage.models import connect_database
 from actors.runtime.settings import Settings, describe_url
-from actors.storage.store import quick_check
 from actors.runtime.tls import explain, tls_context
+from actors.storage.models import connect_database
+from actors.storage.store import quick_check
 
 
 class CheckFailed(Exception):

@@ -21,8 +21,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from actors import __version__
-from actors.protocol.liveness import epoch
 from actors.mqtt.status import StatusReport
+from actors.protocol.liveness import epoch
 from actors.runtime.settings import Settings
 from actors.runtime.settings.values import split_address
 

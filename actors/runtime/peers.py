@@ -8,7 +8,6 @@ import threading
 
 import pykka
 
-
 log = logging.getLogger(__name__)
 
 # The children's names, defined once: the supervisor's child specs give each actor its own, and

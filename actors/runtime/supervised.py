@@ -7,8 +7,8 @@ import threading
 
 import pykka
 
-from actors.runtime.handling import Mark, Marks
 from actors.protocol.messages import ChildFailed
+from actors.runtime.handling import Mark, Marks
 
 
 class Supervised(pykka.ThreadingActor):

@@ -10,8 +10,8 @@ import orjson
 import peewee
 
 from actors.devices import DeviceTypes
-from actors.storage.models import Device
 from actors.protocol.requests import CatalogueAsk
+from actors.storage.models import Device
 
 READ_ROWS = 500  # catalogue rows read at a time while some are not the app's to read
 

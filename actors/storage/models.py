@@ -9,10 +9,19 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from peewee import (AutoField, BigIntegerField, BlobField, Database, IntegerField, Model, ModelIndex, SqliteDatabase,
-                    TextField)
-from playhouse.pool import PooledPostgresqlDatabase
+from peewee import (
+    AutoField,
+    BigIntegerField,
+    BlobField,
+    Database,
+    IntegerField,
+    Model,
+    ModelIndex,
+    SqliteDatabase,
+    TextField,
+)
 from playhouse.db_url import parse
+from playhouse.pool import PooledPostgresqlDatabase
 
 from actors.devices import BUILTIN_TYPES, DeviceTypes
 

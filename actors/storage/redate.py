@@ -13,11 +13,11 @@ from __future__ import annotations
 import peewee
 
 from actors.devices import BUILTIN_TYPES, DeviceType, DeviceTypes
+from actors.protocol.sitetime import SiteTime
+from actors.runtime.settings import Settings
 from actors.storage.models import Device, connect_database
 from actors.storage.rollups import Upkeep, cursor_of, stored_rows
 from actors.storage.schema import SCHEMA_VERSION, current_version
-from actors.runtime.settings import Settings
-from actors.protocol.sitetime import SiteTime
 
 BATCH = 10_000
 

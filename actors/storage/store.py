@@ -17,13 +17,13 @@ from pathlib import Path
 
 import peewee
 
-from actors.storage.dberrors import DRIVER_ERRORS, locked, translated
 from actors.devices import BUILTIN_TYPES, DeviceTypes
+from actors.protocol.sitetime import UNZONED, SiteTime
+from actors.runtime.settings import DatabaseSettings, describe_url
+from actors.storage.dberrors import DRIVER_ERRORS, locked, translated
 from actors.storage.models import DeliveryFailure, RejectedMessage, all_models, insert_fields, insert_sql, is_sqlite
 from actors.storage.rollups import ServerCursor, Upkeep
 from actors.storage.schema import prepare
-from actors.runtime.settings import DatabaseSettings, describe_url
-from actors.protocol.sitetime import UNZONED, SiteTime
 
 log = logging.getLogger("actors.writer")  # operators know these lines as the writer's
 LOCK_POLL_MS = 100  # how long one try for SQLite's write lock waits; see SqliteStore.begin

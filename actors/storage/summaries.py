@@ -17,9 +17,9 @@ import peewee
 
 from actors.devices import DeviceType
 from actors.devices.kinds import OnTime
+from actors.protocol.sitetime import UNZONED, SiteTime
 from actors.storage.models import Device
 from actors.storage.rollups import HOUR_US
-from actors.protocol.sitetime import UNZONED, SiteTime
 
 HOUR = timedelta(hours=1)
 

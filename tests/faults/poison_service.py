@@ -17,8 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import system  # noqa: E402
 from actors.ingest import IngestActor  # noqa: E402
-from actors.protocol.messages import Reply, Request  # noqa: E402
 from actors.mqtt.outbox import Outbox  # noqa: E402
+from actors.protocol.messages import Reply, Request  # noqa: E402
 from actors.query import QueryActor  # noqa: E402
 from actors.writer import WriterActor  # noqa: E402
 

@@ -7,19 +7,19 @@ import json
 import math
 
 import pytest
+from conftest import Broker, FakePeer, Mqtt5App, Service, wait_until
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from actors.devices import BUILTIN_TYPES, InvalidMessage
-from actors.protocol.clock import ClockCheck
 from actors.ingest import IngestActor
-from actors.protocol.messages import Inbound, ReadingBatch
-from actors.storage.models import all_models, open_database
 from actors.mqtt.packets import publish_size, topic_problem
-from actors.runtime.peers import Peers, ingest_name
+from actors.protocol.clock import ClockCheck
+from actors.protocol.messages import Inbound, ReadingBatch
 from actors.query import QueryActor, QueryRules
+from actors.runtime.peers import Peers, ingest_name
 from actors.runtime.settings import load_settings
-from conftest import Broker, FakePeer, Mqtt5App, Service, wait_until
+from actors.storage.models import all_models, open_database
 
 LIMITS = load_settings(environ={}).limits
 TRIED = collections.Counter()  # fuzzed inputs per test, reported at the end of the module

@@ -11,15 +11,15 @@ import sys
 
 import pykka
 import pytest
+from builders import temperature
+from conftest import ROOT, FakeSystemd, MqttClient, wait_until
 
 from actors.ingest import IngestActor
-from actors.protocol.messages import WriteBatch
 from actors.mqtt.traffic import Traffic
+from actors.protocol.messages import WriteBatch
 from actors.query import QueryActor
 from actors.runtime.settings import load_settings
 from actors.supervisor import Supervisor
-from conftest import ROOT, FakeSystemd, MqttClient, wait_until
-from builders import temperature
 
 
 @pytest.fixture

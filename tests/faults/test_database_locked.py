@@ -6,9 +6,8 @@ import threading
 import time
 
 import pytest
-
-from conftest import wait_until
 from builders import temperature
+from conftest import wait_until
 
 LOCK_SECONDS = float(os.environ.get("FAULT_LOCK_SECONDS", "60"))
 

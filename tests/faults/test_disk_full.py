@@ -3,8 +3,8 @@
 
 import sqlite3
 
-from conftest import wait_until
 from builders import temperature
+from conftest import wait_until
 
 
 def reading(i):

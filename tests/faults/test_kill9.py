@@ -5,9 +5,8 @@ import threading
 import time
 
 import pytest
-
-from conftest import wait_until
 from builders import temperature
+from conftest import wait_until
 
 TOTAL, KILLS = 10_000, 20
 

@@ -5,9 +5,8 @@ import threading
 import time
 
 import pytest
-
-from conftest import Broker, MqttClient, Service, free_port, wait_until
 from builders import temperature
+from conftest import Broker, MqttClient, Service, free_port, wait_until
 
 
 def reading(dev, i):

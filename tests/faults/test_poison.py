@@ -7,9 +7,8 @@ killing it after 3 starts."""
 import json
 
 import pytest
-
-from conftest import Broker, Mqtt5App, Service, wait_until
 from builders import temperature
+from conftest import Broker, Mqtt5App, Service, wait_until
 
 DAY = "2026-09-01"
 

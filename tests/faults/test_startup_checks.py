@@ -9,12 +9,12 @@ import sys
 
 import pykka
 import pytest
+from conftest import ROOT, FakePeer
 
-from actors.storage.models import open_database
 from actors.runtime.peers import WRITER, Peers
 from actors.runtime.settings import load_settings
+from actors.storage.models import open_database
 from actors.writer import WriterActor
-from conftest import ROOT, FakePeer
 
 
 def start_service(db_path, broker):

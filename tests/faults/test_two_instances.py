@@ -9,7 +9,6 @@ import random
 import re
 
 import paho.mqtt.client as mqtt
-
 from builders import power
 from conftest import MqttClient, Service, wait_until
 

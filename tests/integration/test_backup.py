@@ -4,14 +4,13 @@ import sqlite3
 import subprocess
 import sys
 import threading
-
-import pytest
-
 from datetime import datetime, timedelta, timezone
 
-from actors.backup import FIRST_BACKUP, BackupFailed, backup_database, first_backup_in, newest_backup
-from conftest import ROOT, wait_until
+import pytest
 from builders import temperature
+from conftest import ROOT, wait_until
+
+from actors.backup import FIRST_BACKUP, BackupFailed, backup_database, first_backup_in, newest_backup
 
 
 def reading(i):

@@ -6,9 +6,8 @@ import subprocess
 
 import paho.mqtt.client as mqtt
 import pytest
-
-from conftest import ROOT, Broker, MqttClient, Service, wait_until
 from builders import temperature
+from conftest import ROOT, Broker, MqttClient, Service, wait_until
 
 USERS = {"mqtt-client": "svc-pw", "device": "dev-pw", "phone-a": "a-pw", "phone-b": "b-pw"}
 

@@ -6,10 +6,10 @@ gets it disconnected. Reconnects and status flaps are counted, not just crashes.
 import json
 
 import pytest
+from builders import temperature
+from conftest import Broker, Mqtt5App, MqttClient, Service, wait_until
 
 from actors.mqtt.packets import publish_size
-from conftest import Broker, MqttClient, Mqtt5App, Service, wait_until
-from builders import temperature
 
 DAY = "2026-03-03"
 MAX_PACKET = 2048

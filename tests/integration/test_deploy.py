@@ -6,10 +6,10 @@ import subprocess
 import sys
 
 import pytest
-
-import system
 from builders import power
 from conftest import ROOT, Broker, MqttClient, Service, wait_until
+
+import system
 
 UNIT = ROOT / "deploy" / "mqtt-client.service"
 

@@ -8,7 +8,6 @@ import queue
 
 import paho.mqtt.client as mqtt
 import pytest
-
 from builders import temperature
 from conftest import Broker, Service, wait_until
 

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta, timezone
 
 import pykka
 import pytest
+from conftest import Broker, MqttClient, wait_until
 
 from actors.devices import BUILTIN_TYPES, DeviceType
 from actors.devices.fields import Choice, Number
@@ -24,7 +25,6 @@ from actors.runtime.settings import load_settings
 from actors.storage.models import open_database
 from actors.storage.schema import prepare
 from actors.supervisor import Supervisor
-from conftest import Broker, MqttClient, wait_until
 
 WATER_LEVEL = DeviceType(
     "water_level", topic="home/waterlevel", request="home/getwaterlevel", reply="home/datawaterlevel",

@@ -9,9 +9,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import ROOT
 
 from actors.runtime.settings import load_settings
-from conftest import ROOT
 
 INSTALL = ROOT / "deploy" / "install.sh"
 

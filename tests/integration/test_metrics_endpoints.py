@@ -7,10 +7,9 @@ import sys
 import urllib.error
 import urllib.request
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from builders import temperature
 from conftest import ROOT, Service, free_port, wait_until
+from prometheus_client.parser import text_string_to_metric_families
 
 
 def get(port: int, path: str) -> tuple[int, str]:

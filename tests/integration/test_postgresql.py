@@ -9,7 +9,6 @@ import sys
 from datetime import datetime, timedelta, timezone
 
 import pytest
-
 from builders import fingerprint, power
 from conftest import ROOT, Service, wait_until
 

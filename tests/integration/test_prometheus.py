@@ -10,7 +10,6 @@ import urllib.parse
 import urllib.request
 
 import pytest
-
 from builders import power, temperature
 from conftest import ROOT, Service, free_port, wait_until
 

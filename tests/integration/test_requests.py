@@ -7,9 +7,9 @@ import subprocess
 import sys
 import threading
 
-
 from builders import fingerprint, power, second_of, temperature
 from conftest import ROOT, Mqtt5App, MqttClient, Watcher, wait_until
+
 from scripts.request import arguments
 
 DAY = "2026-04-01"

@@ -9,7 +9,6 @@ import threading
 import time
 
 import pytest
-
 from conftest import ROOT, Broker, MqttClient, Service, wait_until
 
 TEMP = {"temperature": 21.0, "humidity": 40.0, "status": "LOW"}

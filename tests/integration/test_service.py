@@ -7,9 +7,8 @@ import sys
 import threading
 
 import pytest
-
-from conftest import ROOT, Service, wait_until
 from builders import fingerprint, power, temperature
+from conftest import ROOT, Service, wait_until
 
 
 @pytest.fixture

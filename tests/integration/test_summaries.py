@@ -7,7 +7,6 @@ from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
-
 import reference
 from builders import fingerprint, power, second_of, temperature
 from conftest import wait_until

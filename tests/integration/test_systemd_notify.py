@@ -5,7 +5,6 @@ stuck (systemd would then restart the service)."""
 import time
 
 import pytest
-
 from conftest import wait_until
 
 WATCHDOG_SECONDS = 1.0

@@ -8,12 +8,11 @@ import subprocess
 import sys
 
 import pytest
+from conftest import ROOT, Broker, Service, wait_until
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-
-from conftest import ROOT, Broker, Service, wait_until
 
 NOW = datetime.datetime.now(datetime.timezone.utc)
 DAY = datetime.timedelta(days=1)

@@ -10,13 +10,13 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, contract
 from jsonschema import Draft7Validator
 
 from actors import __version__
 from actors.devices import BUILTIN_TYPES
 from actors.devices.kinds import OnTime
 from actors.protocol.requests import CATALOGUE_FIELDS, DAY_FIELDS, LATEST_FIELDS, SUMMARY_FIELDS, stems
-from conftest import ROOT, contract
 
 OFFICIAL = Path(__file__).parent / "data" / "asyncapi-3.0.0.schema.json"
 

@@ -4,7 +4,6 @@ script they tell a newcomer to run exists."""
 import re
 
 import pytest
-
 from conftest import ROOT
 
 DOCS = [ROOT / "README.md", ROOT / "deploy" / "README.md", ROOT / "docs" / "protocol.md"]

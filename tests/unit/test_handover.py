@@ -5,11 +5,11 @@ import asyncio
 import time
 
 import pytest
-
-from actors.protocol.messages import Inbound, ReadingBatch
-from actors.mqtt.handover import BURST_GAP, GROUP_ROWS, QUIET, HandOver
-from actors.runtime.peers import Peers
 from conftest import FakePeer
+
+from actors.mqtt.handover import BURST_GAP, GROUP_ROWS, QUIET, HandOver
+from actors.protocol.messages import Inbound, ReadingBatch
+from actors.runtime.peers import Peers
 
 
 @pytest.fixture

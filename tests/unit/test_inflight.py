@@ -4,11 +4,10 @@ memory (Deliveries) and the broker limits (packets.py)."""
 import pytest
 
 from actors.devices import BUILTIN_TYPES
-from actors.protocol.messages import fingerprint
 from actors.mqtt.inflight import Held, InFlight
 from actors.mqtt.limit import ANSWERED_MEMORY, Deliveries, Verdict
-from actors.protocol.messages import Inbound, Request
 from actors.mqtt.packets import MAX_TOPIC_BYTES, MAX_TOPIC_LEVELS, publish_size, topic_problem
+from actors.protocol.messages import Inbound, Request, fingerprint
 
 
 def reading(ack_id, payload=b"{}"):

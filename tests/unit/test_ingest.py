@@ -2,12 +2,13 @@
 
 import json
 
+from conftest import FakePeer
+
 from actors.devices import BUILTIN_TYPES
-from actors.protocol.clock import ClockCheck
 from actors.ingest import IngestActor
+from actors.protocol.clock import ClockCheck
 from actors.protocol.messages import ChildFailed, Inbound, ReadingBatch, WriteBatch
 from actors.runtime.peers import Peers, ingest_name
-from conftest import FakePeer
 
 RECEIVED = "2026-01-22 14:30:01"
 CLOCK = ClockCheck("2001-01-01", 86400)

@@ -3,14 +3,14 @@ judgement on an injected clock. End to end against a running service: tests/inte
 
 import itertools
 
-from prometheus_client.parser import text_string_to_metric_families
-from prometheus_client import generate_latest
-
-from actors.protocol.messages import WriterStats
-from actors.runtime.metrics import MetricsServer, REFRESH
-from actors.mqtt.status import StatusReport
-from actors.runtime.settings import load_settings
 from conftest import FakeClock
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from actors.mqtt.status import StatusReport
+from actors.protocol.messages import WriterStats
+from actors.runtime.metrics import REFRESH, MetricsServer
+from actors.runtime.settings import load_settings
 
 SETTINGS = load_settings(environ={"METRICS_LISTEN": "127.0.0.1:9108"})
 WRITER = WriterStats(stored=(("temperature", 7), ("power", 2), ("fingerprint", 0)), rejected=3, backlog=4,

@@ -5,12 +5,12 @@ import dataclasses
 import json
 
 import pytest
+from conftest import FakePeer, FakeSystemd, MqttClient, wait_until
 
-from actors.protocol.messages import Committed, ReadingBatch, Reply, Request, Strikes, Struck
 from actors.mqtt import MqttLink
+from actors.protocol.messages import Committed, ReadingBatch, Reply, Request, Strikes, Struck
 from actors.runtime.peers import LINK, Peers
 from actors.runtime.settings import load_settings
-from conftest import FakePeer, FakeSystemd, MqttClient, wait_until
 
 READING = {"device_id": "t1", "temperature": 21.0, "humidity": 40.0, "status": "LOW",
            "timestamp": "2026-01-22T10:00:00"}

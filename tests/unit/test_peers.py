@@ -3,9 +3,9 @@ again); a name that was never registered is a bug, and says so."""
 
 import pykka
 import pytest
+from conftest import FakePeer
 
 from actors.runtime.peers import Peers
-from conftest import FakePeer
 
 
 class Echo(pykka.ThreadingActor):

@@ -8,14 +8,14 @@ from itertools import accumulate
 import orjson
 import pytest
 
-from actors.protocol.messages import Reply, Request
-from actors.storage.models import all_models, open_database
-from actors.runtime.peers import Peers
 from actors.devices import BUILTIN_TYPES
-from actors.query import QueryActor, QueryRules
-from actors.storage.days import day_reply
+from actors.protocol.messages import Reply, Request
 from actors.protocol.replies import cut
 from actors.protocol.requests import Ask, stems
+from actors.query import QueryActor, QueryRules
+from actors.runtime.peers import Peers
+from actors.storage.days import day_reply
+from actors.storage.models import all_models, open_database
 from actors.storage.rollups import Upkeep
 from actors.storage.summaries import Summaries, bucket_starts
 

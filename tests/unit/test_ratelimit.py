@@ -1,7 +1,8 @@
 """The per-app token bucket, on a fake clock."""
 
-from actors.mqtt.ratelimit import IDLE_APPS, RateLimiter
 from conftest import FakeClock as Clock
+
+from actors.mqtt.ratelimit import IDLE_APPS, RateLimiter
 
 
 def test_a_burst_then_the_rate_and_each_app_on_its_own():

@@ -9,18 +9,18 @@ import sys
 from datetime import datetime
 
 import pytest
-
 import reference
+from conftest import ROOT, FakePeer
+
 from actors.devices import BUILTIN_TYPES
 from actors.protocol.messages import Committed, WriteBatch
-from actors.storage.models import connect_database
-from actors.runtime.peers import WRITER, Peers
-from actors.storage.redate import Incomplete, redate
-from actors.runtime.settings import load_settings
 from actors.protocol.sitetime import UNZONED, SiteTime
+from actors.runtime.peers import WRITER, Peers
+from actors.runtime.settings import load_settings
+from actors.storage.models import connect_database
+from actors.storage.redate import Incomplete, redate
 from actors.storage.summaries import Summaries, bucket_starts
 from actors.writer import WriterActor
-from conftest import ROOT, FakePeer
 
 KOLKATA = SiteTime("Asia/Kolkata")
 STAMPS = [f"2026-04-01T{h:02d}:{m:02d}:00Z" for h in range(16, 22) for m in (5, 35)]  # 21:35 to 03:05 at the site

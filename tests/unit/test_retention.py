@@ -11,17 +11,17 @@ from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
 
 import pytest
+from conftest import FakePeer, wait_until
 
 from actors.devices import BUILTIN_TYPES
 from actors.protocol.messages import Committed, WriteBatch
-from actors.storage.models import connect_database, open_database
-from actors.runtime.peers import RETENTION, WRITER, Peers
-from actors.storage.readgate import ReadGate
 from actors.retention import RetentionActor, RetentionNow, archive_day, exclusive_pass
+from actors.runtime.peers import RETENTION, WRITER, Peers
 from actors.runtime.settings import load_settings
+from actors.storage.models import connect_database, open_database
+from actors.storage.readgate import ReadGate
 from actors.storage.summaries import Summaries, bucket_starts
 from actors.writer import WriterActor
-from conftest import FakePeer, wait_until
 
 TODAY = datetime.now(timezone.utc).date()
 

@@ -8,16 +8,16 @@ import random
 import sqlite3
 
 import pytest
-
 import reference
+from conftest import FakePeer
+
 from actors.devices import BUILTIN_TYPES
 from actors.protocol.messages import Committed, WriteBatch
-from actors.storage.models import open_database
 from actors.runtime.peers import WRITER, Peers
 from actors.runtime.settings import load_settings
+from actors.storage.models import open_database
 from actors.storage.summaries import Summaries, bucket_starts
 from actors.writer import WriterActor
-from conftest import FakePeer
 
 HOUR = "2026-04-01T10"
 

@@ -1,9 +1,9 @@
 """Where messages go and which requests are taken (actors/mqtt/routing.py), without a broker."""
 
-from actors.protocol.messages import Request
 from actors.mqtt.packets import publish_size
-from actors.mqtt.routing import Refusal, Router
 from actors.mqtt.ratelimit import RateLimiter
+from actors.mqtt.routing import Refusal, Router
+from actors.protocol.messages import Request
 from actors.runtime.settings import load_settings
 
 APPS = load_settings(environ={}).apps

@@ -4,11 +4,11 @@ import subprocess
 import sys
 
 import pytest
+from conftest import ROOT
 
 from actors.devices import BUILTIN_TYPES
 from actors.runtime.settings import PER_TYPE, SECTIONS, SettingsError, describe_url, keys, load_settings
 from actors.runtime.settings.values import Integer
-from conftest import ROOT
 
 
 def test_defaults_come_from_settings_toml():

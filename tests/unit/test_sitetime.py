@@ -6,10 +6,10 @@ from datetime import datetime
 import orjson
 import pytest
 
-from actors.protocol.clock import ClockCheck
 from actors.devices import BUILTIN_TYPES
-from actors.runtime.settings import load_settings
+from actors.protocol.clock import ClockCheck
 from actors.protocol.sitetime import UNZONED, SiteTime
+from actors.runtime.settings import load_settings
 
 KOLKATA = SiteTime("Asia/Kolkata")
 

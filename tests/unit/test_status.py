@@ -4,12 +4,12 @@ fleet, and the status belongs to the process, not to one MQTT link."""
 import itertools
 
 import orjson
-
-from actors.runtime.counting import TopCounts
-from actors.protocol.messages import WriterStats
-from actors.mqtt.status import StatusReport
-from actors.runtime.settings import load_settings
 from conftest import contract
+
+from actors.mqtt.status import StatusReport
+from actors.protocol.messages import WriterStats
+from actors.runtime.counting import TopCounts
+from actors.runtime.settings import load_settings
 
 ERROR_CODES = contract().document["components"]["schemas"]["Error"]["properties"]["code"]["enum"]
 

@@ -3,10 +3,11 @@
 import dataclasses
 import queue
 
+from conftest import wait_until
+
 from actors.runtime.settings import load_settings
 from actors.runtime.supervised import Supervised
 from actors.supervisor import ChildSpec, Supervisor
-from conftest import wait_until
 
 
 class Child(Supervised):

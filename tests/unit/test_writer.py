@@ -5,15 +5,15 @@ import sqlite3
 import threading
 
 import pytest
-
-from actors.runtime.handling import Marks, ack_id
-from actors.protocol.messages import Availability, Committed, MarkStale, Rejection, StatsRequest, WriteBatch
-from actors.storage.models import open_database
-from actors.runtime.peers import WRITER, Peers
-from actors.storage.readgate import ReadGate
-from actors.runtime.settings import load_settings
-from actors.writer import WriterActor
 from conftest import FakePeer, wait_until
+
+from actors.protocol.messages import Availability, Committed, MarkStale, Rejection, StatsRequest, WriteBatch
+from actors.runtime.handling import Marks, ack_id
+from actors.runtime.peers import WRITER, Peers
+from actors.runtime.settings import load_settings
+from actors.storage.models import open_database
+from actors.storage.readgate import ReadGate
+from actors.writer import WriterActor
 
 ROW = ("t1", 21.5, 40.0, "LOW", "2026-01-22T10:00:00", "2026-01-22")
 

@@ -15,8 +15,25 @@ from pathlib import Path
 from typing import Any, ClassVar, Mapping, get_type_hints
 
 from actors.devices import BUILTIN_TYPES, DeviceTypes
-from actors.runtime.settings.values import (Boolean, Date, Deprecated, Float, GlobTable, Integer, Invalid, ListenAddress, Port,
-                                    SecondsOrAuto, Secret, String, TimeZone, Value, setting, split_address, value_of)
+from actors.runtime.settings.values import (
+    Boolean,
+    Date,
+    Deprecated,
+    Float,
+    GlobTable,
+    Integer,
+    Invalid,
+    ListenAddress,
+    Port,
+    SecondsOrAuto,
+    Secret,
+    String,
+    TimeZone,
+    Value,
+    setting,
+    split_address,
+    value_of,
+)
 
 DEFAULTS_FILE = Path(__file__).resolve().parent.parent.parent.parent / "settings.toml"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
