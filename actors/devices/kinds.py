@@ -1,6 +1,7 @@
 """Summary kinds: what a device type's summaries say, composed rather than written. Each kind names
 the reading fields it summarises, the columns it adds to the type's hourly rollup, how an hour's
-rows fold into them, the SQL that sums hours into a bucket, and the bucket's part of a reply.
+rows fold into them (as lines of Python: storage/rollups.py makes one loop of a type's kinds), the
+SQL that sums hours into a bucket, and the bucket's part of a reply.
 
 - Gauge: a number's min, max and average (sums in whole millionths: exact in any order).
 - Counts: how many readings had each value of a choice field.
@@ -41,9 +42,17 @@ class Gauge:
                 f"{c}_max": f"{{greatest}}({{t}}.{c}_max, excluded.{c}_max)",
                 f"{c}_sum": f"{{t}}.{c}_sum + excluded.{c}_sum"}
 
-    def fold(self, values: list) -> tuple:
-        """An hour's values of the field (one transaction's) as the rollup's columns."""
-        return min(values), max(values), float(sum(round(v * 1e6) for v in values))
+    # Folding a transaction's rows into one rollup row per key: `v` names the row's value, slots
+    # s.. of the row being folded (h) are this kind's. min, max, and the sum in whole millionths.
+    def start(self, v: str) -> list[str]:
+        return [v, v, f"round({v} * 1e6)"]
+
+    def add(self, v: str, s: int) -> list[str]:
+        return [f"if {v} < h[{s}]: h[{s}] = {v}", f"elif {v} > h[{s + 1}]: h[{s + 1}] = {v}",
+                f"h[{s + 2}] += round({v} * 1e6)"]
+
+    def folded(self, s: int) -> list[str]:
+        return [f"h[{s}]", f"h[{s + 1}]", f"float(h[{s + 2}])"]
 
     def select(self) -> list[str]:
         c = self.column
@@ -68,8 +77,14 @@ class Counts:
     def merged(self) -> dict[str, str]:
         return {c: f"{{t}}.{c} + excluded.{c}" for c in self.columns()}
 
-    def fold(self, values: list) -> tuple:
-        return tuple(values.count(v) for v in self.keys)
+    def start(self, v: str) -> list[str]:
+        return [f"int({v} == {value!r})" for value in self.keys]
+
+    def add(self, v: str, s: int) -> list[str]:
+        return [f"h[{s + i}] += {v} == {value!r}" for i, value in enumerate(self.keys)]
+
+    def folded(self, s: int) -> list[str]:
+        return [f"h[{s + i}]" for i in range(len(self.keys))]
 
     def select(self) -> list[str]:
         return [f"SUM({c})" for c in self.columns()]
@@ -91,8 +106,14 @@ class Distinct:
     def merged(self) -> dict[str, str]:
         return {}
 
-    def fold(self, values: list) -> tuple:
-        return ()
+    def start(self, v: str) -> list[str]:
+        return []
+
+    def add(self, v: str, s: int) -> list[str]:
+        return []
+
+    def folded(self, s: int) -> list[str]:
+        return []
 
     def select(self) -> list[str]:
         return [f"COUNT(DISTINCT {self.column})"]

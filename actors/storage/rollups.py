@@ -64,23 +64,34 @@ class Rollup:
         for kind in device.summary:
             merged |= kind.merged()
         self.sql = dialect.upsert(device.hourly, device.rollup_key, merged)
-        position = {c: i for i, c in enumerate(device.value_columns, 1)}  # in a stored row
-        self.timestamp = len(device.value_columns) + 1
-        self.key = [position[c] for c in device.rollup_key[2:]]
-        self.kinds = [(kind, position[kind.column]) for kind in device.summary if kind.columns()]
+        self.fold = _fold(device)
 
     def merge(self, db, rows: list[tuple]) -> None:
-        groups: dict[tuple, list[tuple]] = {}
-        hour_of, timestamp, key = self.site.hour_of, self.timestamp, self.key
-        for row in rows:
-            groups.setdefault((row[0], hour_of(row[timestamp]), *(row[i] for i in key)), []).append(row)
-        params = []
-        for k, group in groups.items():
-            values = [*k, len(group)]
-            for kind, i in self.kinds:
-                values += kind.fold([row[i] for row in group])
-            params.append(values)
-        db.executemany(self.sql, params)
+        db.executemany(self.sql, self.fold(rows, self.site.hour_of))
+
+
+def _fold(device: DeviceType):
+    """fold(rows, hour_of): the upsert's parameters, one per rollup key, of rows as stored. Made once
+    from the type's summary kinds, as dataclasses make their methods: the hot loop of a fleet's burst,
+    where a loop over kinds per row cost 3 µs a reading against 0.8 µs for this."""
+    position = {c: i for i, c in enumerate(device.value_columns, 1)}  # in a stored row
+    key = ", ".join(["row[0]", f"hour_of(row[{len(device.value_columns) + 1}])",
+                     *(f"row[{position[c]}]" for c in device.rollup_key[2:])])
+    kinds, slot = [], 1
+    for n, kind in enumerate(device.summary):
+        kinds.append((kind, f"v{n}", slot))
+        slot += len(kind.start("v"))
+    values = [f"{v} = row[{position[kind.column]}]" for kind, v, _ in kinds]
+    lines = ["def fold(rows, hour_of):", "    hours = {}", "    get = hours.get", "    for row in rows:",
+             f"        key = ({key},)", *(f"        {line}" for line in values), "        h = get(key)",
+             "        if h is None:",
+             f"            hours[key] = [1, {', '.join(e for kind, v, _ in kinds for e in kind.start(v))}]",
+             "            continue", "        h[0] += 1", *(f"        {line}" for kind, v, s in kinds for line in kind.add(v, s)),
+             f"    return [(*key, {', '.join(['h[0]', *(e for kind, _, s in kinds for e in kind.folded(s))])})"
+             " for key, h in hours.items()]"]
+    namespace = {}
+    exec("\n".join(lines), namespace)  # noqa: S102 - code made from the definitions above, not from input
+    return namespace["fold"]
 
 
 class StatesRollup:
