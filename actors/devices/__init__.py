@@ -1,6 +1,7 @@
 """The device types: each one definition (definition.py) in a module of its own, composed of
 reading fields (fields.py) and summary kinds (kinds.py). A fourth type is one more module like
-temperature.py, added to the set the service runs with (DeviceTypes)."""
+temperature.py, and its name in BUILTIN_TYPES below: the set the service runs with (its tables are
+made at the next start)."""
 
 from __future__ import annotations
 
@@ -49,4 +50,4 @@ class DeviceTypes(Mapping):
         return [t.hourly for t in self.values()]
 
 
-BUILTIN_TYPES = DeviceTypes(TEMPERATURE, POWER, FINGERPRINT)  # the contract's three
+BUILTIN_TYPES = DeviceTypes(TEMPERATURE, POWER, FINGERPRINT)  # the contract's three, and a site's own after them

@@ -12,6 +12,8 @@ import pytest
 from builders import fingerprint, power
 from conftest import ROOT, Service, wait_until
 
+from actors.storage.schema import SCHEMA_VERSION
+
 SENTINEL = "pg-s3ntinel-pw"  # the server trusts local connections and ignores it; it must not be logged
 
 
@@ -57,7 +59,7 @@ def test_readings_replies_and_rejections_as_on_sqlite(pg_service, client):
     assert "next" not in pages[1]
     latest = client.request("fingerprint", "app", {"device_id": "f1", "latest": True})
     assert latest["records"] == [{"user_id": "u1", "authStatus": "PASS", "timestamp": "2026-01-22T07:00:00"}]
-    assert service.query("SELECT version FROM schema_version") == [(5,)]
+    assert service.query("SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
     assert service.terminate() == 0
     assert "PostgreSQL" in service.log() and SENTINEL not in service.log()
     assert SENTINEL not in service.log_path.read_text()
