@@ -25,6 +25,7 @@ from actors.supervisor import Supervisor
 log = logging.getLogger("system")
 EXIT_CONFIG = 2  # bad settings: restarting will not help (see RestartPreventExitStatus)
 STOP_DEADLINE = 14.0  # seconds from SIGTERM to exit, whatever is in flight (systemd allows 30)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class ExitCode:
@@ -70,7 +71,7 @@ def main(argv=None) -> int:
         log.warning("settings: %s", warning)
 
     exit_code = ExitCode()
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in STOP_SIGNALS:
         signal.signal(signum, lambda signum, frame: exit_code.set(0))
 
     log.info("starting: broker %s:%s, client id %s, database %s", settings.mqtt.host,
@@ -88,7 +89,13 @@ def main(argv=None) -> int:
     if args.retire:
         log.info("retiring instance %s: taking over its session to hand over what the broker kept for it",
                  settings.mqtt.client_id)
+    # The stop signals go to the main thread alone, asleep in exit_code.wait(): the threads started from
+    # here on block them (they inherit the mask). One the kernel handed another thread would set
+    # Python's flag there and leave the main thread asleep: under load a SIGTERM once went unanswered
+    # for 15 s. One that comes meanwhile waits, pending, until the main thread unblocks it.
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     supervisor = Supervisor.start(settings, exit_code.set, retire=args.retire)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     code = exit_code.wait()
     # Whatever is in flight (a retention pass, a commit waiting for a lock), the process ends in
     # time: what was not committed is not acknowledged, and the broker delivers it again. Armed

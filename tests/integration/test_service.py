@@ -1,10 +1,14 @@
 """The whole service (`python system.py`) against a real Mosquitto and a real SQLite file (and,
 where marked, a real PostgreSQL database too)."""
 
+import os
+import re
+import signal
 import sqlite3
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 from builders import fingerprint, power, temperature
@@ -86,6 +90,25 @@ def test_sigterm_mid_stream_exits_0_and_loses_nothing(either, client):
     assert done.wait(60)
     service.start().wait_ready()
     wait_until(lambda: count(service) == total, 30, what=f"all {total} readings")
+
+
+def blocked_signals(pid: int, tid: int) -> int:
+    """The mask of signals thread `tid` of process `pid` blocks (bit n-1: signal n)."""
+    status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+    return int(re.search(r"^SigBlk:\s*([0-9a-f]+)$", status, re.M)[1], 16)
+
+
+def test_sigterm_and_sigint_reach_the_main_thread_alone(service):
+    """Every thread but the main one blocks the stop signals, so the kernel hands them to the main
+    thread, which waits for them: never to another thread, where Python would only set a flag."""
+    service.serve_metrics().start().wait_ready()
+    pid = service.proc.pid
+    threads = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    assert len(threads) > 10  # the actors' threads, the link's loop, the metrics server
+    stop = (1 << (signal.SIGTERM - 1)) | (1 << (signal.SIGINT - 1))
+    assert blocked_signals(pid, pid) & stop == 0
+    assert [t for t in threads if t != pid and blocked_signals(pid, t) & stop != stop] == []
+    assert service.terminate() == 0
 
 
 def test_a_bad_setting_stops_start_up_with_exit_code_2_naming_it(tmp_path):
