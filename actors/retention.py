@@ -89,11 +89,10 @@ class RetentionActor(Supervised):
                                 RETRY_AFTER_FAILURE)
 
     def on_start(self):
-        if not self.tables:
-            return  # keep everything: nothing to do, ever
-        log.info("retention: %s; archive in %s", ", ".join(f"{t.name} {t.days} days" for t in self.tables),
-                 Path(self.settings.archive_dir).resolve())
-        self.actor_ref.tell(RetentionNow())
+        """The first pass comes from the supervisor once this actor is registered (ChildSpec.then)."""
+        if self.tables:
+            log.info("retention: %s; archive in %s", ", ".join(f"{t.name} {t.days} days" for t in self.tables),
+                     Path(self.settings.archive_dir).resolve())
 
     def on_stop(self):
         if self._timer is not None:
@@ -108,6 +107,8 @@ class RetentionActor(Supervised):
         if not isinstance(message, RetentionNow):
             log.warning("retention actor ignored an unexpected message: %r", message)
             return
+        if not self.tables:
+            return  # keep everything: nothing to do, ever
         delay = self.settings.interval_hours * 3600
         try:
             self.run_pass(datetime.now(timezone.utc).date())

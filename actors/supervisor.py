@@ -23,7 +23,7 @@ from actors.protocol.clock import ClockCheck
 from actors.protocol.messages import ChildFailed, Restarted, Retired
 from actors.protocol.sitetime import SiteTime
 from actors.query import QueryActor, QueryRules
-from actors.retention import RetentionActor
+from actors.retention import RetentionActor, RetentionNow
 from actors.runtime.handling import Marks
 from actors.runtime.metrics import REFRESH, MetricsServer
 from actors.runtime.peers import (
@@ -52,6 +52,10 @@ class ChildSpec:
     name: str
     start: Callable[[str, pykka.ActorRef], pykka.ActorRef]  # (name, supervisor) -> a new, started instance
     start_timeout: float | None = START_TIMEOUT  # None: as long as it takes (a schema upgrade)
+    # Told once it has started and is registered: its first work. Told by itself in on_start, it
+    # could queue ahead of the supervisor's ask whether it has started (a retention pass over
+    # millions of rows outlasted START_TIMEOUT that way, and start-up failed).
+    then: object | None = None
 
 
 class Supervisor(pykka.ThreadingActor):
@@ -101,7 +105,8 @@ class Supervisor(pykka.ThreadingActor):
                 specs += [ChildSpec(BACKUP, lambda name, sup: BackupActor.start(name, s.database.path, s.backup, sup,
                                                                                 report.housekept))]
             specs += [ChildSpec(RETENTION, lambda name, sup: RetentionActor.start(name, db, s.retention, peers, sup,
-                                                                                  gate, report.housekept, s.types))]
+                                                                                  gate, report.housekept, s.types),
+                                then=RetentionNow())]
             if live_types:
                 specs += [ChildSpec(AVAILABILITY, lambda name, sup: AvailabilityActor.start(name, db, s.devices, peers,
                                                                                             sup))]
@@ -164,6 +169,8 @@ class Supervisor(pykka.ThreadingActor):
         self._children[spec.name] = ref
         self._starts[spec.name] += 1
         self.peers.register(spec.name, address)
+        if spec.then is not None:
+            ref.tell(spec.then)
 
     def _child_failed(self, failed: ChildFailed) -> None:
         ref = self._children.get(failed.name)

@@ -52,8 +52,11 @@ class Service:
         assert self.link.next() == Committed((1,))
 
     def start_retention(self):
+        """Started, then told its first pass, as the supervisor does."""
         self.housekept = {}  # when the latest pass ended (a skipped one too)
-        return RetentionActor.start(RETENTION, self.db, self.retention, self.peers, None, self.gate, self.housekept)
+        ref = RetentionActor.start(RETENTION, self.db, self.retention, self.peers, None, self.gate, self.housekept)
+        ref.tell(RetentionNow())
+        return ref
 
     def rows(self, sql):
         con = sqlite3.connect(self.db_path)

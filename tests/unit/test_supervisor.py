@@ -2,6 +2,7 @@
 
 import dataclasses
 import queue
+import threading
 
 from conftest import wait_until
 
@@ -90,3 +91,28 @@ def test_a_child_that_cannot_start_fails_start_up_with_exit_code_1():
     assert exit_process.codes.get(timeout=10) == 1
     assert drain(events) == [("start", "writer"), ("stop", "writer")]  # what started is stopped
     sup.stop()  # as system.py does once told to exit
+
+
+def test_a_childs_first_work_is_told_once_it_has_started_so_long_work_never_holds_up_the_start():
+    """ChildSpec.then: a retention pass over millions of rows, told by the actor to itself in
+    on_start, could queue ahead of the supervisor's ask whether it had started, and fail start-up."""
+    settings = load_settings(environ={})
+    events, release = queue.Queue(), threading.Event()
+
+    class Housekeeper(Child):
+        def on_receive(self, message):
+            events.put(("working", self.name))
+            release.wait(60)  # long work: the mailbox is held meanwhile
+
+    specs = [ChildSpec("retention", lambda name, sup: Housekeeper.start(name, events, sup), then="pass"),
+             ChildSpec("link", lambda name, sup: Child.start(name, events, sup))]
+    sup = Supervisor.start(settings, Exit(), specs)
+    try:
+        # the next child starts while the first one's work holds its mailbox: start-up does not wait for it
+        seen = wait_until(lambda: {("start", "link"), ("working", "retention")} <= set(events.queue) and list(events.queue),
+                          what="the next child started and the first one working")
+        assert not release.is_set() and seen.index(("start", "retention")) < seen.index(("working", "retention"))
+        assert seen.count(("working", "retention")) == 1  # told once
+    finally:
+        release.set()
+        sup.stop()
